@@ -1,0 +1,30 @@
+# Everything a fresh machine needs: `make demo` restores a generated tape, `make test` tests.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-all parity clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: setup
+	mkdir -p demo
+	$(PY) -m orchestrator.demo demo/tape.mp4
+	$(VENV)/bin/orchestrator submit demo/tape.mp4 -o demo/tape.restored.mp4 -y
+	@echo "before: demo/tape.mp4   after: demo/tape.restored.mp4"
+
+test: setup
+	$(PY) -m pytest -m "not slow and not gpu" -q $(PYTEST_ARGS)
+
+test-all: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) demo

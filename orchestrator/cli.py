@@ -1,0 +1,129 @@
+"""`orchestrator`: restore a tape, list stages, manage weights.
+
+    orchestrator submit tape.mp4                 # -> tape.restored.mp4
+    orchestrator submit tape.mp4 -o out.mkv --codec ffv1 --skip colorize
+    orchestrator stages
+    orchestrator weights pull mmprnn
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__, media, pipeline, registry, weights
+from .errors import UserError
+
+log = logging.getLogger("restoration.orchestrator")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    submit = sub.add_parser("submit", help="restore a video")
+    submit.add_argument("input", type=Path)
+    submit.add_argument("-o", "--output", type=Path, help="output file (default INPUT.restored.mp4)")
+    submit.add_argument("-y", "--overwrite", action="store_true", help="replace an existing output")
+    submit.add_argument("--pipeline", type=Path, help="pipeline file (YAML)")
+    submit.add_argument("--stages", help="run only these tasks, in this order (comma-separated)")
+    submit.add_argument("--skip", action="append", metavar="TASK", help="leave a task out")
+    submit.add_argument("--model", action="append", metavar="TASK=MODEL", help="model for a task")
+    submit.add_argument("--set", action="append", metavar="TASK.PARAM=VALUE", dest="sets",
+                        help="a stage parameter")
+    submit.add_argument("--endpoint", action="append", metavar="TASK=grpc://HOST:PORT",
+                        help="run a task on a stage service ('all=...' for every task)")
+    submit.add_argument("--codec", default="h264", choices=sorted(media.CODECS))
+    submit.add_argument("--crf", type=int, default=18, help="quality for h264/h265 (lower is better)")
+    submit.add_argument("--native", default="auto", metavar="auto|full|WxH",
+                        help="the tape's real resolution (default: measured)")
+    submit.add_argument("--device", default="auto", help="auto, cpu or cuda for in-process models")
+    submit.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+
+    sub.add_parser("stages", help="list tasks, their models and whether each can run here")
+
+    wts = sub.add_parser("weights", help="list or download model weights")
+    wsub = wts.add_subparsers(dest="action", required=True)
+    pull = wsub.add_parser("pull", help="download a model's weights and check them")
+    pull.add_argument("models", nargs="+", help="model names, or 'all'")
+    pull.add_argument("--mirror", help="base URL to download MODEL/FILE from instead")
+    wsub.add_parser("list", help="what the weights store holds")
+    return parser
+
+
+def cmd_submit(args) -> int:
+    output = args.output or args.input.with_name(f"{args.input.stem}.restored.mp4")
+    if output.suffix.lower() not in media.CONTAINERS:
+        raise UserError(f"{output}: unsupported output container (use {', '.join(media.CONTAINERS)})")
+    if args.codec == "ffv1" and args.output is None:
+        output = output.with_suffix(".mkv")
+    spec = media.OutputSpec(output, args.codec, args.crf)
+    spec.check()
+    if output.exists() and output.resolve() == args.input.resolve():
+        raise UserError(f"{output}: the output would overwrite the input")
+    if output.exists() and not args.overwrite:
+        raise UserError(f"{output}: already exists (use -y to replace it)")
+    specs = pipeline.build(args.pipeline, args.stages, args.skip, args.model, args.sets, args.endpoint)
+    source = media.probe(args.input)
+    from .runner import Job, make_plan
+    plan = make_plan(source, specs, args.native)
+    for line in plan.lines():
+        log.info("%s", line)
+    job = Job(plan, spec, args.device, show_progress=not args.quiet)
+    path = job.run()
+    for line in job.progress.summary():
+        log.info("%s", line)
+    print(path)
+    return 0
+
+
+def cmd_stages(args) -> int:
+    print(f"{'task':<12} {'model':<11} {'runs here':<10} detail")
+    for task in registry.TASKS + registry.IMAGE_TASKS:
+        for model in registry.models(task):
+            st = registry.status(task, model)
+            detail = ("no weights (orchestrator weights pull %s)" % model if not st.weights
+                      else "not installed" if not st.installed else f"device {st.device}")
+            print(f"{task:<12} {model:<11} {'yes' if st.runnable else 'no':<10} {detail}")
+    return 0
+
+
+def cmd_weights(args) -> int:
+    if args.action == "list":
+        print("\n".join(weights.listing()))
+        return 0
+    names = weights.known_models() if args.models == ["all"] else args.models
+    for name in names:
+        weights.pull(name, mirror=args.mirror)
+    return 0
+
+
+COMMANDS = {"submit": cmd_submit, "stages": cmd_stages, "weights": cmd_weights}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"error: internal: {type(exc).__name__}: {exc} (run with --debug for details)",
+              file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

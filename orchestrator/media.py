@@ -1,0 +1,306 @@
+"""Reading and writing video with PyAV: probe, decode to RGB frames, encode, mux audio.
+
+Decoding normalises what the restoration needs to be uniform (upright frames, a constant
+frame rate, RGB) and carries what it must not guess (field order, sample aspect ratio,
+frame rate, audio) in ``SourceInfo``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+
+from .errors import MediaError
+
+FIELD_ORDERS = {0: "unknown", 1: "progressive", 2: "tff", 3: "bff", 4: "tff", 5: "bff"}
+IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "webp_pipe", "tiff_pipe",
+                 "gif", "apng")
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    path: Path
+    width: int            # after rotation
+    height: int
+    fps: Fraction
+    sar: Fraction
+    field_order: str      # progressive, tff, bff
+    rotation: int         # degrees the frames were turned to stand upright
+    frame_count: int | None
+    duration: float
+    start_time: float
+    pix_fmt: str
+    variable_rate: bool
+    audio_codec: str | None
+    audio_duration: float | None
+
+    @property
+    def dar(self) -> Fraction:
+        return self.sar * Fraction(self.width, self.height)
+
+    @property
+    def interlaced(self) -> bool:
+        return self.field_order in ("tff", "bff")
+
+
+def _open(path: Path):
+    path = Path(path)
+    if not path.exists():
+        raise MediaError(f"{path}: no such file")
+    if path.is_dir():
+        raise MediaError(f"{path}: is a folder, not a video file")
+    if not os.access(path, os.R_OK):
+        raise MediaError(f"{path}: permission denied")
+    if path.stat().st_size == 0:
+        raise MediaError(f"{path}: the file is empty")
+    try:
+        return av.open(str(path))
+    except av.error.InvalidDataError:
+        raise MediaError(f"{path}: not a video file that can be read (invalid data, "
+                         "truncated or not a media file)") from None
+    except av.error.FFmpegError as exc:
+        raise MediaError(f"{path}: cannot be read ({_reason(exc)})") from None
+
+
+def _reason(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+
+
+def probe(path: Path) -> SourceInfo:
+    """What the input is, checked enough that decoding will not fail on its kind."""
+    path = Path(path)
+    with _open(path) as container:
+        if container.format.name in IMAGE_FORMATS:
+            raise MediaError(f"{path}: is a still image, not a video")
+        if not container.streams.video:
+            kinds = ", ".join(sorted({s.type for s in container.streams})) or "nothing"
+            raise MediaError(f"{path}: has no video stream (it holds {kinds})")
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if not rate or rate <= 0:
+            raise MediaError(f"{path}: the video stream has no frame rate")
+        first = _first_frame(container, stream, path)
+        rotation = int(round(getattr(first, "rotation", 0) or 0)) % 360
+        width, height = (first.height, first.width) if rotation in (90, 270) else (first.width, first.height)
+        sar = stream.sample_aspect_ratio or ctx.sample_aspect_ratio or Fraction(1)
+        if rotation in (90, 270):
+            sar = 1 / Fraction(sar)
+        duration = _duration(container, stream)
+        audio = container.streams.audio[0] if container.streams.audio else None
+        field_order = FIELD_ORDERS.get(int(ctx.field_order or 0), "unknown")
+        if field_order == "unknown":
+            field_order = ("tff" if first.interlaced_frame else "progressive")
+        frames = stream.frames or None
+        return SourceInfo(
+            path=path, width=width, height=height, fps=Fraction(rate), sar=Fraction(sar),
+            field_order=field_order, rotation=rotation, frame_count=frames,
+            duration=duration, start_time=float(stream.start_time * stream.time_base)
+            if stream.start_time is not None else 0.0,
+            pix_fmt=first.format.name,
+            variable_rate=bool(stream.base_rate and stream.average_rate
+                               and stream.base_rate != stream.average_rate),
+            audio_codec=audio.codec_context.name if audio else None,
+            audio_duration=float(audio.duration * audio.time_base)
+            if audio is not None and audio.duration else None)
+
+
+def _first_frame(container, stream, path):
+    try:
+        for frame in container.decode(stream):
+            return frame
+    except av.error.FFmpegError as exc:
+        raise MediaError(f"{path}: the video cannot be decoded ({_reason(exc)})") from None
+    raise MediaError(f"{path}: the video stream holds no frames")
+
+
+def _duration(container, stream) -> float:
+    if stream.duration:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / av.time_base
+    return 0.0
+
+
+def decode(info: SourceInfo) -> Iterator[np.ndarray]:
+    """RGB24 frames at the constant rate ``info.fps``, upright.
+
+    Variable-rate input is resampled to the nominal rate by repeating or dropping frames
+    at their presentation times (as ffmpeg's -fps_mode cfr), so every later stage can
+    count in frames."""
+    with _open(info.path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        next_slot = 0
+        last = None
+        start = None
+        try:
+            for frame in container.decode(stream):
+                if frame.is_corrupt:
+                    raise MediaError(f"{info.path}: corrupt video frame at "
+                                     f"{frame.time or 0:.2f}s (the file is damaged)")
+                rgb = _upright(frame.to_ndarray(format="rgb24"), info.rotation)
+                when = frame.time if frame.time is not None else next_slot / float(info.fps)
+                start = when if start is None else start
+                slot = round((when - start) * info.fps)
+                if slot < next_slot:
+                    continue
+                while last is not None and next_slot < slot:
+                    yield last
+                    next_slot += 1
+                yield rgb
+                last = rgb
+                next_slot += 1
+        except av.error.FFmpegError as exc:
+            raise MediaError(f"{info.path}: decoding failed after {next_slot} frames "
+                             f"({_reason(exc)}); the file is truncated or damaged") from None
+    if next_slot == 0:
+        raise MediaError(f"{info.path}: no video frame could be decoded")
+    if info.frame_count and next_slot < 0.9 * info.frame_count - 1:
+        raise MediaError(f"{info.path}: truncated: {next_slot} of {info.frame_count} "
+                         "frames could be decoded")
+
+
+def _upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
+    if rotation == 0:
+        return rgb
+    return np.ascontiguousarray(np.rot90(rgb, k=(rotation // 90) % 4))
+
+
+CODECS = {  # --codec name: (encoder, pixel format, options)
+    "h264": ("libx264", "yuv420p", {"preset": "medium"}),
+    "h265": ("libx265", "yuv420p", {"preset": "medium", "x265-params": "log-level=error"}),
+    "ffv1": ("ffv1", "yuv444p", {"level": "3", "slices": "4"}),
+}
+CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    path: Path
+    codec: str = "h264"
+    crf: int = 18
+
+    def check(self) -> None:
+        """Fail before any work when the output cannot be written as asked."""
+        if self.codec not in CODECS:
+            raise MediaError(f"unknown codec '{self.codec}' (choose {', '.join(CODECS)})")
+        if self.path.suffix.lower() not in CONTAINERS:
+            raise MediaError(f"{self.path}: unsupported output container "
+                             f"(use {', '.join(CONTAINERS)})")
+        if self.codec == "ffv1" and CONTAINERS[self.path.suffix.lower()] != "matroska":
+            raise MediaError(f"{self.path}: FFV1 needs a .mkv output")
+        folder = self.path.parent
+        if not folder.is_dir():
+            raise MediaError(f"{self.path}: cannot write output: folder {folder} does not exist")
+        if self.path.is_dir():
+            raise MediaError(f"{self.path}: cannot write output: it is a folder")
+        probe_file = folder / f".{self.path.name}.probe.part"
+        try:
+            probe_file.touch()
+            probe_file.unlink()
+        except OSError as exc:
+            raise MediaError(f"{self.path}: cannot write output ({exc.strerror})") from None
+
+
+class VideoWriter:
+    """Encodes RGB frames to a hidden part file beside the output; ``finish`` muxes the
+    source's audio and moves it into place atomically, ``abort`` removes every trace."""
+
+    def __init__(self, spec: OutputSpec, width: int, height: int, fps: Fraction, sar: Fraction):
+        self.spec = spec
+        self.video_part = spec.path.with_name(f".{spec.path.name}.video.part")
+        self.part = spec.path.with_name(f".{spec.path.name}.part")
+        encoder, pix_fmt, options = CODECS[spec.codec]
+        self.container = av.open(str(self.video_part), "w", format="matroska")
+        self.stream = self.container.add_stream(encoder, rate=fps)
+        ctx = self.stream.codec_context
+        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, pix_fmt
+        ctx.sample_aspect_ratio = sar
+        ctx.time_base = 1 / Fraction(fps)
+        ctx.colorspace, ctx.color_range = 1, 1          # BT.709, limited range
+        ctx.color_primaries, ctx.color_trc = 1, 1
+        opts = dict(options)
+        if spec.codec in ("h264", "h265"):
+            opts["crf"] = str(spec.crf)
+        ctx.options = opts
+        self.frames = 0
+
+    def write(self, rgb: np.ndarray) -> None:
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame = frame.reformat(format=self.stream.pix_fmt, dst_colorspace="ITU709")
+        frame.pts = self.frames
+        self.frames += 1
+        self.container.mux(self.stream.encode(frame))
+
+    def finish(self, source: SourceInfo) -> Path:
+        try:
+            self.container.mux(self.stream.encode(None))
+            self.container.close()
+            _mux_audio(self.video_part, source, self.part, CONTAINERS[self.spec.path.suffix.lower()])
+            os.replace(self.part, self.spec.path)
+        except Exception:
+            self.abort()
+            raise
+        finally:
+            self.video_part.unlink(missing_ok=True)
+        return self.spec.path
+
+    def abort(self) -> None:
+        try:
+            self.container.close()
+        except Exception:  # the container may already be closed or half-open: cleanup goes on
+            pass
+        self.video_part.unlink(missing_ok=True)
+        self.part.unlink(missing_ok=True)
+
+
+def _mux_audio(video_path: Path, source: SourceInfo, out_path: Path, fmt: str) -> None:
+    """Copy the encoded video and the source's first audio stream into the final container,
+    keeping the audio's offset to the first video frame (so it stays in sync)."""
+    with av.open(str(video_path)) as video_in, av.open(str(source.path)) as src, \
+            av.open(str(out_path), "w", format=fmt) as out:
+        vin = video_in.streams.video[0]
+        vout = out.add_stream_from_template(vin)
+        vout.sample_aspect_ratio = vin.sample_aspect_ratio
+        ain = src.streams.audio[0] if src.streams.audio else None
+        aout = None
+        if ain is not None:
+            if fmt == "matroska" or ain.codec_context.name in MP4_AUDIO:
+                aout = out.add_stream_from_template(ain)
+            else:
+                aout = out.add_stream("aac", rate=ain.rate)
+        for packet in video_in.demux(vin):
+            if packet.dts is None:
+                continue
+            packet.stream = vout
+            out.mux(packet)
+        if ain is not None:
+            _copy_audio(src, ain, aout, out, source.start_time)
+
+
+def _copy_audio(src, ain, aout, out, video_start: float) -> None:
+    shift = round(video_start / ain.time_base) if ain.time_base else 0
+    transcode = aout.codec_context.name != ain.codec_context.name
+    for packet in src.demux(ain):
+        if packet.dts is None:
+            continue
+        if transcode:
+            for frame in packet.decode():
+                frame.pts = None
+                out.mux(aout.encode(frame))
+            continue
+        packet.pts -= shift
+        packet.dts -= shift
+        if packet.pts < 0 and packet.duration and packet.pts + packet.duration <= 0:
+            continue  # audio before the first video frame
+        packet.stream = aout
+        out.mux(packet)
+    if transcode:
+        out.mux(aout.encode(None))

@@ -1,0 +1,120 @@
+"""A pipeline: the stages to run, in order, each with its model, params and endpoint.
+
+It comes from the defaults, a pipeline file (YAML) and the command line, in that order of
+precedence:
+
+    stages:
+      - task: analog
+      - task: denoise
+        model: classical
+        params: {strength: "8"}
+        endpoint: grpc://10.0.0.5:50051
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from . import registry
+from .errors import UserError
+
+
+@dataclass
+class StageSpec:
+    task: str
+    model: str = "auto"
+    params: dict[str, str] = field(default_factory=dict)
+    endpoint: str = "local"   # local | grpc://HOST:PORT
+
+    def describe(self) -> str:
+        where = "" if self.endpoint == "local" else f" @ {self.endpoint}"
+        params = ",".join(f"{k}={v}" for k, v in self.params.items())
+        return f"{self.task}={self.model}{f'({params})' if params else ''}{where}"
+
+
+def default_stages() -> list[StageSpec]:
+    return [StageSpec(task) for task in registry.TASKS]
+
+
+def load_file(path: Path) -> list[StageSpec]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise UserError(f"pipeline file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"pipeline file {path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("stages"), list):
+        raise UserError(f"pipeline file {path}: expected a 'stages:' list")
+    specs = []
+    for i, entry in enumerate(data["stages"]):
+        if not isinstance(entry, dict) or "task" not in entry:
+            raise UserError(f"pipeline file {path}: stage {i + 1} needs a 'task'")
+        unknown = set(entry) - {"task", "model", "params", "endpoint"}
+        if unknown:
+            raise UserError(f"pipeline file {path}: stage {i + 1}: unknown key(s) {sorted(unknown)}")
+        specs.append(StageSpec(
+            task=str(entry["task"]), model=str(entry.get("model", "auto")),
+            params={str(k): str(v) for k, v in (entry.get("params") or {}).items()},
+            endpoint=str(entry.get("endpoint", "local"))))
+    return specs
+
+
+def _pairs(values: list[str], flag: str) -> list[tuple[str, str]]:
+    pairs = []
+    for value in values or []:
+        key, sep, rest = value.partition("=")
+        if not sep or not key or not rest:
+            raise UserError(f"{flag} {value!r}: expected KEY=VALUE")
+        pairs.append((key, rest))
+    return pairs
+
+
+def build(file: Path | None = None, stages: str | None = None, skip: list[str] | None = None,
+          models: list[str] | None = None, sets: list[str] | None = None,
+          endpoints: list[str] | None = None) -> list[StageSpec]:
+    """The pipeline the user asked for, checked: every task known, every model valid."""
+    specs = load_file(file) if file else default_stages()
+    if stages:
+        by_task = {s.task: s for s in specs}
+        specs = [by_task.get(t.strip(), StageSpec(t.strip())) for t in stages.split(",") if t.strip()]
+    if skip:
+        skipped = {t.strip() for item in skip for t in item.split(",")}
+        specs = [s for s in specs if s.task not in skipped]
+    by_task = {s.task: s for s in specs}
+    for task, model in _pairs(models, "--model"):
+        _spec(by_task, task, "--model").model = model
+    for key, value in _pairs(sets, "--set"):
+        task, dot, param = key.partition(".")
+        if not dot or not param:
+            raise UserError(f"--set {key}={value}: expected TASK.PARAM=VALUE")
+        _spec(by_task, task, "--set").params[param] = value
+    for task, endpoint in _pairs(endpoints, "--endpoint"):
+        targets = specs if task == "all" else [_spec(by_task, task, "--endpoint")]
+        for spec in targets:
+            spec.endpoint = endpoint
+    for spec in specs:
+        _check(spec)
+    if not specs:
+        raise UserError("the pipeline has no stages")
+    return specs
+
+
+def _spec(by_task: dict, task: str, flag: str) -> StageSpec:
+    if task not in by_task:
+        raise UserError(f"{flag}: no '{task}' stage in this pipeline "
+                        f"(stages: {', '.join(by_task) or 'none'})")
+    return by_task[task]
+
+
+def _check(spec: StageSpec) -> None:
+    if spec.task not in registry.TASKS + registry.IMAGE_TASKS:
+        raise UserError(f"unknown task '{spec.task}' "
+                        f"(tasks: {', '.join(registry.TASKS + registry.IMAGE_TASKS)})")
+    if spec.model != "auto" and spec.model not in registry.models(spec.task):
+        raise UserError(f"no model '{spec.model}' for task '{spec.task}' "
+                        f"(choose {', '.join(registry.models(spec.task))} or auto)")
+    if spec.endpoint != "local" and not spec.endpoint.startswith("grpc://"):
+        raise UserError(f"stage {spec.task}: endpoint must be 'local' or grpc://HOST:PORT, "
+                        f"not {spec.endpoint!r}")

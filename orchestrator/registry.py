@@ -1,0 +1,87 @@
+"""Which models exist for each task, and which of them can run here."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from services.stagekit.weights import weights_present
+
+# The video pipeline's tasks, in the order a restoration runs them.
+TASKS = ("analog", "outpaint", "colorize", "deblur", "denoise", "superres", "interpolate")
+IMAGE_TASKS = ("inpaint",)
+
+# `auto` takes the first model whose weights are present, then the classical one.
+NEURAL = {
+    "analog": ("tape",),
+    "outpaint": ("propainter",),
+    "colorize": ("tcvc", "ddcolor"),
+    "deblur": ("mmprnn", "uformer"),
+    "denoise": ("rvrt",),
+    "superres": ("psrt", "diffbir"),
+    "interpolate": ("sfadacof",),
+    "inpaint": ("mat",),
+}
+CLASSICAL = "classical"
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    task: str
+    model: str
+    installed: bool       # its code is in this installation
+    weights: bool         # its weights are in the store (always true for classical)
+    device: str
+
+    @property
+    def runnable(self) -> bool:
+        return self.installed and self.weights
+
+
+def _installed(model: str) -> bool:
+    try:
+        importlib.import_module(f"services.{model}.stage")
+        return True
+    except ImportError:
+        return False
+
+
+def _device() -> str:
+    try:
+        import torch
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "none (torch not installed)"
+
+
+def models(task: str) -> tuple[str, ...]:
+    return (*NEURAL.get(task, ()), CLASSICAL)
+
+
+def status(task: str, model: str) -> ModelStatus:
+    if model == CLASSICAL:
+        return ModelStatus(task, model, _installed(CLASSICAL), True, "cpu")
+    return ModelStatus(task, model, _installed(model), weights_present(model), _device())
+
+
+def resolve(task: str, model: str) -> str:
+    """The concrete model for ``model`` ('auto' or a name) of ``task``."""
+    if model != "auto":
+        if model not in models(task):
+            raise ValueError(f"no model '{model}' for task '{task}' "
+                             f"(choose {', '.join(models(task))} or auto)")
+        return model
+    for candidate in NEURAL.get(task, ()):
+        if status(task, candidate).runnable:
+            return candidate
+    return CLASSICAL
+
+
+def create_local(task: str, model: str, device: str = "auto"):
+    """Build the in-process Stage of ``model`` for ``task``."""
+    module = importlib.import_module(f"services.{model}.stage")
+    made = module.create_stage(weights=None, device=device, arch=None)
+    stages = made if isinstance(made, list) else [made]
+    for stage in stages:
+        if stage.task == task:
+            return stage
+    raise ValueError(f"model '{model}' serves no '{task}' stage")

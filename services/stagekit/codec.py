@@ -1,0 +1,109 @@
+"""Frames and clip headers to and from protobuf messages, checked both ways."""
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .protos import stage_pb2 as pb
+from .stage import PIXEL_FORMATS, ClipInfo, StageError
+from .windowing import batches
+
+FORMAT_TO_PB = {"rgb24": pb.RGB24, "rgbf16": pb.RGBF16}
+PB_TO_FORMAT = {value: key for key, value in FORMAT_TO_PB.items()}
+
+
+def _rational(value: Fraction) -> "pb.Rational":
+    value = Fraction(value)
+    return pb.Rational(num=value.numerator, den=value.denominator)
+
+
+def _fraction(value, default: Fraction | None = None) -> Fraction:
+    if value.den == 0:
+        if default is None:
+            raise StageError("a rational in the header has a zero denominator")
+        return default
+    return Fraction(value.num, value.den)
+
+
+def header_message(info: ClipInfo, task: str = "", model: str = "") -> "pb.ClipChunk":
+    header = pb.ClipHeader(
+        clip_id=info.clip_id, task=task, model=model, width=info.width, height=info.height,
+        pixel_format=FORMAT_TO_PB[info.pixel_format], fps=_rational(info.fps),
+        sample_aspect_ratio=_rational(info.sar), params=dict(info.params),
+        frame_count=info.frame_count or 0, start_time=info.start_time)
+    return pb.ClipChunk(header=header)
+
+
+def header_info(header) -> ClipInfo:
+    if header.pixel_format not in PB_TO_FORMAT:
+        raise StageError(f"unknown pixel format {header.pixel_format}")
+    if header.width == 0 or header.height == 0:
+        raise StageError(f"zero-size frames ({header.width}x{header.height})")
+    fps = _fraction(header.fps)
+    if fps <= 0:
+        raise StageError(f"frame rate must be positive, not {fps}")
+    return ClipInfo(
+        clip_id=header.clip_id, width=header.width, height=header.height,
+        fps=fps, pixel_format=PB_TO_FORMAT[header.pixel_format],
+        sar=_fraction(header.sample_aspect_ratio, Fraction(1)), params=dict(header.params),
+        frame_count=header.frame_count or None, start_time=header.start_time)
+
+
+def frame_bytes(info: ClipInfo) -> int:
+    return info.width * info.height * 3 * np.dtype(PIXEL_FORMATS[info.pixel_format]).itemsize
+
+
+def batch_message(frames: list[np.ndarray]) -> "pb.ClipChunk":
+    data = b"".join(np.ascontiguousarray(f).tobytes() for f in frames)
+    return pb.ClipChunk(batch=pb.FrameBatch(count=len(frames), data=data))
+
+
+def batch_frames(info: ClipInfo, batch) -> list[np.ndarray]:
+    """The frames of a FrameBatch, as read-only views of its bytes (no copy)."""
+    size = frame_bytes(info)
+    if batch.count == 0 or len(batch.data) != batch.count * size:
+        raise StageError(
+            f"clip {info.clip_id}: batch of {batch.count} frames has {len(batch.data)} bytes, "
+            f"expected {batch.count * size} for {info.width}x{info.height} {info.pixel_format}")
+    flat = np.frombuffer(batch.data, dtype=PIXEL_FORMATS[info.pixel_format])
+    return list(flat.reshape(batch.count, info.height, info.width, 3))
+
+
+def encode_clip(info: ClipInfo, frames: Iterable[np.ndarray], batch: int,
+                task: str = "", model: str = "") -> Iterator["pb.ClipChunk"]:
+    """header, batches of ``batch`` frames, end."""
+    yield header_message(info, task, model)
+    sent = 0
+    for group in batches(frames, batch):
+        sent += len(group)
+        yield batch_message(group)
+    yield pb.ClipChunk(end=pb.ClipEnd(frame_count=sent))
+
+
+def decode_clip(chunks: Iterator) -> tuple["pb.ClipHeader", ClipInfo, Iterator[np.ndarray]]:
+    """Read the header now; the frames lazily, checking the stream's shape as they come."""
+    first = next(chunks, None)
+    if first is None or first.WhichOneof("kind") != "header":
+        raise StageError("a clip must start with a header")
+    info = header_info(first.header)
+    return first.header, info, _frames(info, chunks)
+
+
+def _frames(info: ClipInfo, chunks: Iterator) -> Iterator[np.ndarray]:
+    received = 0
+    for chunk in chunks:
+        kind = chunk.WhichOneof("kind")
+        if kind == "batch":
+            frames = batch_frames(info, chunk.batch)
+            received += len(frames)
+            yield from frames
+        elif kind == "end":
+            if chunk.end.frame_count != received:
+                raise StageError(f"clip {info.clip_id}: end says {chunk.end.frame_count} frames, "
+                                 f"{received} arrived")
+            return
+        else:
+            raise StageError(f"clip {info.clip_id}: unexpected {kind} inside a clip")
+    raise StageError(f"clip {info.clip_id}: stream ended without an end marker")

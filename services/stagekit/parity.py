@@ -1,0 +1,85 @@
+"""The parity harness: run a model's cases from ``../shared/parity/<model>`` and compare.
+
+A model's ``parity.py`` supplies one function, ``run_case(config, case, arrays)``, that
+builds its network from ``config`` (tiny kwargs in the authors' names), loads
+``tiny_state.safetensors`` strictly and returns the outputs named in ``case['outputs']``.
+This module does the rest: reading the fixtures, measuring, printing, the exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+def rel_l2(ours, theirs) -> float:
+    ours = np.asarray(ours, dtype=np.float64)
+    theirs = np.asarray(theirs, dtype=np.float64)
+    if ours.shape != theirs.shape:
+        return float("inf")
+    return float(np.linalg.norm(ours - theirs) / max(np.linalg.norm(theirs), 1e-12))
+
+
+def max_abs(ours, theirs) -> float:
+    ours = np.asarray(ours, dtype=np.float64)
+    theirs = np.asarray(theirs, dtype=np.float64)
+    if ours.shape != theirs.shape:
+        return float("inf")
+    return float(np.abs(ours - theirs).max()) if ours.size else 0.0
+
+
+METRICS = {"rel_l2": rel_l2, "max_abs": max_abs}
+
+
+def load_config(folder: Path) -> dict:
+    return json.loads((Path(folder) / "config.json").read_text())
+
+
+def load_arrays(folder: Path, name: str) -> dict[str, np.ndarray]:
+    with np.load(Path(folder) / name, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def compare(case: dict, produced: dict, expected: dict) -> list[tuple[str, str, float, float, bool]]:
+    """(output, metric, value, tolerance, ok) for each output the case names."""
+    rows = []
+    for name, spec in case["outputs"].items():
+        metric = spec.get("metric", "rel_l2")
+        tol = float(spec["tol"])
+        if name not in produced:
+            rows.append((name, metric, float("inf"), tol, False))
+            continue
+        value = METRICS[metric](produced[name], expected[name])
+        rows.append((name, metric, value, tol, value <= tol))
+    return rows
+
+
+def run(folder: Path, run_case: Callable[[dict, dict, dict], dict], out=sys.stdout) -> int:
+    """Run every case in ``folder``; print a line per output; 0 when all are in tolerance."""
+    folder = Path(folder)
+    config = load_config(folder)
+    failed = 0
+    for case in config["cases"]:
+        arrays = load_arrays(folder, case["file"])
+        produced = run_case(config, case, arrays)
+        for name, metric, value, tol, ok in compare(case, produced, arrays):
+            failed += not ok
+            print(f"{case['file']:<32} {name:<20} {metric}={value:.3e} tol={tol:.1e} "
+                  f"{'ok' if ok else 'FAIL'}", file=out)
+    print(f"{config.get('model', folder.name)}: "
+          f"{'all cases within tolerance' if not failed else f'{failed} output(s) beyond tolerance'}",
+          file=out)
+    return 1 if failed else 0
+
+
+def main(run_case: Callable[[dict, dict, dict], dict], argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Check the network against the authors' outputs.")
+    parser.add_argument("folder", type=Path, help="a parity folder, e.g. ../shared/parity/MODEL")
+    args = parser.parse_args(argv)
+    if not (args.folder / "config.json").is_file():
+        parser.exit(2, f"error: {args.folder} has no config.json\n")
+    sys.exit(run(args.folder, run_case))

@@ -1,0 +1,128 @@
+"""The gRPC server every stage service runs: `python -m services.<model> --listen HOST:PORT`.
+
+It serves StageService (Process, Describe), grpc.health.v1 and reflection, with message
+limits sized for large frames. A bad request is answered INVALID_ARGUMENT with the reason
+and the server keeps serving; SIGTERM drains the streams in flight, then exits.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from concurrent import futures
+from pathlib import Path
+from typing import Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from . import codec
+from .protos import stage_pb2 as pb
+from .protos import stage_pb2_grpc as pb_grpc
+from .stage import Stage, StageError
+from .weights import WeightsError
+from .windowing import batches
+
+log = logging.getLogger("restoration.server")
+
+MAX_MESSAGE = 512 * 1024 * 1024   # a batch of 4K float16 frames fits
+OUTPUT_BATCH_BYTES = 32 * 1024 * 1024
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StageService"].full_name
+GRPC_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE)]
+
+
+class StageServicer(pb_grpc.StageServiceServicer):
+    def __init__(self, stages: Iterable[Stage]):
+        self.stages = list(stages)
+
+    def pick(self, task: str, model: str) -> Stage:
+        found = [s for s in self.stages
+                 if (not task or s.task == task) and (not model or s.model == model)]
+        if len(found) != 1:
+            served = ", ".join(f"{s.task}/{s.model}" for s in self.stages)
+            wanted = f"{task or '?'}/{model or '?'}"
+            raise StageError(f"this service serves {served}; no single stage for {wanted}")
+        return found[0]
+
+    def Process(self, request_iterator, context):
+        try:
+            header, info, frames = codec.decode_clip(request_iterator)
+            stage = self.pick(header.task, header.model)
+            out_info, out_frames = stage.run(info, frames)
+            yield codec.header_message(out_info, stage.task, stage.model)
+            batch = max(1, min(stage.max_batch, OUTPUT_BATCH_BYTES // codec.frame_bytes(out_info)))
+            sent = 0
+            for group in batches(out_frames, batch):
+                sent += len(group)
+                yield codec.batch_message(group)
+            yield pb.ClipChunk(end=pb.ClipEnd(frame_count=sent))
+        except StageError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Exception as exc:  # a stage bug must not take the server down: report it
+            log.exception("stage failed")
+            context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+    def Describe(self, request, context):
+        from . import __version__
+        stages = [pb.StageDescription(
+            task=d["task"], model=d["model"], backend=d["backend"], weights=d["weights"],
+            window_past=d["window_past"], window_future=d["window_future"],
+            scale=d["scale"], fps_factor=d["fps_factor"],
+            accepts=[codec.FORMAT_TO_PB[f] for f in d["accepts"]], max_batch=d["max_batch"])
+            for d in (s.describe() for s in self.stages)]
+        return pb.DescribeResponse(stages=stages, version=__version__)
+
+
+def build_server(stages: list[Stage], listen: str, workers: int = 16):
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=GRPC_OPTIONS)
+    pb_grpc.add_StageServiceServicer_to_server(StageServicer(stages), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    if server.add_insecure_port(listen) == 0:
+        raise OSError(f"cannot listen on {listen}")
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, health_servicer
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Serve a restoration stage over gRPC.")
+    parser.add_argument("--listen", default="127.0.0.1:50051", help="HOST:PORT to serve on")
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="checkpoint file or folder (default: the weights store)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--arch", type=Path, default=None,
+                        help="JSON network configuration (default: the official one)")
+    parser.add_argument("--workers", type=int, default=16, help="concurrent streams")
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+def main(create_stage: Callable[..., Stage | list[Stage]], argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        made = create_stage(weights=args.weights, device=args.device, arch=args.arch)
+        stages = made if isinstance(made, list) else [made]
+        server, health_servicer = build_server(stages, args.listen, args.workers)
+    except (WeightsError, StageError, OSError, ValueError) as exc:
+        sys.exit(f"error: {exc}")
+    server.start()
+    log.info("serving %s on %s", ", ".join(f"{s.task}/{s.model}" for s in stages), args.listen)
+    stopping = threading.Event()
+
+    def drain(signum, frame):
+        health_servicer.enter_graceful_shutdown()
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, drain)
+    signal.signal(signal.SIGINT, drain)
+    stopping.wait()
+    server.stop(grace=30).wait()

@@ -1,0 +1,67 @@
+"""Test helpers: the CLI as a real process, and small media files made on the spot."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_video(path: Path, frames, fps=Fraction(24), codec="libx264", options=None,
+                audio_seconds: float | None = None, container_options=None) -> Path:
+    frames = list(frames)
+    with av.open(str(path), "w", options=container_options or {}) as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p" if codec != "ffv1" else "yuv444p"
+        stream.codec_context.options = options or ({"crf": "10"} if codec == "libx264" else {})
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+        if audio_seconds:
+            write_tone(out, audio_seconds)
+    return path
+
+
+def write_tone(out, seconds: float, rate: int = 16000) -> None:
+    audio = out.add_stream("aac", rate=rate)
+    audio.layout = "mono"
+    t = np.arange(int(seconds * rate)) / rate
+    samples = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    for start in range(0, len(samples), 1024):
+        frame = av.AudioFrame.from_ndarray(samples[None, start:start + 1024].copy(),
+                                           format="fltp", layout="mono")
+        frame.sample_rate = rate
+        frame.pts = start
+        out.mux(audio.encode(frame))
+    out.mux(audio.encode(None))
+
+
+def read_frames(path: Path) -> list[np.ndarray]:
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def textured(seed: int, size=(64, 48), count=12, shift=2) -> list[np.ndarray]:
+    """A moving random texture: real motion for the temporal stages."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    base = rng.integers(0, 256, (h, w + shift * count, 3), dtype=np.uint8)
+    base = np.asarray(base, np.float32)
+    import cv2
+    base = cv2.GaussianBlur(base, (0, 0), 1.5).astype(np.uint8)
+    return [np.ascontiguousarray(base[:, i * shift:i * shift + w]) for i in range(count)]
+
+
