@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all parity clean
+.PHONY: setup demo test test-all clean bench-models
 
 setup: $(VENV)/.installed
 
@@ -28,3 +28,6 @@ test-all: setup
 
 clean:
 	rm -rf $(VENV) demo
+
+bench-models: setup
+	$(PY) -m bench.models

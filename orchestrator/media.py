@@ -218,7 +218,7 @@ class VideoWriter:
         self.video_part = spec.path.with_name(f".{spec.path.name}.video.part")
         self.part = spec.path.with_name(f".{spec.path.name}.part")
         encoder, pix_fmt, options = CODECS[spec.codec]
-        self.container = av.open(str(self.video_part), "w", format="matroska")
+        self.container = av.open(str(self.video_part), "w", format="mp4")
         self.stream = self.container.add_stream(encoder, rate=fps)
         ctx = self.stream.codec_context
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, pix_fmt

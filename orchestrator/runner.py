@@ -62,9 +62,27 @@ def make_plan(source: media.SourceInfo, specs: list[StageSpec], native: str = "a
 
 
 def _resolve(spec: StageSpec) -> str:
-    if spec.endpoint != "local":
-        return spec.model  # the service decides what 'auto' means there
-    return registry.resolve(spec.task, spec.model)
+    if spec.endpoint == "local":
+        return registry.resolve(spec.task, spec.model)
+    return _remote_model(spec)
+
+
+def _remote_model(spec: StageSpec) -> str:
+    """Ask the service which model it runs for the task: the plan is then the same as an
+    embedded one with that model, and an unreachable endpoint fails before any work."""
+    from services.stagekit.client import StageClient
+    try:
+        with StageClient(spec.endpoint.removeprefix("grpc://"), timeout=15) as client:
+            served = client.describe()
+    except Exception as exc:
+        raise UserError(f"stage {spec.task}: cannot reach {spec.endpoint} ({_rpc_reason(exc)})") from None
+    models = [d["model"] for d in served if d["task"] == spec.task
+              and spec.model in ("auto", d["model"])]
+    if not models:
+        offered = ", ".join(f"{d['task']}/{d['model']}" for d in served)
+        raise UserError(f"stage {spec.task}: {spec.endpoint} serves {offered}, "
+                        f"not {spec.task}/{spec.model}")
+    return models[0]
 
 
 def _working_size(source: media.SourceInfo, native: str, specs: list[StageSpec]) -> tuple[int, int]:
@@ -103,9 +121,8 @@ class RemoteRunner:
         self.client = StageClient(spec.endpoint.removeprefix("grpc://"))
 
     def run(self, info: ClipInfo, frames):
-        model = "" if self.spec.model == "auto" else self.spec.model
         try:
-            return self.client.process(info, frames, task=self.spec.task, model=model)
+            return self.client.process(info, frames, task=self.spec.task, model=self.spec.model)
         except Exception as exc:
             raise UserError(f"stage {self.spec.task} at {self.spec.endpoint}: {_rpc_reason(exc)}") from None
 
@@ -186,13 +203,18 @@ class ClipFrames:
     def __init__(self, channel: Channel):
         self.channel = channel
         self.done = False
+        self.waited = 0.0   # seconds spent waiting for the previous stage
 
     def __iter__(self) -> Iterator[np.ndarray]:
         while not self.done:
+            clock = time.monotonic()
             kind, value = self.channel.get()
+            self.waited += time.monotonic() - clock
             if kind == "end":
                 self.done = True
                 return
+            # Frames are shared: the stage before may still hold this one in its window.
+            value.flags.writeable = False
             yield value
 
 
@@ -296,12 +318,13 @@ class Job:
             except StageError as exc:
                 raise UserError(f"stage {step.name}: {exc}") from None
             outbox.put(("start", out_info))
-            clock = time.monotonic()
+            clock, waited = time.monotonic(), frames.waited
             for frame in out_frames:
-                now = time.monotonic()
-                self.progress.stage_frame(step.name, now - clock)
+                # The stage's own time: what it took to make this frame, less the time
+                # it spent waiting for input from the stage before it.
+                self.progress.stage_frame(step.name, time.monotonic() - clock - (frames.waited - waited))
                 outbox.put(("frame", frame))
-                clock = time.monotonic()
+                clock, waited = time.monotonic(), frames.waited
             if not frames.done:
                 raise RuntimeError(f"stage {step.name} stopped before the end of {info.clip_id}")
             outbox.put(("end", None))

@@ -62,8 +62,10 @@ def degrade(frames: list[np.ndarray], damage: TapeDamage) -> Iterator[np.ndarray
             luma = img @ np.array([0.299, 0.587, 0.114], np.float32)
             img = np.repeat(luma[..., None], 3, axis=2)
         img += rng.normal(0, damage.noise, img.shape[:2])[..., None]
+        # Pixel replication, as a line-doubling capture card does: the oversampling
+        # the orchestrator's real-resolution test must find.
         img = cv2.resize(np.clip(img, 0, 255).astype(np.uint8), (720, 480),
-                         interpolation=cv2.INTER_LINEAR)
+                         interpolation=cv2.INTER_NEAREST)
         img[:, :damage.left_band] = 8
         band = img[480 - damage.bottom_band:].astype(np.float32)
         img[480 - damage.bottom_band:] = np.clip(0.3 * band + 170, 0, 255).astype(np.uint8)
@@ -91,7 +93,7 @@ def write_tape(path: Path, frames: Iterator[np.ndarray], seconds: float) -> None
         ctx = video.codec_context
         ctx.sample_aspect_ratio = Fraction(8, 9)
         ctx.field_order = 2  # top field first
-        ctx.options = {"crf": "20", "preset": "fast", "flags": "+ildct+ilme",
+        ctx.options = {"crf": "16", "preset": "fast", "flags": "+ildct+ilme",
                        "x264-params": "tff=1"}
         audio = out.add_stream("aac", rate=48000)
         audio.layout = "mono"

@@ -1,0 +1,24 @@
+"""Classical (no-weights) models for every task of the video pipeline: numpy + OpenCV.
+
+They are what runs on a laptop, in CI and on a first run before any weights are pulled,
+so each is a real algorithm rather than a placeholder:
+
+- analog: motion-compensated, motion-adaptive deinterlacing to the field rate (bwdif's
+  decision rule on motion-compensated fields), a motion-aware temporal impulse filter for
+  dropouts, scratches and dirt, and luminance flicker reduction;
+- outpaint: detection of damaged border bands, rebuilt from neighbouring frames by optical
+  flow, then spatially;
+- colorize: finds black-and-white frames; colours them from reference images by
+  luminance-and-texture matched transfer, or leaves them grey and says so;
+- deblur: noise-regularised Wiener deconvolution with an estimated Gaussian PSF;
+- denoise: motion-compensated temporal averaging over +/-2 frames with occlusion
+  rejection, then a spatial pass sized to the noise left;
+- superres: 4x by lanczos plus iterative back-projection against an area-downscale model;
+- interpolate: bidirectional optical flow carried to the intermediate time, with
+  forward-backward occlusion handling; never across a clip's end (a shot cut).
+
+``python -m services.classical --listen HOST:PORT`` serves all seven.
+"""
+
+MODEL = "classical"
+TASKS = ("analog", "outpaint", "colorize", "deblur", "denoise", "superres", "interpolate")

@@ -1,0 +1,162 @@
+"""What every classical stage shares: parameters, working precision, noise estimation."""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Callable, Iterable, Iterator, TypeVar
+
+import cv2
+import numpy as np
+
+from services.stagekit.stage import ClipInfo, Stage, StageError
+
+from . import MODEL
+
+log = logging.getLogger("restoration.classical")
+
+FORMATS = ("rgb24", "rgbf16")
+T = TypeVar("T")
+
+
+class ClassicalStage(Stage):
+    """A stage whose parameters are a fixed set of keys, parsed by ``settings``."""
+
+    model = MODEL
+    accepts = FORMATS
+    backend = f"numpy {np.__version__} opencv {cv2.__version__}"
+    params: tuple[str, ...] = ()
+
+    def validate(self, info: ClipInfo) -> None:
+        super().validate(info)
+        self.settings(info)
+
+    def settings(self, info: ClipInfo):
+        """The clip's parameters, parsed and checked (StageError for a bad one)."""
+        self.check_known(info)
+        return None
+
+    def check_known(self, info: ClipInfo) -> None:
+        unknown = sorted(set(info.params) - set(self.params))
+        if unknown:
+            known = ", ".join(self.params) or "none"
+            raise StageError(f"{self.name}: unknown parameter(s) {', '.join(unknown)} "
+                             f"(known: {known})")
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}/{self.model}"
+
+    def fail(self, key: str, value: str, want: str) -> StageError:
+        return StageError(f"{self.name}: parameter {key}={value!r} must be {want}")
+
+    def param_float(self, info: ClipInfo, key: str, default: float | None,
+                    low: float, high: float, names: dict[str, float] | None = None):
+        value = info.params.get(key)
+        if value is None or value.strip().lower() in ("", "auto"):
+            return default
+        text = value.strip().lower()
+        if names and text in names:
+            return names[text]
+        want = f"a number in [{low:g}, {high:g}]"
+        if names:
+            want += " or one of " + ", ".join(names)
+        try:
+            number = float(text)
+        except ValueError:
+            raise self.fail(key, value, want) from None
+        if not low <= number <= high:
+            raise self.fail(key, value, want)
+        return number
+
+    def param_int(self, info: ClipInfo, key: str, default: int, low: int, high: int) -> int:
+        value = info.params.get(key)
+        if value is None or not value.strip():
+            return default
+        want = f"an integer in [{low}, {high}]"
+        if not re.fullmatch(r"\s*\d+\s*", value):
+            raise self.fail(key, value, want)
+        number = int(value)
+        if not low <= number <= high:
+            raise self.fail(key, value, want)
+        return number
+
+    def param_choice(self, info: ClipInfo, key: str, choices: tuple[str, ...]) -> str:
+        """One of ``choices``; the first is the default."""
+        value = info.params.get(key)
+        if value is None or not value.strip():
+            return choices[0]
+        text = value.strip().lower()
+        if text not in choices:
+            raise self.fail(key, value, "one of " + ", ".join(choices))
+        return text
+
+    def param_switch(self, info: ClipInfo, key: str, default: bool = True) -> bool:
+        value = info.params.get(key)
+        if value is None or not value.strip():
+            return default
+        text = value.strip().lower()
+        if text in ("on", "true", "yes", "1"):
+            return True
+        if text in ("off", "false", "no", "0"):
+            return False
+        raise self.fail(key, value, "on or off")
+
+
+def to_work(frame: np.ndarray) -> np.ndarray:
+    """float32 RGB in [0, 255], whatever the clip's pixel format."""
+    if frame.dtype == np.uint8:
+        return frame.astype(np.float32)
+    return frame.astype(np.float32) * 255.0
+
+
+def from_work(image: np.ndarray, pixel_format: str) -> np.ndarray:
+    if pixel_format == "rgb24":
+        return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    return np.clip(image / 255.0, 0.0, 1.0).astype(np.float16)
+
+
+def worked(frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    for frame in frames:
+        yield to_work(frame)
+
+
+def delivered(images: Iterable[np.ndarray], pixel_format: str) -> Iterator[np.ndarray]:
+    for image in images:
+        yield from_work(image, pixel_format)
+
+
+def luma(image: np.ndarray) -> np.ndarray:
+    """BT.601 luma of a float32 RGB image, same scale."""
+    return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+
+
+def grey8(image: np.ndarray) -> np.ndarray:
+    """uint8 luma, what the optical flow reads."""
+    return np.clip(luma(image) + 0.5, 0, 255).astype(np.uint8)
+
+
+_NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+
+
+def noise_sigma(y: np.ndarray) -> float:
+    """Standard deviation of white noise in a luma image (Immerkaer's operator).
+
+    The operator cancels smooth content; texture and edges would still inflate a plain
+    mean, so only the flattest half of the image (by gradient) votes, through a median."""
+    y = y.astype(np.float32)
+    response = np.abs(cv2.filter2D(y, -1, _NOISE_KERNEL, borderType=cv2.BORDER_REFLECT))
+    # Flatness is judged on a smoothed copy, so the noise itself does not pick the voters.
+    smooth = cv2.GaussianBlur(y, (0, 0), 2.0)
+    gradient = (np.abs(cv2.Sobel(smooth, cv2.CV_32F, 1, 0))
+                + np.abs(cv2.Sobel(smooth, cv2.CV_32F, 0, 1)))
+    flat = gradient[1:-1, 1:-1] <= np.median(gradient[1:-1, 1:-1])
+    votes = response[1:-1, 1:-1][flat]
+    if votes.size == 0:
+        return 0.0
+    # |N(0, 36 s^2)| has median 0.6745 * 6 s.
+    return float(np.median(votes) / (0.6745 * 6.0))
+
+
+def mapped(function: Callable[[T], T], items: Iterable[T]) -> Iterator[T]:
+    for item in items:
+        yield function(item)

@@ -1,0 +1,95 @@
+"""denoise/classical: motion-compensated temporal denoising, then a light spatial pass.
+
+Each frame's neighbours up to two frames away are warped onto it by optical flow
+(measured on smoothed luma, so that the noise does not steer it). Each warped pixel is
+weighted by how well a small patch around it matches the frame, beyond what the noise
+alone explains (a temporal non-local mean): pixels that were occluded, or whose motion
+the flow missed, fall out of the average. The frame itself always counts. What noise is
+left is then reduced spatially by OpenCV's non-local means, sized to that residual.
+
+``strength`` is the noise sigma in 8-bit levels (default: estimated once per clip from its
+first frame, so the filter is the same over the clip and does not flicker).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import cv2
+import numpy as np
+
+from services.stagekit.stage import ClipInfo
+from services.stagekit.windowing import neighbourhoods
+
+from .common import ClassicalStage, delivered, grey8, log, luma, noise_sigma, worked
+from .flow import FlowEstimator, warp
+
+RADIUS = 2
+PATCH = 5            # patch side for the match between a warped neighbour and the frame
+MATCH = 2.0          # patch distance, in noise variances, at which a neighbour's weight is 1/e
+SPATIAL = 1.0        # spatial h, per sigma of residual noise
+
+
+@dataclass
+class Item:
+    image: np.ndarray
+    grey: np.ndarray
+
+
+class DenoiseStage(ClassicalStage):
+    task = "denoise"
+    window = (RADIUS, RADIUS)
+    max_batch = 8
+    params = ("strength",)
+
+    def settings(self, info: ClipInfo) -> float | None:
+        self.check_known(info)
+        return self.param_float(info, "strength", None, 0.0, 100.0)
+
+    def process(self, info: ClipInfo, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        sigma = self.settings(info)
+        flow = FlowEstimator("medium", scale=min(1.0, 480 / info.width), smooth=1.0)
+        items = (Item(image, flow.prepare(grey8(image))) for image in worked(frames))
+        for window in neighbourhoods(items, RADIUS, RADIUS):
+            if sigma is None:
+                sigma = noise_sigma(luma(window[RADIUS].image))
+                log.info("%s clip %s: noise sigma %.2f (estimated)", self.name,
+                         info.clip_id, sigma)
+            yield from delivered([denoise(window, flow, sigma)], info.pixel_format)
+
+
+def denoise(window: list[Item], flow: FlowEstimator, sigma: float) -> np.ndarray:
+    centre = window[RADIUS]
+    image = centre.image
+    if sigma < 0.5:
+        return image
+    shape = image.shape[:2]
+    y = luma(image)
+    total = image.copy()
+    weight = np.ones(shape, np.float32)
+    squared = np.ones(shape, np.float32)      # sum of squared weights: the noise left
+    seen = {id(centre)}
+    for other in window:
+        if id(other) in seen:
+            continue     # the clip's ends repeat a frame: it would count twice
+        seen.add(id(other))
+        moved = warp(other.image, flow(centre.grey, other.grey, shape))
+        distance = cv2.blur((luma(moved) - y) ** 2, (PATCH, PATCH))
+        # Two independent noisy samples differ by 2 sigma^2 on average.
+        excess = np.maximum(distance / (sigma * sigma) - 2.0, 0.0)
+        w = np.exp(-excess / MATCH).astype(np.float32)
+        total += w[..., None] * moved
+        weight += w
+        squared += w * w
+    out = total / weight[..., None]
+    return spatial(out, sigma * np.sqrt(squared) / weight)
+
+
+def spatial(image: np.ndarray, residual: np.ndarray) -> np.ndarray:
+    """Non-local means sized to the noise the temporal average left (its mean level)."""
+    level = float(np.mean(residual))
+    if level < 0.75:
+        return image
+    eight = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    h = SPATIAL * level
+    return cv2.fastNlMeansDenoisingColored(eight, None, h, h, 3, 9).astype(np.float32)

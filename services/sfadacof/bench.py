@@ -1,0 +1,80 @@
+"""Forward time of the official configuration (random weights) beside the authors'.
+
+The parity README timed the authors' class on a shared 2-core CPU with torch threads = 2:
+the median of 3 runs after a warm-up of one 1x3x128x128 frame pair, 0.124 s.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+from services.stagekit.stage import ClipInfo
+
+from . import MODEL
+from .network import build_network
+from .stage import SfAdaCoFStage
+
+AUTHORS_S = {128: 0.124, 256: 0.40}
+
+
+def forward_seconds(size: int = 128, runs: int = 3, threads: int = 2) -> float:
+    """The median of ``runs`` timed forwards after one warm-up, as the README measured."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        network = build_network().eval()
+        frame0, frame2 = torch.rand(1, 3, size, size), torch.rand(1, 3, size, size)
+        times = []
+        with torch.inference_mode():
+            network(frame0, frame2)
+            for _ in range(runs):
+                start = time.perf_counter()
+                network(frame0, frame2)
+                times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return statistics.median(times)
+
+
+def gpu_frames_per_second(half: bool, width: int = 360, height: int = 240,
+                          count: int = 41) -> float:
+    """Output frames/s of the 2x stage on CUDA, uint8 frames in and out, after a warm-up."""
+    stage = SfAdaCoFStage(build_network(), "cuda", half=half)
+    frames = np.random.default_rng(0).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
+    info = ClipInfo("bench", width=width, height=height, fps=Fraction(30), frame_count=count)
+    for _ in stage.run(info.replace(frame_count=None), iter(frames[:stage.max_batch + 1]))[1]:
+        pass
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    made = sum(1 for _ in stage.run(info, iter(frames))[1])
+    torch.cuda.synchronize()
+    return made / (time.perf_counter() - start)
+
+
+def gpu_rows() -> list[dict]:
+    if not torch.cuda.is_available():
+        return []
+    name = torch.cuda.get_device_name()
+    return [{"model": MODEL, "input": f"360x240 clip, {name}, {label}",
+             "ours_s": round(1 / fps, 5), "ours_fps": round(fps, 1),
+             "authors_s": None, "ratio": None}
+            for label, fps in (("fp32", gpu_frames_per_second(False)),
+                               ("fp16 kernel estimator", gpu_frames_per_second(True)))]
+
+
+def rows(size: int = 128) -> list[dict]:
+    ours = forward_seconds(size)
+    authors = AUTHORS_S[size]
+    cpu = {"model": MODEL, "input": f"1x3x{size}x{size} pair, CPU, 2 threads",
+           "ours_s": round(ours, 4), "authors_s": authors, "ratio": round(ours / authors, 3)}
+    return [cpu, *gpu_rows()]
+
+
+if __name__ == "__main__":
+    for row in rows():
+        print(row)
