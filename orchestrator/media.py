@@ -6,6 +6,7 @@ frame rate, audio) in ``SourceInfo``.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from fractions import Fraction
@@ -16,6 +17,8 @@ import av
 import numpy as np
 
 from .errors import MediaError
+
+log = logging.getLogger("restoration.orchestrator")
 
 FIELD_ORDERS = {0: "unknown", 1: "progressive", 2: "tff", 3: "bff", 4: "tff", 5: "bff"}
 IMAGE_FORMATS = ("image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "webp_pipe", "tiff_pipe",
@@ -210,20 +213,26 @@ class OutputSpec:
 
 
 class VideoWriter:
-    """Encodes RGB frames to a hidden part file beside the output; ``finish`` muxes the
-    source's audio and moves it into place atomically, ``abort`` removes every trace."""
+    """Encodes RGB frames, with the source's audio muxed alongside as they go, into a
+    hidden part file beside the output; ``finish`` moves it into place atomically,
+    ``abort`` removes every trace."""
 
-    def __init__(self, spec: OutputSpec, width: int, height: int, fps: Fraction, sar: Fraction):
+    AUDIO_LEAD = 0.5  # seconds of audio muxed ahead of the video written so far
+
+    def __init__(self, spec: OutputSpec, width: int, height: int, fps: Fraction, sar: Fraction,
+                 source: SourceInfo):
         self.spec = spec
-        self.video_part = spec.path.with_name(f".{spec.path.name}.video.part")
+        self.fps = Fraction(fps)
         self.part = spec.path.with_name(f".{spec.path.name}.part")
         encoder, pix_fmt, options = CODECS[spec.codec]
-        self.container = av.open(str(self.video_part), "w", format="mp4")
-        self.stream = self.container.add_stream(encoder, rate=fps)
+        self.container = av.open(str(self.part), "w", format=CONTAINERS[spec.path.suffix.lower()])
+        self.audio = _AudioCopy(source, self.container) if source.audio_codec else None
+        self.stream = self.container.add_stream(encoder, rate=self.fps)
         ctx = self.stream.codec_context
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, pix_fmt
         ctx.sample_aspect_ratio = sar
-        ctx.time_base = 1 / Fraction(fps)
+        self.stream.sample_aspect_ratio = sar  # the container too: FFV1 has no place for it
+        ctx.time_base = 1 / self.fps
         ctx.colorspace, ctx.color_range = 1, 1          # BT.709, limited range
         ctx.color_primaries, ctx.color_trc = 1, 1
         opts = dict(options)
@@ -231,6 +240,11 @@ class VideoWriter:
             opts["crf"] = str(spec.crf)
         ctx.options = opts
         self.frames = 0
+        if spec.codec == "ffv1" and self.container.format.name == "matroska" and sar != 1:
+            # PyAV's Matroska muxer drops the aspect ratio and FFV1 has no field for it.
+            log.warning("%s: Matroska/FFV1 cannot record the pixel aspect ratio %s here; "
+                        "play it with that aspect ratio or use --codec h264/h265",
+                        spec.path.name, sar)
 
     def write(self, rgb: np.ndarray) -> None:
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
@@ -238,69 +252,73 @@ class VideoWriter:
         frame.pts = self.frames
         self.frames += 1
         self.container.mux(self.stream.encode(frame))
+        if self.audio is not None:
+            self.audio.copy_until(float(self.frames / self.fps) + self.AUDIO_LEAD)
 
-    def finish(self, source: SourceInfo) -> Path:
+    def finish(self) -> Path:
         try:
             self.container.mux(self.stream.encode(None))
+            if self.audio is not None:
+                self.audio.copy_until(float("inf"))
+                self.audio.close()
             self.container.close()
-            _mux_audio(self.video_part, source, self.part, CONTAINERS[self.spec.path.suffix.lower()])
             os.replace(self.part, self.spec.path)
         except Exception:
             self.abort()
             raise
-        finally:
-            self.video_part.unlink(missing_ok=True)
         return self.spec.path
 
     def abort(self) -> None:
-        try:
-            self.container.close()
-        except Exception:  # the container may already be closed or half-open: cleanup goes on
-            pass
-        self.video_part.unlink(missing_ok=True)
+        for closing in (self.audio.close if self.audio else None, self.container.close):
+            try:
+                if closing:
+                    closing()
+            except Exception:  # half-open containers: cleanup goes on regardless
+                pass
         self.part.unlink(missing_ok=True)
 
 
-def _mux_audio(video_path: Path, source: SourceInfo, out_path: Path, fmt: str) -> None:
-    """Copy the encoded video and the source's first audio stream into the final container,
-    keeping the audio's offset to the first video frame (so it stays in sync)."""
-    with av.open(str(video_path)) as video_in, av.open(str(source.path)) as src, \
-            av.open(str(out_path), "w", format=fmt) as out:
-        vin = video_in.streams.video[0]
-        vout = out.add_stream_from_template(vin)
-        vout.sample_aspect_ratio = vin.sample_aspect_ratio
-        ain = src.streams.audio[0] if src.streams.audio else None
-        aout = None
-        if ain is not None:
-            if fmt == "matroska" or ain.codec_context.name in MP4_AUDIO:
-                aout = out.add_stream_from_template(ain)
-            else:
-                aout = out.add_stream("aac", rate=ain.rate)
-        for packet in video_in.demux(vin):
+class _AudioCopy:
+    """The source's first audio stream, copied packet by packet (or re-encoded to AAC
+    when the output container cannot hold its codec), keeping its offset to the first
+    video frame so it stays in sync."""
+
+    def __init__(self, source: SourceInfo, out):
+        self.src = av.open(str(source.path))
+        self.ain = self.src.streams.audio[0]
+        self.out = out
+        fmt = out.format.name
+        self.transcode = not (fmt == "matroska" or self.ain.codec_context.name in MP4_AUDIO)
+        if self.transcode:
+            self.aout = out.add_stream("aac", rate=self.ain.rate)
+        else:
+            self.aout = out.add_stream_from_template(self.ain)
+        self.shift = round(source.start_time / self.ain.time_base) if self.ain.time_base else 0
+        self.packets = self.src.demux(self.ain)
+
+    def copy_until(self, seconds: float) -> None:
+        for packet in self.packets:
             if packet.dts is None:
                 continue
-            packet.stream = vout
-            out.mux(packet)
-        if ain is not None:
-            _copy_audio(src, ain, aout, out, source.start_time)
+            self._mux(packet)
+            if packet.pts is not None and float((packet.pts - self.shift) * self.ain.time_base) > seconds:
+                return
+        if self.transcode:
+            self.out.mux(self.aout.encode(None))
+            self.transcode = False  # flushed
 
-
-def _copy_audio(src, ain, aout, out, video_start: float) -> None:
-    shift = round(video_start / ain.time_base) if ain.time_base else 0
-    transcode = aout.codec_context.name != ain.codec_context.name
-    for packet in src.demux(ain):
-        if packet.dts is None:
-            continue
-        if transcode:
+    def _mux(self, packet) -> None:
+        if self.transcode:
             for frame in packet.decode():
                 frame.pts = None
-                out.mux(aout.encode(frame))
-            continue
-        packet.pts -= shift
-        packet.dts -= shift
+                self.out.mux(self.aout.encode(frame))
+            return
+        packet.pts -= self.shift
+        packet.dts -= self.shift
         if packet.pts < 0 and packet.duration and packet.pts + packet.duration <= 0:
-            continue  # audio before the first video frame
-        packet.stream = aout
-        out.mux(packet)
-    if transcode:
-        out.mux(aout.encode(None))
+            return  # audio before the first video frame
+        packet.stream = self.aout
+        self.out.mux(packet)
+
+    def close(self) -> None:
+        self.src.close()

@@ -249,7 +249,7 @@ class Job:
             else:
                 self._sink(channels[-1])
             self._raise_failure()
-            return self.writer.finish(self.plan.source)
+            return self.writer.finish()
         except BaseException as exc:
             self.cancel.set()
             if self.writer is not None:
@@ -340,7 +340,7 @@ class Job:
                 if self.writer is None:
                     geometry = this
                     self.writer = media.VideoWriter(self.output, value.width, value.height, value.fps,
-                                               self._output_sar(value))
+                                                    self._output_sar(value), self.plan.source)
                 elif this != geometry:
                     raise UserError(f"{value.clip_id} came out {this[0]}x{this[1]} at "
                                     f"{float(this[2]):.3f} fps, earlier clips "

@@ -18,26 +18,33 @@ def run_cli(*args, timeout: float = 900) -> subprocess.CompletedProcess:
 
 
 def write_video(path: Path, frames, fps=Fraction(24), codec="libx264", options=None,
-                audio_seconds: float | None = None, container_options=None) -> Path:
+                audio_seconds: float | None = None, container_options=None,
+                pix_fmt: str | None = None) -> Path:
     frames = list(frames)
     with av.open(str(path), "w", options=container_options or {}) as out:
+        audio = add_tone_stream(out) if audio_seconds else None
         stream = out.add_stream(codec, rate=fps)
         stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p" if codec != "ffv1" else "yuv444p"
+        stream.pix_fmt = pix_fmt or ("yuv420p" if codec != "ffv1" else "yuv444p")
         stream.codec_context.options = options or ({"crf": "10"} if codec == "libx264" else {})
         for i, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts = i
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
-        if audio_seconds:
-            write_tone(out, audio_seconds)
+        if audio is not None:
+            write_tone(out, audio, audio_seconds)
     return path
 
 
-def write_tone(out, seconds: float, rate: int = 16000) -> None:
+def add_tone_stream(out, rate: int = 16000):
     audio = out.add_stream("aac", rate=rate)
     audio.layout = "mono"
+    return audio
+
+
+def write_tone(out, audio, seconds: float) -> None:
+    rate = audio.rate
     t = np.arange(int(seconds * rate)) / rate
     samples = (0.2 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
     for start in range(0, len(samples), 1024):

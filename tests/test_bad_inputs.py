@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from .helpers import run_cli, textured, write_tone, write_video
+from .helpers import add_tone_stream, run_cli, textured, write_tone, write_video
 
 
 def assert_clean_failure(result, out_dir: Path, *words: str) -> None:
@@ -63,7 +63,7 @@ def test_still_image_is_not_a_video(tmp_path):
 def test_audio_only_input(tmp_path):
     path = tmp_path / "voice.m4a"
     with av.open(str(path), "w") as out:
-        write_tone(out, 1.0)
+        write_tone(out, add_tone_stream(out), 1.0)
     result = run_cli("submit", path, "-o", tmp_path / "restored.mp4")
     assert_clean_failure(result, tmp_path, "no video stream")
 
