@@ -29,20 +29,26 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("input", type=Path)
     submit.add_argument("-o", "--output", type=Path, help="output file (default INPUT.restored.mp4)")
     submit.add_argument("-y", "--overwrite", action="store_true", help="replace an existing output")
-    submit.add_argument("--pipeline", type=Path, help="pipeline file (YAML)")
-    submit.add_argument("--stages", help="run only these tasks, in this order (comma-separated)")
-    submit.add_argument("--skip", action="append", metavar="TASK", help="leave a task out")
-    submit.add_argument("--model", action="append", metavar="TASK=MODEL", help="model for a task")
-    submit.add_argument("--set", action="append", metavar="TASK.PARAM=VALUE", dest="sets",
-                        help="a stage parameter")
-    submit.add_argument("--endpoint", action="append", metavar="TASK=grpc://HOST:PORT",
-                        help="run a task on a stage service ('all=...' for every task)")
+    add_pipeline_flags(submit)
     submit.add_argument("--codec", default="h264", choices=sorted(media.CODECS))
     submit.add_argument("--crf", type=int, default=18, help="quality for h264/h265 (lower is better)")
-    submit.add_argument("--native", default="auto", metavar="auto|full|WxH",
-                        help="the tape's real resolution (default: measured)")
-    submit.add_argument("--device", default="auto", help="auto, cpu or cuda for in-process models")
     submit.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+
+    inspect = sub.add_parser("inspect", help="what the tool detects in a video and would do")
+    inspect.add_argument("input", type=Path)
+    inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    add_pipeline_flags(inspect)
+
+    preview = sub.add_parser("preview", help="restore a stretch and show it beside the original")
+    preview.add_argument("input", type=Path)
+    preview.add_argument("--at", type=float, default=0.0, help="start, in seconds")
+    preview.add_argument("--seconds", type=float, default=2.0, help="length, in seconds")
+    preview.add_argument("-o", "--output", type=Path, help="comparison video (default INPUT.preview.mp4)")
+    preview.add_argument("--still", type=Path, help="also write one comparison frame as PNG")
+    preview.add_argument("--layout", choices=("side", "wipe"), default="side")
+    preview.add_argument("-y", "--overwrite", action="store_true")
+    add_pipeline_flags(preview)
+    preview.add_argument("-q", "--quiet", action="store_true")
 
     sub.add_parser("stages", help="list tasks, their models and whether each can run here")
 
@@ -53,6 +59,25 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--mirror", help="base URL to download MODEL/FILE from instead")
     wsub.add_parser("list", help="what the weights store holds")
     return parser
+
+
+def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose what a job does: the same for submit, inspect and preview."""
+    parser.add_argument("--pipeline", type=Path, help="pipeline file (YAML)")
+    parser.add_argument("--stages", help="run only these tasks, in this order (comma-separated)")
+    parser.add_argument("--skip", action="append", metavar="TASK", help="leave a task out")
+    parser.add_argument("--model", action="append", metavar="TASK=MODEL", help="model for a task")
+    parser.add_argument("--set", action="append", metavar="TASK.PARAM=VALUE", dest="sets",
+                        help="a stage parameter")
+    parser.add_argument("--endpoint", action="append", metavar="TASK=grpc://HOST:PORT",
+                        help="run a task on a stage service ('all=...' for every task)")
+    parser.add_argument("--native", default="auto", metavar="auto|full|WxH",
+                        help="the tape's real resolution (default: measured)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda for in-process models")
+
+
+def pipeline_specs(args) -> list:
+    return pipeline.build(args.pipeline, args.stages, args.skip, args.model, args.sets, args.endpoint)
 
 
 def cmd_submit(args) -> int:
@@ -67,7 +92,7 @@ def cmd_submit(args) -> int:
         raise UserError(f"{output}: the output would overwrite the input")
     if output.exists() and not args.overwrite:
         raise UserError(f"{output}: already exists (use -y to replace it)")
-    specs = pipeline.build(args.pipeline, args.stages, args.skip, args.model, args.sets, args.endpoint)
+    specs = pipeline_specs(args)
     source = media.probe(args.input)
     from .runner import Job, make_plan
     plan = make_plan(source, specs, args.native)
@@ -102,7 +127,27 @@ def cmd_weights(args) -> int:
     return 0
 
 
-COMMANDS = {"submit": cmd_submit, "stages": cmd_stages, "weights": cmd_weights}
+def cmd_inspect(args) -> int:
+    from .inspect import inspect, render
+    report = inspect(args.input, pipeline_specs(args), args.native)
+    print(render(report, as_json=args.json))
+    return 0
+
+
+def cmd_preview(args) -> int:
+    from .preview import preview
+    output = args.output or args.input.with_name(f"{args.input.stem}.preview.mp4")
+    if output.exists() and not args.overwrite:
+        raise UserError(f"{output}: already exists (use -y to replace it)")
+    media.OutputSpec(output).check()
+    path = preview(args.input, output, args.at, args.seconds, pipeline_specs(args), args.native,
+                   args.device, args.layout, args.still, show_progress=not args.quiet)
+    print(path)
+    return 0
+
+
+COMMANDS = {"submit": cmd_submit, "inspect": cmd_inspect, "preview": cmd_preview,
+            "stages": cmd_stages, "weights": cmd_weights}
 
 
 def main(argv=None) -> int:

@@ -11,14 +11,14 @@ from collections import deque
 import cv2
 import numpy as np
 
-THUMB = (64, 36)
-GREY_CHROMA = 0.03  # chroma spread below which a frame is monochrome (grey or tinted)
+from services.stagekit.monochrome import MONOCHROME_SPREAD, chroma_spread, thumbnail
+
 
 
 def descriptor(frame: np.ndarray) -> tuple[np.ndarray, float]:
     """A normalised histogram of hue (weighted by saturation), saturation and value, and
     the frame's typical saturation."""
-    thumb = cv2.resize(frame, THUMB, interpolation=cv2.INTER_AREA)
+    thumb = thumbnail(frame)
     hsv = cv2.cvtColor(thumb, cv2.COLOR_RGB2HSV).reshape(-1, 3).astype(np.float32)
     sat = hsv[:, 1] / 255.0
     hue = np.histogram(hsv[:, 0], bins=18, range=(0, 180), weights=sat)[0]
@@ -26,16 +26,7 @@ def descriptor(frame: np.ndarray) -> tuple[np.ndarray, float]:
     vals = np.histogram(hsv[:, 2], bins=16, range=(0, 256))[0]
     n = float(len(hsv))
     hist = np.concatenate([hue / n, sats / n, vals / n]).astype(np.float32)
-    return hist, grey_level(thumb)
-
-
-def grey_level(thumb: np.ndarray) -> float:
-    """How far the chroma strays from the frame's typical tint (90th percentile): near 0
-    for black-and-white and for sepia-toned film, robust to a small coloured overlay such
-    as a date stamp."""
-    chroma = cv2.cvtColor(thumb, cv2.COLOR_RGB2YCrCb)[..., 1:].reshape(-1, 2).astype(np.float32)
-    spread = np.abs(chroma - np.median(chroma, axis=0)).max(axis=-1) / 128.0
-    return float(np.percentile(spread, 90))
+    return hist, chroma_spread(thumb)
 
 
 class ShotDetector:
@@ -52,12 +43,12 @@ class ShotDetector:
     def is_cut(self, frame: np.ndarray) -> bool:
         current = descriptor(frame)
         previous, self.previous = self.previous, current
-        self.grey = current[1] < GREY_CHROMA
+        self.grey = current[1] < MONOCHROME_SPREAD
         self.since_cut += 1
         if previous is None:
             return False
         change = float(np.abs(current[0] - previous[0]).sum()) / 3.0
-        switched = (current[1] < GREY_CHROMA) != (previous[1] < GREY_CHROMA)
+        switched = (current[1] < MONOCHROME_SPREAD) != (previous[1] < MONOCHROME_SPREAD)
         typical = float(np.median(self.recent)) if self.recent else 0.0
         self.recent.append(change)
         cut = switched or (change > self.threshold and change > 4 * typical + 0.05)
@@ -66,7 +57,3 @@ class ShotDetector:
             self.recent.clear()
             return True
         return False
-
-
-def is_grey(frame: np.ndarray) -> bool:
-    return grey_level(cv2.resize(frame, THUMB, interpolation=cv2.INTER_AREA)) < GREY_CHROMA

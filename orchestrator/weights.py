@@ -33,7 +33,13 @@ def pull(model: str, root: Path | None = None, mirror: str | None = None, say=pr
         else:
             url = f"{mirror.rstrip('/')}/{model}/{entry.name}" if mirror else entry.url
             say(f"{model}/{entry.name}: downloading {url}")
-            _download(url, target, entry)
+            try:
+                _download(url, target, entry)
+            except UserError as exc:
+                if not entry.optional:
+                    raise
+                say(f"{model}/{entry.name}: optional, not downloaded ({exc})")
+                continue
         got.append(target)
     return got
 

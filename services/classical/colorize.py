@@ -20,13 +20,12 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
+from services.stagekit.monochrome import is_monochrome
 from services.stagekit.stage import ClipInfo, StageError
 
 from .common import ClassicalStage, from_work, log, to_work
 from .flow import FlowEstimator, warp
 
-GREY_MEAN = 1.5      # mean |chroma| (8-bit, around 128) below which a frame is grey...
-GREY_PEAK = 8.0      # ...provided its 99th percentile is below this too
 LUMA_BINS = 64
 TEXTURE_BINS = 12
 TEXTURE_MAX = 40.0   # local luma standard deviation mapped to the last texture bin
@@ -58,7 +57,7 @@ class ColorizeStage(ClassicalStage):
         grey_count = total = 0
         for frame in frames:
             total += 1
-            if not is_grey(frame):
+            if not is_monochrome(frame):
                 yield frame
                 continue
             grey_count += 1
@@ -96,12 +95,6 @@ def rgb_of(y: np.ndarray, chroma: np.ndarray) -> np.ndarray:
     return np.dstack([y + 1.403 * cr, y - 0.714 * cr - 0.344 * cb, y + 1.773 * cb])
 
 
-def is_grey(frame: np.ndarray) -> bool:
-    image = to_work(frame)
-    small = cv2.resize(image, (max(1, image.shape[1] // 4), max(1, image.shape[0] // 4)),
-                       interpolation=cv2.INTER_AREA) if min(image.shape[:2]) >= 16 else image
-    chroma = np.abs(chroma_of(small))
-    return float(chroma.mean()) < GREY_MEAN and float(np.percentile(chroma, 99)) < GREY_PEAK
 
 
 @functools.lru_cache(maxsize=16)

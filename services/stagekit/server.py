@@ -40,8 +40,12 @@ class StageServicer(pb_grpc.StageServiceServicer):
         self.stages = list(stages)
 
     def pick(self, task: str, model: str) -> Stage:
+        """The stage for ``task`` and ``model``; no model means the service's first (its
+        default) for the task."""
         found = [s for s in self.stages
                  if (not task or s.task == task) and (not model or s.model == model)]
+        if not model and task:
+            found = found[:1]
         if len(found) != 1:
             served = ", ".join(f"{s.task}/{s.model}" for s in self.stages)
             wanted = f"{task or '?'}/{model or '?'}"

@@ -27,6 +27,7 @@ class WeightsFile:
     sha256: str | None
     licence: str
     role: str = ""
+    optional: bool = False   # an alternative model's file: the model runs without it
 
 
 def weights_dir() -> Path:
@@ -48,7 +49,7 @@ def weights_path(model: str, name: str, root: Path | None = None) -> Path:
 
 
 def weights_present(model: str, root: Path | None = None) -> bool:
-    files = manifest(model)
+    files = [f for f in manifest(model) if not f.optional]
     return bool(files) and all(weights_path(model, f.name, root).is_file() for f in files)
 
 

@@ -1,0 +1,140 @@
+"""`orchestrator inspect INPUT`: what the tool finds in a video and what it would do,
+in plain words or as JSON. One pass over the frames (shot detection is cheap); nothing is
+restored."""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import av
+
+from . import media
+from .pipeline import StageSpec
+from .runner import make_plan
+from .shots import ShotDetector
+
+BAND_SAMPLE = 16  # frames the border detector looks at, as the outpaint stage does
+
+
+def inspect(path: Path, specs: list[StageSpec], native: str = "auto") -> dict:
+    source = media.probe(path)
+    plan = make_plan(source, specs, native)
+    shots, grey = _scan(source)
+    return {
+        "file": str(path),
+        "container": _container(path),
+        "video": {
+            "codec": _video_codec(path), "width": source.width, "height": source.height,
+            "pixel_format": source.pix_fmt, "frame_rate": _rate(source.fps),
+            "variable_frame_rate": source.variable_rate, "frames": source.frame_count,
+            "duration_s": round(source.duration, 3), "interlaced": source.interlaced,
+            "field_order": source.field_order, "rotation": source.rotation,
+            "sample_aspect_ratio": _ratio(source.sar), "display_aspect_ratio": _ratio(source.dar),
+        },
+        "native_resolution": {"width": plan.working_size[0], "height": plan.working_size[1]},
+        "shots": {"count": len(shots), "starts_s": [round(s, 3) for s, _ in shots]},
+        "black_and_white": [{"from_s": round(a, 3), "to_s": round(b, 3)} for a, b in grey],
+        "damaged_bands": _bands(source),
+        "audio": _audio(path),
+        "pipeline": {
+            "working_size": list(plan.working_size), "output_fps": _rate(plan.target_fps),
+            "stages": [asdict(spec) for spec in plan.stages],
+        },
+    }
+
+
+def _scan(source: media.SourceInfo) -> tuple[list, list]:
+    """Shots as (start, end) seconds, and the black-and-white ones among them."""
+    fps = float(source.fps)
+    detector = ShotDetector(fps)
+    starts, grey_counts, count = [0], [0], 0
+    for index, frame in enumerate(media.decode(source)):
+        if detector.is_cut(frame):
+            starts.append(index)
+            grey_counts.append(0)
+        grey_counts[-1] += detector.grey
+        count = index + 1
+    ends = starts[1:] + [count]
+    shots = [(a / fps, b / fps) for a, b in zip(starts, ends)]
+    grey = [shot for shot, n, a, b in zip(shots, grey_counts, starts, ends) if n > 0.9 * (b - a)]
+    return shots, _merge(grey)
+
+
+def _merge(spans: list) -> list:
+    merged: list = []
+    for start, end in spans:
+        if merged and abs(merged[-1][1] - start) < 1e-6:
+            merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _bands(source: media.SourceInfo) -> dict:
+    """Damaged borders and the head-switching band, in the source's pixels."""
+    from services.classical.common import to_work
+    from services.classical.outpaint import detect_bands
+    frames = list(itertools.islice(media.decode(source), BAND_SAMPLE))
+    bands = detect_bands([to_work(f) for f in frames])
+    return {edge: getattr(bands, edge) for edge in ("left", "right", "top", "bottom")
+            if getattr(bands, edge)}
+
+
+def _container(path: Path) -> str:
+    with av.open(str(path)) as container:
+        return container.format.name
+
+
+def _video_codec(path: Path) -> str:
+    with av.open(str(path)) as container:
+        return container.streams.video[0].codec_context.name
+
+
+def _audio(path: Path) -> list[dict]:
+    with av.open(str(path)) as container:
+        return [{"codec": s.codec_context.name, "sample_rate": s.rate, "channels": s.channels,
+                 "language": s.metadata.get("language"),
+                 "duration_s": round(float(s.duration * s.time_base), 3) if s.duration else None}
+                for s in container.streams.audio]
+
+
+def _rate(value) -> str:
+    return f"{value.numerator}/{value.denominator}"
+
+
+def _ratio(value) -> str:
+    return f"{value.numerator}:{value.denominator}"
+
+
+def render(report: dict, as_json: bool = False) -> str:
+    if as_json:
+        return json.dumps(report, indent=2)
+    v = report["video"]
+    native = report["native_resolution"]
+    grey = report["black_and_white"]
+    bands = report["damaged_bands"]
+    lines = [
+        f"{report['file']}: {report['container']}, {v['codec']} {v['width']}x{v['height']} "
+        f"{v['pixel_format']}, {v['duration_s']:.2f}s, {float(_fraction(v['frame_rate'])):.3f} fps"
+        + (" (variable)" if v["variable_frame_rate"] else ""),
+        f"  scan: {'interlaced, ' + ('top' if v['field_order'] == 'tff' else 'bottom') + ' field first' if v['interlaced'] else 'progressive'}"
+        + (f", rotated {v['rotation']} degrees" if v["rotation"] else ""),
+        f"  aspect: SAR {v['sample_aspect_ratio']}, DAR {v['display_aspect_ratio']}",
+        f"  real resolution: about {native['width']}x{native['height']}",
+        f"  shots: {report['shots']['count']} (starting at "
+        + ", ".join(f"{s:.2f}s" for s in report["shots"]["starts_s"]) + ")",
+        "  black-and-white: " + (", ".join(f"{g['from_s']:.2f}s-{g['to_s']:.2f}s" for g in grey) or "none"),
+        "  damaged bands: " + (", ".join(f"{k} {n} px" for k, n in bands.items()) or "none"),
+        "  audio: " + (", ".join(f"{a['codec']} {a['sample_rate']} Hz {a['channels']} ch" for a in report["audio"]) or "none"),
+        "  would run: " + " -> ".join(f"{s['task']}={s['model']}" for s in report["pipeline"]["stages"])
+        + f", output {report['pipeline']['working_size'][0]}x{report['pipeline']['working_size'][1]} before superres"
+        + f" at {float(_fraction(report['pipeline']['output_fps'])):.3f} fps",
+    ]
+    return "\n".join(lines)
+
+
+def _fraction(text: str):
+    from fractions import Fraction
+    return Fraction(text)

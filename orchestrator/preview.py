@@ -1,0 +1,108 @@
+"""`orchestrator preview INPUT --at T --seconds N -o compare.mp4`: restore one stretch
+with the same pipeline and settings as the full job, and show it beside the original."""
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from . import media
+from .errors import UserError
+from .pipeline import StageSpec
+from .runner import Job, make_plan
+
+MAX_HEIGHT = 720  # each half of the comparison, in display pixels
+
+
+def preview(path: Path, output: Path, at: float, seconds: float, specs: list[StageSpec],
+            native: str = "auto", device: str = "auto", layout: str = "side",
+            still: Path | None = None, show_progress: bool = True) -> Path:
+    source = media.probe(path)
+    if seconds <= 0:
+        raise UserError(f"--seconds must be positive, not {seconds}")
+    if not 0 <= at < source.duration:
+        raise UserError(f"--at {at}: the video is {source.duration:.2f}s long")
+    # The native size is measured on the whole input, as the full job would.
+    working = make_plan(source, specs, native).working_size
+    with tempfile.TemporaryDirectory(prefix="preview-", dir=output.parent) as tmp:
+        stretch = _cut(source, at, seconds, Path(tmp) / "stretch.mkv")
+        restored = Path(tmp) / "restored.mkv"
+        plan = make_plan(stretch, specs, "%dx%d" % working)
+        Job(plan, media.OutputSpec(restored, "ffv1"), device, show_progress).run()
+        return _compare(stretch, restored, plan.source.dar, output, layout, still)
+
+
+def _cut(source: media.SourceInfo, at: float, seconds: float, path: Path) -> media.SourceInfo:
+    """The stretch as a lossless file, carrying the original's field order and aspect."""
+    frames = []
+    for index, frame in enumerate(media.decode(source)):
+        t = index / float(source.fps)
+        if t >= at + seconds:
+            break
+        if t >= at:
+            frames.append(frame)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("ffv1", rate=source.fps)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "bgr0"
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="bgr0")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    cut = media.probe(path)
+    return dataclasses.replace(cut, field_order=source.field_order, sar=source.sar,
+                               rotation=0, audio_codec=None, audio_duration=None)
+
+
+def _compare(before: media.SourceInfo, after_path: Path, dar: Fraction, output: Path,
+             layout: str, still: Path | None) -> Path:
+    height = MAX_HEIGHT
+    width = int(round(height * dar / 2)) * 2
+    originals = list(media.decode(before))
+    after = media.probe(after_path)
+    ratio = float(before.fps / after.fps)
+    spec = media.OutputSpec(output, "h264", 18)
+    out_width = width * 2 if layout == "side" else width
+    no_audio = dataclasses.replace(after, audio_codec=None)
+    writer = media.VideoWriter(spec, out_width, height, after.fps, Fraction(1), no_audio)
+    frames = list(media.decode(after))
+    try:
+        for i, restored in enumerate(frames):
+            original = originals[min(int(i * ratio), len(originals) - 1)]
+            left = cv2.resize(original, (width, height), interpolation=cv2.INTER_AREA)
+            right = cv2.resize(restored, (width, height), interpolation=cv2.INTER_AREA)
+            picture = _side(left, right) if layout == "side" else _wipe(left, right, i / max(len(frames) - 1, 1))
+            writer.write(picture)
+            if still is not None and i == len(frames) // 2:
+                cv2.imwrite(str(still), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+        return writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def _side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    picture = np.concatenate([left, right], axis=1)
+    picture[:, left.shape[1] - 1:left.shape[1] + 1] = 255
+    return _label(_label(picture, "before", 8), "after", left.shape[1] + 8)
+
+
+def _wipe(left: np.ndarray, right: np.ndarray, progress: float) -> np.ndarray:
+    """Original left of a line that sweeps across, restored right of it."""
+    split = int(left.shape[1] * (0.2 + 0.6 * progress))
+    picture = right.copy()
+    picture[:, :split] = left[:, :split]
+    picture[:, max(split - 1, 0):split + 1] = 255
+    return picture
+
+
+def _label(picture: np.ndarray, text: str, x: int) -> np.ndarray:
+    cv2.putText(picture, text, (x, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (0, 0, 0), 4, cv2.LINE_AA)
+    cv2.putText(picture, text, (x, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2, cv2.LINE_AA)
+    return picture

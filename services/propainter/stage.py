@@ -1,0 +1,220 @@
+"""The ``outpaint`` stage with ProPainter: rebuild a clip's damaged borders.
+
+Parameters (clip header ``params``, all optional):
+
+* ``mode``: ``band`` (default) completes the damaged band in place, the frame keeps its
+  size; ``outpaint`` crops the band and grows the picture back to ``width`` x ``height``
+  (default: the input size), centred as the authors do.
+* ``band``: ``top,bottom,left,right`` in pixels; default ``auto``, found from the clip's
+  first frames (dead black edges, a torn head-switching band at the bottom).
+* ``holes``: JSON list of extra hole boxes ``[x, y, w, h]`` (every frame) or
+  ``[x, y, w, h, first, last]`` (frames first..last of the clip), e.g. a burned-in date.
+* the authors' options: ``neighbor_length``, ``ref_stride``, ``subvideo_length``,
+  ``raft_iter``, ``mask_dilation`` (their defaults 10, 10, 80, 20, 4).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from itertools import chain, islice
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from services.stagekit.device import pick_device, pick_dtype
+from services.stagekit.stage import ClipInfo, Stage, StageError
+from services.stagekit.weights import (WeightsError, load_checkpoint, load_strict,
+                                       sha256_file, unwrap, weights_path)
+
+from . import MODEL, TASK
+from .borders import Band, detect_band, holes_mask
+from .geometry import BandPlan, OutpaintPlan
+from .network import ProPainterNetworks, build, kwargs_from_config
+from .pipeline import Completion, Options
+
+# The authors' three checkpoint files and how each is wrapped.
+CHECKPOINTS = {
+    "raft": ("raft-things.pth", "module."),   # saved from nn.DataParallel
+    "flow_complete": ("recurrent_flow_completion.pth", ""),
+    "propainter": ("ProPainter.pth", ""),
+}
+DETECT_FRAMES = 24
+OPTION_NAMES = ("neighbor_length", "ref_stride", "subvideo_length", "raft_iter", "mask_dilation")
+
+
+@dataclass(frozen=True)
+class Request:
+    """A clip's parameters, checked."""
+
+    mode: str = "band"
+    band: Band | None = None            # None: detect
+    holes: tuple = ()
+    target: tuple[int, int] | None = None   # (height, width) for outpainting
+    options: Options = field(default_factory=Options)
+
+
+def parse_request(params, defaults: Options) -> Request:
+    """The clip parameters as a Request; StageError says what is wrong."""
+    try:
+        mode = params.get("mode", "band")
+        if mode not in ("band", "outpaint"):
+            raise ValueError(f"mode must be 'band' or 'outpaint', not {mode!r}")
+        band_text = params.get("band", "auto")
+        band = None if band_text == "auto" else Band.parse(band_text)
+        holes = _parse_holes(params.get("holes", "[]"))
+        target = None
+        if "width" in params or "height" in params:
+            if mode != "outpaint":
+                raise ValueError("width/height are for mode=outpaint")
+            target = (int(params["height"]), int(params["width"]))
+        options = replace(defaults, **{k: int(params[k]) for k in OPTION_NAMES if k in params})
+        _check_options(options)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StageError(f"{TASK}/{MODEL}: bad parameter: {exc}") from None
+    return Request(mode, band, holes, target, options)
+
+
+def _parse_holes(text: str) -> tuple:
+    boxes = json.loads(text)
+    if not isinstance(boxes, list):
+        raise ValueError("holes must be a JSON list of boxes")
+    for box in boxes:
+        if (not isinstance(box, list) or len(box) not in (4, 6)
+                or not all(isinstance(v, int) for v in box) or box[2] <= 0 or box[3] <= 0):
+            raise ValueError(f"hole {box!r} is not [x, y, w, h] or [x, y, w, h, first, last]")
+    return tuple(tuple(box) for box in boxes)
+
+
+def _check_options(options: Options) -> None:
+    if options.neighbor_length < 2:
+        raise ValueError("neighbor_length must be at least 2")
+    if min(options.ref_stride, options.subvideo_length, options.raft_iter) < 1:
+        raise ValueError("ref_stride, subvideo_length and raft_iter must be positive")
+    if options.mask_dilation < 0:
+        raise ValueError("mask_dilation must not be negative")
+
+
+class ProPainterStage(Stage):
+    task = TASK
+    model = MODEL
+    accepts = ("rgb24",)
+    backend = "torch"
+    max_batch = 8
+
+    def __init__(self, nets: ProPainterNetworks, device, dtype=torch.float32,
+                 identity: str = "", options: Options = Options()):
+        self.nets = nets
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.identity = identity
+        self.options = options
+        # A frame may draw on up to subvideo_length frames either side (short clips are
+        # taken whole; longer ones through chunks and references of that reach).
+        self.window = (options.subvideo_length, options.subvideo_length)
+
+    def weights_identity(self) -> str:
+        return self.identity
+
+    def validate(self, info: ClipInfo) -> None:
+        super().validate(info)
+        request = parse_request(info.params, self.options)
+        if request.target is not None and min(request.target) <= 0:
+            raise StageError(f"{TASK}/{MODEL}: target size must be positive")
+        if request.band is not None:
+            self._plan(info, request, request.band)
+
+    def output_info(self, info: ClipInfo) -> ClipInfo:
+        request = parse_request(info.params, self.options)
+        if request.mode == "outpaint" and request.target is not None:
+            return info.replace(height=request.target[0], width=request.target[1])
+        return info
+
+    def _plan(self, info: ClipInfo, request: Request, band: Band):
+        if request.mode == "band":
+            return BandPlan(info.height, info.width, request.options.mask_dilation)
+        target = request.target or (info.height, info.width)
+        try:
+            return OutpaintPlan(info.height, info.width, band, target,
+                                request.options.mask_dilation)
+        except ValueError as exc:
+            raise StageError(f"{TASK}/{MODEL}: {exc}") from None
+
+    def process(self, info: ClipInfo, frames) -> Iterator[np.ndarray]:
+        request = parse_request(info.params, self.options)
+        frames = iter(frames)
+        head = list(islice(frames, DETECT_FRAMES))
+        band = request.band if request.band is not None else detect_band(head)
+        plan = self._plan(info, request, band)
+        frames = chain(head, frames)
+        del head
+        if not band and not request.holes and plan.output_size == (info.height, info.width):
+            yield from frames     # nothing damaged, nothing to grow: the input is the answer
+            return
+        engine = Completion(self.nets, request.options, self.device, self.dtype)
+        for composited in engine.run(self._clip_frames(info, request, band, plan, frames)):
+            yield np.ascontiguousarray(plan.crop(composited))
+
+    @staticmethod
+    def _clip_frames(info, request, band, plan, frames):
+        band_hole = band.mask(info.height, info.width) if request.mode == "band" else None
+        for index, frame in enumerate(frames):
+            hole = holes_mask(request.holes, index, info.height, info.width)
+            if band_hole is not None:
+                hole |= band_hole
+            yield plan.clip_frame(frame, hole)
+
+
+# --------------------------------------------------------------------------------------
+# Building the stage: the networks, the authors' checkpoints, the device
+# --------------------------------------------------------------------------------------
+
+def load_official(nets: ProPainterNetworks, folder: Path | None) -> str:
+    """Load the authors' three files (from ``folder`` or the weights store) strictly, as
+    they ship them; returns the weights' identity (their sha256s)."""
+    parts = []
+    for name, (file_name, prefix) in CHECKPOINTS.items():
+        path = folder / file_name if folder is not None else weights_path(MODEL, file_name)
+        state = unwrap(load_checkpoint(path), None, prefix)
+        load_strict(getattr(nets, name), state)
+        parts.append(f"{file_name}:sha256:{sha256_file(path)[:16]}")
+    return " ".join(parts)
+
+
+def load_combined(nets: ProPainterNetworks, path: Path, missing_ok=()) -> str:
+    """Load one file holding all three networks under ``raft.``, ``flow_complete.`` and
+    ``propainter.`` (the parity fixtures' layout)."""
+    load_strict(nets, load_checkpoint(path), missing_ok)
+    return f"{path.name}:sha256:{sha256_file(path)[:16]}"
+
+
+def load_arch(arch: Path | None) -> tuple[dict | None, tuple]:
+    if arch is None:
+        return None, ()
+    try:
+        config = json.loads(Path(arch).read_text())
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"cannot read the network configuration {arch}: {exc}") from exc
+    return config, tuple(config.get("state", {}).get("missing_ok", ()))
+
+
+def create_stage(weights: Path | None = None, device: str = "auto",
+                 arch: Path | None = None) -> ProPainterStage:
+    """The stage on ``device``; ``weights``: a folder with the authors' three files, one
+    combined file, or None for the weights store; ``arch``: a JSON configuration (a
+    parity config.json) or None for the released networks."""
+    config, missing_ok = load_arch(arch)
+    nets = build(kwargs_from_config(config) if config is not None else None)
+    weights = Path(weights) if weights is not None else None
+    if weights is not None and weights.is_file():
+        identity = load_combined(nets, weights, missing_ok)
+    else:
+        identity = load_official(nets, weights)
+    target = pick_device(device)
+    dtype = pick_dtype(target)
+    nets.to(target)
+    # RAFT stays in fp32 as the authors run it; the rest follows the stage's precision.
+    nets.flow_complete.to(dtype)
+    nets.propainter.to(dtype)
+    return ProPainterStage(nets, target, dtype, identity)
