@@ -1,0 +1,67 @@
+"""`orchestrator inspect` tells what it finds; `orchestrator preview` shows a restored
+stretch beside the original."""
+from __future__ import annotations
+
+import json
+
+import av
+import cv2
+import numpy as np
+
+from .helpers import read_frames, run_cli
+
+
+def inspect_json(path) -> dict:
+    result = run_cli("inspect", path, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_inspect_tape(shared):
+    report = inspect_json(shared / "footage" / "tape_sim.mp4")
+    video = report["video"]
+    assert video["interlaced"] and video["field_order"] == "tff"
+    assert (video["sample_aspect_ratio"], video["display_aspect_ratio"]) == ("8:9", "4:3")
+    assert abs(report["native_resolution"]["width"] - 360) <= 8
+    assert abs(report["native_resolution"]["height"] - 240) <= 8
+    [grey] = report["black_and_white"]
+    assert abs(grey["from_s"] - 3) < 0.2 and abs(grey["to_s"] - 6) < 0.2
+    bands = report["damaged_bands"]
+    assert bands.get("left", 0) >= 10 and bands.get("bottom", 0) >= 6
+    assert len(report["audio"]) == 1
+    assert [s["task"] for s in report["pipeline"]["stages"]][0] == "analog"
+
+
+def test_inspect_old_film(shared):
+    report = inspect_json(shared / "footage" / "oldfilm_003.mp4")
+    assert not report["video"]["interlaced"]
+    assert report["native_resolution"] == {"width": 640, "height": 480}
+    [grey] = report["black_and_white"]
+    assert grey["from_s"] == 0 and grey["to_s"] >= report["video"]["duration_s"] - 0.1
+    assert report["audio"] == []
+
+
+def test_inspect_in_words(shared):
+    result = run_cli("inspect", shared / "footage" / "tape_sim.mp4")
+    assert result.returncode == 0, result.stderr
+    assert "interlaced, top field first" in result.stdout
+    assert "black-and-white: 3.0" in result.stdout
+
+
+def test_preview_puts_original_and_restored_side_by_side(shared, tmp_path):
+    source = shared / "footage" / "tape_sim.mp4"
+    out, still = tmp_path / "cmp.mp4", tmp_path / "cmp.png"
+    result = run_cli("preview", source, "--at", "1", "--seconds", "1", "-o", out,
+                     "--still", still, "-q")
+    assert result.returncode == 0, result.stderr
+    frames = read_frames(out)
+    with av.open(str(out)) as container:
+        stream = container.streams.video[0]
+        assert abs(len(frames) / float(stream.average_rate) - 1.0) < 0.1
+    height, width = frames[0].shape[:2]
+    assert abs(width / height - 2 * 4 / 3) < 0.02           # two 4:3 pictures
+    original = read_frames(source)[30]
+    left = cv2.resize(original, (width // 2, height), interpolation=cv2.INTER_AREA)
+    ours_left = frames[0][:, : width // 2].astype(np.float32)
+    assert np.abs(ours_left - left).mean() < 12          # the before half is the original
+    assert cv2.imread(str(still)) is not None
