@@ -1,0 +1,41 @@
+"""`auto` picks a neural model exactly when its weights are in the store; `stages` says so."""
+from __future__ import annotations
+
+import pytest
+
+from orchestrator import registry
+from services.stagekit.weights import manifest, weights_path
+
+from .helpers import run_cli
+
+NEURAL = sorted({(task, model) for task, models in registry.NEURAL.items() for model in models
+                 if manifest(model)})
+
+
+@pytest.mark.parametrize("task,model", NEURAL)
+def test_auto_uses_a_model_once_its_weights_are_present(tmp_path, monkeypatch, task, model):
+    monkeypatch.setenv("RESTORATION_WEIGHTS", str(tmp_path))
+    assert registry.resolve(task, "auto") == "classical"
+    for entry in manifest(model):
+        if not entry.optional:
+            path = weights_path(model, entry.name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"weights")
+    preferred = [m for m in registry.NEURAL[task] if registry.status(task, m).runnable]
+    assert registry.resolve(task, "auto") == preferred[0]
+    assert model in preferred
+
+
+def test_auto_falls_back_to_classical(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESTORATION_WEIGHTS", str(tmp_path))
+    for task in registry.TASKS:
+        assert registry.resolve(task, "auto") == "classical"
+
+
+def test_stages_lists_every_task_and_model(tmp_path):
+    result = run_cli("stages")
+    assert result.returncode == 0, result.stderr
+    for task in registry.TASKS:
+        assert f"{task:<12} classical" in result.stdout
+    for _, model in NEURAL:
+        assert f" {model} " in result.stdout
