@@ -21,10 +21,11 @@ def main(argv: list[str]) -> int:
     for name in model_names(argv):
         for row in importlib.import_module(f"services.{name}.bench").rows():
             authors = row.get("authors_s")
-            ratio = row["ours_s"] / authors if authors else float("nan")
+            ours = row.get("ours_s", float("nan"))
+            ratio = ours / authors if authors else float("nan")
             extra = " ".join(f"{k}={v}" for k, v in row.items()
                              if k not in ("model", "input", "ours_s", "authors_s", "ratio"))
-            print(f"{row['model']:<12} {row['input']:<34} {row['ours_s']:9.3f} "
+            print(f"{row['model']:<12} {row['input']:<34} {ours:9.3f} "
                   f"{authors if authors is not None else float('nan'):12.3f} {ratio:6.2f} {extra}")
     return 0
 

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     pull = wsub.add_parser("pull", help="download a model's weights and check them")
     pull.add_argument("models", nargs="+", help="model names, or 'all'")
     pull.add_argument("--mirror", help="base URL to download MODEL/FILE from instead")
+    pull.add_argument("--optional", action="store_true",
+                      help="also the alternative variants a manifest lists as optional")
     wsub.add_parser("list", help="what the weights store holds")
     return parser
 
@@ -123,7 +125,7 @@ def cmd_weights(args) -> int:
         return 0
     names = weights.known_models() if args.models == ["all"] else args.models
     for name in names:
-        weights.pull(name, mirror=args.mirror)
+        weights.pull(name, mirror=args.mirror, optional=args.optional)
     return 0
 
 

@@ -19,10 +19,12 @@ def known_models() -> list[str]:
     return sorted(m for m in names if manifest(m))
 
 
-def pull(model: str, root: Path | None = None, mirror: str | None = None, say=print) -> list[Path]:
-    """Download every file of ``model``'s manifest that is not already in the store;
-    a file whose size or sha256 does not match is refused and removed."""
-    files = manifest(model)
+def pull(model: str, root: Path | None = None, mirror: str | None = None, say=print,
+         optional: bool = False) -> list[Path]:
+    """Download every file of ``model``'s manifest that is not already in the store
+    (the optional ones, alternative variants, only when asked); a file whose size or
+    sha256 does not match is refused and removed."""
+    files = [f for f in manifest(model) if optional or not f.optional]
     if not files:
         raise UserError(f"no weights manifest for '{model}' (models: {', '.join(known_models())})")
     got = []

@@ -1,0 +1,328 @@
+"""The colorize stage around TCVC's networks: the authors' inference procedure, streamed.
+
+Per black-and-white shot (a clip): stage 1 colours the first frame (or the user gives a
+reference image), then stage 2 propagates the reference through the shot in clips of
+[reference + 3 frames], carrying a memory from clip to clip, so a clip of any length needs
+only 3 frames and the memory at a time. As the authors do: skimage Lab (D65), L-50 into the
+networks, ab raw, the networks at 216x384, the predicted ab upsampled and joined with the
+full-resolution L. Unlike their script, the whole frame is kept (no centre crop) unless the
+compatibility switch ``compat=authors`` asks for their 480x848 crop.
+
+Clip parameters (``ClipInfo.params``):
+  scenes       ``grey`` (default): colour a clip only if its first frame is black-and-white
+               (or tinted monochrome), pass colour clips through; ``all``: colour every clip.
+  reference    path (on the service's file system) of a colour reference image for the shot;
+               default: stage 1's colourisation of the shot's first frame.
+  working_size ``HxW`` the networks run at (multiples of 8), default 216x384.
+  compat       ``authors``: the authors' centre crop to ``video_size`` (default 480x848);
+               output frames are then that size, as theirs are. rgb24 only.
+  output       ``video`` (default), or ``reference``: the one reference frame the shot is
+               coloured from (stage 1's output), for checking or for reuse.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from services.stagekit.device import pick_device, pick_dtype
+from services.stagekit.monochrome import is_monochrome
+from services.stagekit.stage import ClipInfo, Stage, StageError
+from services.stagekit.weights import (WeightsError, load_checkpoint, load_strict, manifest,
+                                       sha256_file, unwrap, weights_path)
+from services.stagekit.windowing import batches
+
+from . import MODEL, TASK
+from .colour import (backbone_lab2rgb, center_pad, lab2rgb, rgb2lab, to_pixels, unit_rgb)
+from .network import TCVCNetworks, build_networks, kwargs_from_config
+
+WORKING_SIZE = (216, 384)
+AUTHORS_VIDEO_SIZE = (480, 848)
+CLIP_FRAMES = 4             # the reference + 3 frames, as the released model was run
+TEMPERATURE_WARP = 1e-10
+COLOUR_PRIOR = 0.5          # stage 1's abandoned colour prior, fixed by the authors
+
+COLORNET_FILE = "colornet_iter_340000.pth"
+ENCODER_FILE = "checkpoint_encoder_finetune02010000.pth"
+DECODER_FILE = "checkpoint_decoder_finetune02010000.pth"
+
+
+# --------------------------------------------------------------------------- options
+
+@dataclass(frozen=True)
+class Options:
+    working: tuple[int, int] = WORKING_SIZE
+    crop: tuple[int, int] | None = None     # the authors' CenterPad size (compat=authors)
+    all_scenes: bool = False
+    reference: Path | None = None
+    output: str = "video"
+
+
+def _size(text: str, name: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise StageError(f"{name} must be HxW, e.g. 216x384, not {text!r}") from None
+    if h <= 0 or w <= 0:
+        raise StageError(f"{name} must be positive, not {text!r}")
+    return h, w
+
+
+def parse_options(params) -> Options:
+    known = {"scenes", "reference", "working_size", "compat", "video_size", "output"}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise StageError(f"colorize/tcvc has no parameter {unknown[0]!r} (has: {', '.join(sorted(known))})")
+    scenes = params.get("scenes", "grey")
+    if scenes not in ("grey", "all"):
+        raise StageError(f"scenes must be 'grey' or 'all', not {scenes!r}")
+    working = _size(params.get("working_size", "216x384"), "working_size")
+    if working[0] % 8 or working[1] % 8 or min(working) < 16:
+        raise StageError(f"working_size must be multiples of 8, at least 16: {working}")
+    compat = params.get("compat", "")
+    if compat not in ("", "authors"):
+        raise StageError(f"compat must be 'authors' or empty, not {compat!r}")
+    crop = _size(params.get("video_size", "480x848"), "video_size") if compat else None
+    output = params.get("output", "video")
+    if output not in ("video", "reference"):
+        raise StageError(f"output must be 'video' or 'reference', not {output!r}")
+    reference = Path(params["reference"]) if params.get("reference") else None
+    if reference is not None and not reference.is_file():
+        raise StageError(f"reference image not found: {reference}")
+    return Options(working, crop, scenes == "all" or bool(compat), reference, output)
+
+
+# --------------------------------------------------------------------------- per frame
+
+@dataclass
+class Prepared:
+    l_full: torch.Tensor     # (1, H, W) float32 L-50 at the output resolution
+    lab_small: torch.Tensor  # (3, h, w) float32 (L-50, a, b) at the working size
+
+
+@dataclass
+class Coloured:
+    l_full: torch.Tensor     # (1, H, W) L-50
+    ab_full: torch.Tensor    # (2, H, W) raw ab
+    frame: np.ndarray        # (H, W, 3) in the clip's pixel format
+
+
+@dataclass
+class Reference:
+    net_in_lab: torch.Tensor  # (1, 3, h, w) what stage 1 sees
+    net_ab: torch.Tensor      # (1, 2, h, w) its prediction
+    coloured: Coloured
+
+
+
+def read_image(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # grey files come back as 3 channels
+    if image is None:
+        raise StageError(f"cannot read the reference image {path}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _resize(t: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+class Colorizer:
+    """TCVC's networks on one device, with the authors' pre- and post-processing."""
+
+    def __init__(self, nets: TCVCNetworks, device="cpu", dtype=torch.float32):
+        self.device, self.dtype = torch.device(device), dtype
+        self.nets = nets.to(self.device, dtype).eval()
+        # The warp's hard argmax separates cosines ~1e-4 apart: it always runs in float32.
+        self.nets.decoder.warper.warp_layer.float()
+
+    def prepare(self, frame: np.ndarray, opts: Options) -> Prepared:
+        if opts.crop is not None:
+            frame = center_pad(frame, opts.crop)
+        lab = rgb2lab(unit_rgb(frame, self.device)).float().permute(2, 0, 1)
+        lab = torch.cat((lab[:1] - 50.0, lab[1:]))
+        return Prepared(lab[:1], _resize(lab[None], opts.working)[0])
+
+    def finish(self, l_full: torch.Tensor, ab_small: torch.Tensor, pixel_dtype) -> Coloured:
+        ab_full = _resize(ab_small[None].float(), l_full.shape[-2:])[0]
+        lab = torch.cat((l_full + 50.0, ab_full)).double().permute(1, 2, 0)
+        return Coloured(l_full, ab_full, to_pixels(lab2rgb(lab), pixel_dtype))
+
+    @torch.inference_mode()
+    def reference(self, frame: np.ndarray, opts: Options, pixel_dtype=np.uint8) -> Reference:
+        """Stage 1: the first frame coloured with no exemplar."""
+        p = self.prepare(frame, opts)
+        h, w = opts.working
+        x = torch.cat((torch.full((4, h, w), COLOUR_PRIOR, device=self.device),
+                       torch.zeros((3, h, w), device=self.device), p.lab_small[:1]))[None]
+        ab = self.nets.colornet(x.to(self.dtype)).float()
+        return Reference(p.lab_small[None], ab, self.finish(p.l_full, ab[0], pixel_dtype))
+
+    def propagate(self, frames, reference: np.ndarray, opts: Options,
+                  pixel_dtype=np.uint8) -> Iterator[Coloured]:
+        """Stage 2: colour ``frames`` (a shot, streamed) from the reference image."""
+        shot = Shot(self, self.prepare(reference, opts).lab_small)
+        for group in batches(frames, CLIP_FRAMES - 1):
+            prepared = [self.prepare(f, opts) for f in group]
+            ab = shot.step(torch.stack([p.lab_small[:1] for p in prepared]))
+            for p, ab_small in zip(prepared, ab):
+                yield self.finish(p.l_full, ab_small, pixel_dtype)
+
+
+class Shot:
+    """Stage 2's state within one shot: the reference and the memory across clips."""
+
+    def __init__(self, colorizer: Colorizer, ref_lab: torch.Tensor):
+        self.nets, self.dtype = colorizer.nets, colorizer.dtype
+        self.ref_lab = ref_lab[None]                            # (1, 3, h, w)
+        # The backbone runs on the whole clip, reference included, every time, as the
+        # authors run it: caching the reference's features changes the batch the convs
+        # see, and that rounding noise alone moves the tiny parity network's output 1e-3.
+        self.ref_rgb = backbone_lab2rgb(torch.cat((self.ref_lab[:, :1] + 50.0, self.ref_lab[:, 1:]), 1))
+        self.memory = None
+
+    @torch.inference_mode()
+    def step(self, l_grey: torch.Tensor) -> torch.Tensor:
+        """One clip: (k, 1, h, w) L-50 of up to 3 frames -> their (k, 2, h, w) ab."""
+        nets = self.nets
+        grey_rgb = ((l_grey + 50.0) / 100.0).expand(-1, 3, -1, -1)
+        rgb = torch.cat((self.ref_rgb, grey_rgb)).to(self.dtype)
+        hs, out_trans, features, pos = nets.model(rgb, self.memory)
+        l_all = torch.cat((self.ref_lab[:, :1], l_grey))[None].to(self.dtype)
+        ref_ab = self.ref_lab[:, 1:][None].to(self.dtype)
+        ab = nets.decoder(hs, out_trans, ref_ab, features, l_all, pos, TEMPERATURE_WARP)[0]
+        self.memory = out_trans if self.memory is None else nets.inter_save(self.memory, out_trans)
+        return ab[0, 1:].float()
+
+
+# --------------------------------------------------------------------------- the stage
+
+class TCVCStage(Stage):
+    task = TASK
+    model = MODEL
+    window = (0, CLIP_FRAMES - 2)   # a frame waits for the rest of its clip of 3
+    max_batch = CLIP_FRAMES - 1
+    accepts = ("rgb24", "rgbf16")
+    backend = "pytorch"
+
+    def __init__(self, colorizer: Colorizer, weight_files: list[Path]):
+        self.colorizer = colorizer
+        self.weight_files = weight_files
+        self._identity: str | None = None
+
+    def weights_identity(self) -> str:
+        if self._identity is None:
+            known = {f.name: f.sha256 for f in manifest(MODEL)}
+            self._identity = ",".join(
+                f"{p.name}:{(known.get(p.name) or sha256_file(p))[:16]}" for p in self.weight_files)
+        return self._identity
+
+    def validate(self, info: ClipInfo) -> None:
+        super().validate(info)
+        opts = parse_options(info.params)
+        if opts.crop is not None and info.pixel_format != "rgb24":
+            raise StageError("compat=authors reproduces the authors' 8-bit pipeline: send rgb24")
+
+    def output_info(self, info: ClipInfo) -> ClipInfo:
+        opts = parse_options(info.params)
+        height, width = opts.crop or (info.height, info.width)
+        count = 1 if opts.output == "reference" else info.frame_count
+        return info.replace(width=width, height=height, frame_count=count)
+
+    def process(self, info: ClipInfo, frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        opts = parse_options(info.params)
+        frames = iter(frames)
+        first = next(frames, None)
+        if first is None:
+            return
+        frames = chain([first], frames)
+        if opts.output == "reference":
+            yield self.colorizer.reference(first, opts, info.dtype).coloured.frame
+            for _ in frames:  # the rest of the clip is read and dropped: the stream must end
+                pass
+            return
+        if not opts.all_scenes and not is_monochrome(first):
+            yield from frames
+            return
+        reference = self._reference(first, opts, info)
+        for coloured in self.colorizer.propagate(frames, reference, opts, info.dtype):
+            yield coloured.frame
+
+    def _reference(self, first: np.ndarray, opts: Options, info: ClipInfo) -> np.ndarray:
+        if opts.reference is not None:
+            return read_image(opts.reference)
+        return self.colorizer.reference(first, opts, info.dtype).coloured.frame
+
+
+# --------------------------------------------------------------------------- construction
+
+def read_arch(arch: Path | None) -> tuple[dict, tuple]:
+    """Per-network kwargs and the keys allowed to be absent: a parity config.json, or
+    {"colornet": {...}, "model": {...}, ...}; None is the official configuration."""
+    if arch is None:
+        return {}, ()
+    config = json.loads(Path(arch).read_text())
+    if "networks" in config:
+        return kwargs_from_config(config), tuple(config.get("state", {}).get("missing_ok", []))
+    return config, ()
+
+
+def official_files(folder: Path) -> list[Path]:
+    return [folder / COLORNET_FILE, folder / ENCODER_FILE, folder / DECODER_FILE]
+
+
+def load_weights(nets: TCVCNetworks, weights: Path | None, missing_ok=()) -> list[Path]:
+    """Load the authors' three checkpoints from a folder (default: the weights store), or
+    one safetensors file holding all four networks under their prefixes (the parity
+    fixtures' layout). Strict: any missing, extra or misshaped key is a WeightsError."""
+    path = Path(weights) if weights is not None else weights_path(MODEL, COLORNET_FILE).parent
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise WeightsError(f"{path}: give the folder holding {COLORNET_FILE}, {ENCODER_FILE} "
+                               f"and {DECODER_FILE}, or one prefixed .safetensors file")
+        load_strict(nets, load_checkpoint(path), missing_ok)
+        return [path]
+    files = official_files(path)
+    for file in files:
+        if not file.is_file():
+            raise WeightsError(f"weights file not found: {file} (run: orchestrator weights pull tcvc)")
+    colornet, encoder, decoder = files
+    _load(nets.colornet, colornet, None)
+    _load(nets.model, encoder, "model")
+    _load(nets.inter_save, encoder, "inter_save")
+    _load(nets.decoder, decoder, "model")
+    return files
+
+
+def _load(module, path: Path, key: str | None) -> None:
+    # The authors' stage-2 files may carry their argparse Namespace beside the weights.
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    try:
+        load_strict(module, unwrap(load_checkpoint(path), key))
+    except WeightsError as exc:
+        raise WeightsError(f"{path.name}{f'[{key!r}]' if key else ''}: {exc}") from exc
+
+
+def build_loaded(weights: Path | None = None, arch: Path | None = None) -> tuple[TCVCNetworks, list[Path]]:
+    kwargs, missing_ok = read_arch(arch)
+    if missing_ok:
+        nets = build_networks(**kwargs)
+    else:
+        # Every tensor is about to be overwritten: skip the (slow) random initialisation.
+        with torch.device("meta"):
+            nets = build_networks(**kwargs)
+        nets = nets.to_empty(device="cpu")
+    return nets, load_weights(nets, weights, missing_ok)
+
+
+def create_stage(weights: Path | None = None, device: str = "auto", arch: Path | None = None) -> TCVCStage:
+    nets, files = build_loaded(weights, arch)
+    torch_device = pick_device(device)
+    return TCVCStage(Colorizer(nets, torch_device, pick_dtype(torch_device)), files)
