@@ -1,0 +1,82 @@
+"""Forward time of the official configuration (random weights) beside the authors'.
+
+The parity README timed the authors' SwinIR (official kwargs) on a 1x3x512x512 input, the
+smallest the pipeline ever feeds it, with torch 2.14.1 on a shared CPU with 2 threads:
+runs of 29.1, 34.0 and 34.5 s, median 34.0 s. On a GPU, the whole stage's frames/s on
+360x240 frames (each upscaled to 1440x960, the network run at 1472x960).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+from services.stagekit.stage import ClipInfo
+
+from . import MODEL
+from .network import build_swinir
+from .stage import DiffBIRStage, Settings
+
+AUTHORS_S = {512: 34.0}
+
+
+def forward_seconds(size: int = 512, runs: int = 3, threads: int = 2) -> float:
+    """The median of ``runs`` timed forwards after one warm-up."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        network = build_swinir().eval()
+        x = torch.rand(1, 3, size, size)
+        times = []
+        with torch.inference_mode():
+            network(x)
+            for _ in range(runs):
+                start = time.perf_counter()
+                network(x)
+                times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return statistics.median(times)
+
+
+def gpu_frames_per_second(half: bool, width: int = 360, height: int = 240,
+                          count: int = 16) -> float:
+    """Output frames/s of the stage on CUDA, uint8 in and out, after a warm-up batch."""
+    stage = DiffBIRStage(build_swinir(), "cuda", half=half, settings=Settings(batch=4))
+    frames = np.random.default_rng(0).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
+    info = ClipInfo("bench", width=width, height=height, fps=Fraction(30), frame_count=count)
+    for _ in stage.run(info, iter(frames[:4]))[1]:
+        pass
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    made = sum(1 for _ in stage.run(info, iter(frames))[1])
+    torch.cuda.synchronize()
+    return made / (time.perf_counter() - start)
+
+
+def gpu_rows() -> list[dict]:
+    if not torch.cuda.is_available():
+        return []
+    name = torch.cuda.get_device_name()
+    return [{"model": MODEL, "input": f"360x240 clip, {name}, {label}",
+             "ours_s": round(1 / fps, 4), "ours_fps": round(fps, 2),
+             "authors_s": None, "ratio": None}
+            for label, fps in (("fp32", gpu_frames_per_second(False)),
+                               ("fp16 autocast", gpu_frames_per_second(True)))]
+
+
+def rows(size: int = 512, runs: int = 3) -> list[dict]:
+    ours = forward_seconds(size, runs)
+    authors = AUTHORS_S[size]
+    cpu = {"model": MODEL, "input": f"1x3x{size}x{size}, CPU, 2 threads",
+           "ours_s": round(ours, 2), "authors_s": authors, "ratio": round(ours / authors, 3)}
+    return [cpu, *gpu_rows()]
+
+
+if __name__ == "__main__":
+    for row in rows():
+        print(row)
