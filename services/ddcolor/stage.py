@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from services.stagekit.device import pick_device, pick_dtype
 from services.stagekit.monochrome import is_monochrome
 from services.stagekit.stage import ClipInfo, Stage, StageError
-from services.stagekit.weights import (WeightsError, load_checkpoint, load_strict, manifest,
-                                       sha256_file, unwrap, weights_path)
+from services.stagekit.weights import (WeightsError, checkpoint_file, load_checkpoint,
+                                       load_strict, sha256_file, unwrap)
 from services.stagekit.windowing import batches
 
 from . import MODEL, TASK
@@ -272,31 +272,9 @@ def load_ddcolor(path: Path, **kwargs) -> DDColor:
     return network_from_state(checkpoint_state(load_checkpoint(path)), **kwargs)
 
 
-def resolve_weights(weights: Path | None) -> Path:
-    """A checkpoint file as given; else, in a folder (directly or in the weights store
-    layout) or in the weights store (None), the manifest's first file present: the
-    default checkpoint, else one of the alternatives."""
-    if weights is not None and not Path(weights).is_dir():
-        path = Path(weights)
-        if not path.is_file():
-            raise WeightsError(f"DDColor weights not found at {path}")
-        return path
-    root = None if weights is None else Path(weights)
-    candidates = []
-    for entry in manifest(MODEL):
-        if root is not None:
-            candidates.append(root / entry.name)
-        candidates.append(weights_path(MODEL, entry.name, root))
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise WeightsError(f"DDColor weights not found at {candidates[0]} "
-                       f"(run: orchestrator weights pull {MODEL})")
-
-
 def create_stage(weights: Path | None = None, device: str = "auto",
                  arch: Path | None = None) -> DDColorStage:
-    path = resolve_weights(weights)
+    path = checkpoint_file(MODEL, weights)
     network = load_ddcolor(path, **read_arch(arch))
     chosen = pick_device(device)
     identity = f"{path.name} sha256:{sha256_file(path)}"

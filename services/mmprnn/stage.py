@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 from services.stagekit.device import pick_device, pick_dtype
 from services.stagekit.stage import ClipInfo, Stage
-from services.stagekit.weights import (WeightsError, load_checkpoint, load_strict, manifest,
-                                       sha256_file, unwrap, weights_path)
+from services.stagekit.weights import (checkpoint_file, load_checkpoint, load_strict,
+                                       sha256_file, unwrap)
 
 from . import MODEL, TASK
 from .network import MMPNet, MMPRNN, build_mmpnet, build_mmprnn
@@ -246,27 +246,9 @@ def load_mmpnet(path: Path, mmpnet_base_width: int = 16) -> MMPNet:
     return network
 
 
-def resolve_weights(weights: Path | None) -> Path:
-    """A checkpoint file; a folder holding the manifest's file (directly or in the weights
-    store layout); None for the weights store."""
-    name = manifest(MODEL)[0].name
-    if weights is None:
-        path = weights_path(MODEL, name)
-    elif Path(weights).is_dir():
-        path = Path(weights) / name
-        if not path.is_file():
-            path = weights_path(MODEL, name, Path(weights))
-    else:
-        path = Path(weights)
-    if not path.is_file():
-        raise WeightsError(f"MMP-RNN weights not found at {path} "
-                           f"(run: orchestrator weights pull {MODEL})")
-    return path
-
-
 def create_stage(weights: Path | None = None, device: str = "auto",
                  arch: Path | None = None) -> MMPRNNStage:
-    path = resolve_weights(weights)
+    path = checkpoint_file(MODEL, weights)
     network = load_mmprnn(path, **read_arch(arch))
     chosen = pick_device(device)
     if chosen.type == "cuda":

@@ -27,8 +27,8 @@ import torch
 
 from services.stagekit import ClipInfo, Stage, StageError
 from services.stagekit.device import pick_device, pick_dtype
-from services.stagekit.weights import (WeightsError, load_checkpoint, load_strict, manifest,
-                                       sha256_file, unwrap, weights_path)
+from services.stagekit.weights import (WeightsError, checkpoint_file, load_checkpoint,
+                                       load_strict, manifest, sha256_file, unwrap)
 from services.stagekit.windowing import batches
 
 from . import MODEL, TASK
@@ -322,20 +322,6 @@ def read_arch(arch: Path | None) -> tuple[dict, list[str]]:
     return dict(data.get("kwargs", data)), []
 
 
-def resolve_weights(weights: Path | None) -> Path:
-    """The checkpoint file: the given file, the checkpoint inside a given folder, or the
-    weights store's copy."""
-    if weights is None:
-        return weights_path(MODEL, _checkpoint_name())
-    weights = Path(weights)
-    if weights.is_dir():
-        for candidate in (weights / _checkpoint_name(), weights / MODEL / _checkpoint_name()):
-            if candidate.is_file():
-                return candidate
-        raise WeightsError(f"no {_checkpoint_name()} in {weights}")
-    return weights
-
-
 def _checkpoint_name() -> str:
     files = manifest(MODEL)
     return files[0].name if files else CHECKPOINT
@@ -359,7 +345,7 @@ def create_stage(weights: Path | None = None, device: str = "auto",
     """The denoise stage: RVRT with the authors' checkpoint (or ``weights``), built from
     ``arch`` (default: the released 006 configuration), on ``device``."""
     kwargs, missing_ok = read_arch(arch)
-    path = resolve_weights(weights)
+    path = checkpoint_file(MODEL, weights)
     if not path.is_file():
         raise WeightsError(f"RVRT weights not found at {path}; run `orchestrator weights "
                            f"pull {MODEL}` or pass --weights")

@@ -110,3 +110,26 @@ def load_strict(module, state: dict, missing_ok=()) -> None:
             raise WeightsError(f"key '{name}' has shape {tuple(value.shape)}, "
                                f"the network expects {tuple(own[name].shape)}")
     module.load_state_dict(state, strict=not missing_ok)
+
+
+def checkpoint_file(model: str, weights: Path | None = None) -> Path:
+    """The checkpoint a service loads: ``weights`` itself when it is a file; else, in the
+    folder it names (directly or in the store's layout) or in the weights store (None),
+    the first of the manifest's files that is present — the default checkpoint first,
+    then the alternatives."""
+    if weights is not None and not Path(weights).is_dir():
+        if not Path(weights).is_file():
+            raise WeightsError(f"{model} weights not found at {weights}")
+        return Path(weights)
+    root = None if weights is None else Path(weights)
+    candidates = []
+    for entry in manifest(model):
+        if root is not None:
+            candidates.append(root / entry.name)
+        candidates.append(weights_path(model, entry.name, root))
+    for path in candidates:
+        if path.is_file():
+            return path
+    where = candidates[0] if candidates else (root or weights_dir()) / model
+    raise WeightsError(f"{model} weights not found at {where} "
+                       f"(run: orchestrator weights pull {model})")

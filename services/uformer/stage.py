@@ -40,8 +40,8 @@ import torch.nn.functional as F
 
 from services.stagekit.device import pick_device, pick_dtype
 from services.stagekit.stage import ClipInfo, Stage, StageError
-from services.stagekit.weights import (WeightsError, load_checkpoint, load_strict, manifest,
-                                       sha256_file, unwrap, weights_path)
+from services.stagekit.weights import (checkpoint_file, load_checkpoint, load_strict,
+                                       sha256_file, unwrap)
 from services.stagekit.windowing import batches
 
 from . import MODEL, TASK
@@ -254,27 +254,9 @@ def load_uformer(path: Path, missing_ok=(), **kwargs) -> Uformer:
     return network
 
 
-def resolve_weights(weights: Path | None) -> Path:
-    """A checkpoint file; a folder holding the manifest's file (directly or in the weights
-    store layout); None for the weights store."""
-    name = manifest(MODEL)[0].name
-    if weights is None:
-        path = weights_path(MODEL, name)
-    elif Path(weights).is_dir():
-        path = Path(weights) / name
-        if not path.is_file():
-            path = weights_path(MODEL, name, Path(weights))
-    else:
-        path = Path(weights)
-    if not path.is_file():
-        raise WeightsError(f"Uformer weights not found at {path} "
-                           f"(run: orchestrator weights pull {MODEL})")
-    return path
-
-
 def create_stage(weights: Path | None = None, device: str = "auto",
                  arch: Path | None = None) -> UformerStage:
-    path = resolve_weights(weights)
+    path = checkpoint_file(MODEL, weights)
     network = load_uformer(path, **read_arch(arch))
     chosen = pick_device(device)
     settings = Settings(batch=4 if chosen.type == "cuda" else 1)
