@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all clean bench-models
+.PHONY: setup demo test test-all clean bench-models images
 
 setup: $(VENV)/.installed
 
@@ -31,3 +31,6 @@ clean:
 
 bench-models: setup
 	$(PY) -m bench.models
+
+images: setup
+	$(PY) -m deploy.images

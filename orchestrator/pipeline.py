@@ -115,6 +115,6 @@ def _check(spec: StageSpec) -> None:
     if spec.model != "auto" and spec.model not in registry.models(spec.task):
         raise UserError(f"no model '{spec.model}' for task '{spec.task}' "
                         f"(choose {', '.join(registry.models(spec.task))} or auto)")
-    if spec.endpoint != "local" and not spec.endpoint.startswith("grpc://"):
-        raise UserError(f"stage {spec.task}: endpoint must be 'local' or grpc://HOST:PORT, "
-                        f"not {spec.endpoint!r}")
+    if spec.endpoint != "local" and not spec.endpoint.startswith(("grpc://", "triton://")):
+        raise UserError(f"stage {spec.task}: endpoint must be 'local', grpc://HOST:PORT or "
+                        f"triton://HOST:PORT/MODEL, not {spec.endpoint!r}")

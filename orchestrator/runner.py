@@ -70,9 +70,9 @@ def _resolve(spec: StageSpec) -> str:
 def _remote_model(spec: StageSpec) -> str:
     """Ask the service which model it runs for the task: the plan is then the same as an
     embedded one with that model, and an unreachable endpoint fails before any work."""
-    from services.stagekit.client import StageClient
+    from deploy.triton.client import client_for
     try:
-        with StageClient(spec.endpoint.removeprefix("grpc://"), timeout=15) as client:
+        with client_for(spec.endpoint, timeout=15) as client:
             served = client.describe()
     except Exception as exc:
         raise UserError(f"stage {spec.task}: cannot reach {spec.endpoint} ({_rpc_reason(exc)})") from None
@@ -116,9 +116,9 @@ class LocalRunner:
 
 class RemoteRunner:
     def __init__(self, spec: StageSpec):
-        from services.stagekit.client import StageClient
+        from deploy.triton.client import client_for
         self.spec = spec
-        self.client = StageClient(spec.endpoint.removeprefix("grpc://"))
+        self.client = client_for(spec.endpoint)
 
     def run(self, info: ClipInfo, frames):
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -62,7 +63,10 @@ def _sha256(path: Path) -> str:
 
 def _download(url: str, target: Path, entry: WeightsFile) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
+    # A unique part file: several init containers may pull into one shared volume at once.
+    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    os.close(handle)
+    part = Path(name)
     digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=60) as reply, open(part, "wb") as fh:

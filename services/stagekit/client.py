@@ -25,7 +25,9 @@ class StageClient:
     def __init__(self, address: str, timeout: float | None = None):
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(address, options=GRPC_OPTIONS)
+        # Round robin over every address a name resolves to (a headless Service's pods).
+        self.channel = grpc.insecure_channel(
+            address, options=GRPC_OPTIONS + [("grpc.lb_policy_name", "round_robin")])
         self.stub = pb_grpc.StageServiceStub(self.channel)
 
     def close(self) -> None:
