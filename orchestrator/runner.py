@@ -283,7 +283,8 @@ class Job:
         grey = 0
         count = 0
         for index, frame in enumerate(media.decode(src)):
-            if index == 0 or detector.is_cut(frame):
+            cut = detector.is_cut(frame)  # every frame feeds the detector, the first too
+            if index == 0 or cut:
                 if index:
                     self._end_clip(out, clip, start, index, grey)
                     clip += 1
