@@ -62,19 +62,19 @@ def load_arrays(folder: Path, name: str) -> dict[str, np.ndarray]:
 
 
 def compare(case: dict, produced: dict, expected: dict) -> list[tuple[str, str, float, float, bool]]:
-    """(output, metric, value, tolerance, ok) for each output the case names."""
+    """(output, metric, value, tolerance, ok) for each output the case names, and for each
+    of its debug intermediates that run_case chose to return (labelled '(debug)')."""
+    checked = [(name, spec, name) for name, spec in case["outputs"].items()]
+    checked += [(name, spec, f"{name} (debug)") for name, spec in case.get("debug", {}).items()
+                if name in produced]
     rows = []
-    for name, spec in case["outputs"].items():
+    for name, spec, label in checked:
         # 'also' adds limits on the same output; one 'on' something else is the model's own.
-        checks = [spec] + [extra for extra in spec.get("also", []) if "on" not in extra]
-        for check in checks:
+        for check in [spec] + [extra for extra in spec.get("also", []) if "on" not in extra]:
             metric = check.get("metric", "rel_l2")
             tol = float(check["tol"])
-            if name not in produced:
-                rows.append((name, metric, float("inf"), tol, False))
-                continue
-            value = METRICS[metric](produced[name], expected[name])
-            rows.append((name, metric, value, tol, value <= tol))
+            value = METRICS[metric](produced[name], expected[name]) if name in produced else float("inf")
+            rows.append((label, metric, value, tol, value <= tol))
     return rows
 
 
