@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all clean bench-models images
+.PHONY: setup demo test test-all clean bench-models bench-quality images browser
 
 setup: $(VENV)/.installed
 
@@ -20,8 +20,14 @@ demo: setup
 	$(VENV)/bin/orchestrator submit demo/tape.mp4 -o demo/tape.restored.mp4 -y
 	@echo "before: demo/tape.mp4   after: demo/tape.restored.mp4"
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -m "not slow and not gpu" -q $(PYTEST_ARGS)
+
+# The web page's test drives Debian's chromium; without it (not root, no apt) it skips.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "chromium not installed: the browser test will be skipped"; }
 
 test-all: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -31,6 +37,9 @@ clean:
 
 bench-models: setup
 	$(PY) -m bench.models
+
+bench-quality: setup
+	$(PY) -m bench.quality
 
 images: setup
 	$(PY) -m deploy.images

@@ -4,6 +4,9 @@
     orchestrator submit tape.mp4 -o out.mkv --codec ffv1 --skip colorize
     orchestrator stages
     orchestrator weights pull mmprnn
+    orchestrator serve --listen 0.0.0.0:50100 --store /var/lib/restoration
+    orchestrator submit tape.mp4 --server HOST:50100  # the same, on the service
+    orchestrator list|status JOB|watch JOB|cancel JOB|fetch JOB -o out.mp4 --server HOST:50100
 """
 from __future__ import annotations
 
@@ -33,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--codec", default="h264", choices=sorted(media.CODECS))
     submit.add_argument("--crf", type=int, default=18, help="quality for h264/h265 (lower is better)")
     submit.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    submit.add_argument("--resume", action="store_true",
+                        help="reuse the finished clips of an interrupted run of the same job")
+    submit.add_argument("--keep-going", action="store_true",
+                        help="a clip that keeps failing: finish the others, then fail")
+    add_server_flags(submit, required=False)
+    add_service_parsers(sub)
 
     inspect = sub.add_parser("inspect", help="what the tool detects in a video and would do")
     inspect.add_argument("input", type=Path)
@@ -51,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("-q", "--quiet", action="store_true")
 
     sub.add_parser("stages", help="list tasks, their models and whether each can run here")
+
+    simulate = sub.add_parser("simulate", add_help=False,
+                              help="degrade a clean clip like old footage, keeping the truth")
+    simulate.add_argument("args", nargs=argparse.REMAINDER,
+                          help="see orchestrator simulate --help")
 
     wts = sub.add_parser("weights", help="list or download model weights")
     wsub = wts.add_subparsers(dest="action", required=True)
@@ -78,11 +92,63 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda for in-process models")
 
 
+def add_server_flags(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """How to reach an orchestrator service."""
+    parser.add_argument("--server", required=required, metavar="HOST:PORT",
+                        help="the orchestrator service" + ("" if required else
+                                                           " (default: run here, embedded)"))
+    parser.add_argument("--token", help="bearer token of the job API")
+    parser.add_argument("--token-file", type=Path, help="file holding the bearer token")
+    parser.add_argument("--tls-ca", type=Path, help="CA certificate that signed the server's (TLS)")
+    parser.add_argument("--tls-cert", type=Path, help="client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", type=Path, help="client certificate's key (mutual TLS)")
+
+
+def add_service_parsers(sub) -> None:
+    serve = sub.add_parser("serve", help="run the orchestrator service (job API)")
+    serve.add_argument("--listen", default="127.0.0.1:50100", metavar="HOST:PORT")
+    serve.add_argument("--pipeline", type=Path, help="the pipeline jobs run unless they give stages")
+    serve.add_argument("--store", type=Path, default=Path("restoration-jobs"),
+                       help="job store folder (SQLite database, uploads, checkpoints, results)")
+    serve.add_argument("--max-running", type=int, default=2, help="jobs run at once")
+    serve.add_argument("--max-input-bytes", type=int, help="largest input accepted")
+    serve.add_argument("--max-resolution", metavar="WxH", help="largest frame size accepted")
+    serve.add_argument("--max-duration", type=float, help="longest input accepted, in seconds")
+    serve.add_argument("--max-attempts", type=int, default=3,
+                       help="tries of a clip (each on the next replica) before it fails")
+    serve.add_argument("--input-root", type=Path, action="append", default=[],
+                       help="folder whose files jobs may name as a server path")
+    serve.add_argument("--token", help="bearer token every job API call must carry")
+    serve.add_argument("--token-file", type=Path, help="file holding the bearer token")
+    serve.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
+    serve.add_argument("--tls-key", type=Path, help="the certificate's private key")
+    serve.add_argument("--tls-client-ca", type=Path, help="require client certificates (mutual TLS)")
+    serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    serve.add_argument("--http", metavar="HOST:PORT",
+                       help="also serve the web page here (same jobs, same token)")
+    serve.add_argument("--device", default="auto", help="auto, cpu or cuda for in-process models")
+    for name, text in (("status", "a job's state"), ("watch", "follow a job until it ends"),
+                       ("cancel", "stop a job")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("job")
+        add_server_flags(cmd)
+    listing = sub.add_parser("list", help="every job of the service")
+    add_server_flags(listing)
+    fetch = sub.add_parser("fetch", help="download a finished job's result")
+    fetch.add_argument("job")
+    fetch.add_argument("-o", "--output", type=Path, help="file to write (default: the job's output name)")
+    fetch.add_argument("-y", "--overwrite", action="store_true")
+    add_server_flags(fetch)
+
+
 def pipeline_specs(args) -> list:
     return pipeline.build(args.pipeline, args.stages, args.skip, args.model, args.sets, args.endpoint)
 
 
 def cmd_submit(args) -> int:
+    if args.server:
+        from .jobcli import submit_remote
+        return submit_remote(args)
     output = args.output or args.input.with_name(f"{args.input.stem}.restored.mp4")
     if output.suffix.lower() not in media.CONTAINERS:
         raise UserError(f"{output}: unsupported output container (use {', '.join(media.CONTAINERS)})")
@@ -96,13 +162,17 @@ def cmd_submit(args) -> int:
         raise UserError(f"{output}: already exists (use -y to replace it)")
     specs = pipeline_specs(args)
     source = media.probe(args.input)
-    from .runner import Job, make_plan
+    from .jobcli import embedded_checkpoints
+    from .runner import ResumableRun, make_plan
     plan = make_plan(source, specs, args.native)
     for line in plan.lines():
         log.info("%s", line)
-    job = Job(plan, spec, args.device, show_progress=not args.quiet)
-    path = job.run()
-    for line in job.progress.summary():
+    checkpoints = embedded_checkpoints(plan, spec, args.resume)
+    run = ResumableRun(plan, spec, checkpoints, args.device, show_progress=not args.quiet,
+                       keep_going=args.keep_going)
+    path = run.run()
+    checkpoints.remove()
+    for line in run.job.progress.summary():
         log.info("%s", line)
     print(path)
     return 0
@@ -148,11 +218,24 @@ def cmd_preview(args) -> int:
     return 0
 
 
+def _service_command(name: str):
+    def command(args) -> int:
+        from . import jobcli
+        return getattr(jobcli, f"cmd_{name}")(args)
+    return command
+
+
 COMMANDS = {"submit": cmd_submit, "inspect": cmd_inspect, "preview": cmd_preview,
-            "stages": cmd_stages, "weights": cmd_weights}
+            "stages": cmd_stages, "weights": cmd_weights,
+            **{name: _service_command(name)
+               for name in ("serve", "status", "watch", "list", "cancel", "fetch")}}
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["simulate"]:  # its own parser: every flag after it is the simulator's
+        from .simulate import main as simulate_main
+        return simulate_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(message)s", stream=sys.stderr)

@@ -76,12 +76,17 @@ def resolve(task: str, model: str) -> str:
     return CLASSICAL
 
 
+# Classical stages that do another task's job: rebuilding a band is inpainting it.
+CLASSICAL_STANDS_IN = {"inpaint": "outpaint"}
+
+
 def create_local(task: str, model: str, device: str = "auto"):
     """Build the in-process Stage of ``model`` for ``task``."""
     module = importlib.import_module(f"services.{model}.stage")
     made = module.create_stage(weights=None, device=device, arch=None)
     stages = made if isinstance(made, list) else [made]
+    wanted = CLASSICAL_STANDS_IN.get(task, task) if model == CLASSICAL else task
     for stage in stages:
-        if stage.task == task:
+        if stage.task == wanted:
             return stage
     raise ValueError(f"model '{model}' serves no '{task}' stage")

@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -70,10 +71,8 @@ def _resolve(spec: StageSpec) -> str:
 def _remote_model(spec: StageSpec) -> str:
     """Ask the service which model it runs for the task: the plan is then the same as an
     embedded one with that model, and an unreachable endpoint fails before any work."""
-    from deploy.triton.client import client_for
     try:
-        with client_for(spec.endpoint, timeout=15) as client:
-            served = client.describe()
+        served = _describe_any(endpoints(spec.endpoint))
     except Exception as exc:
         raise UserError(f"stage {spec.task}: cannot reach {spec.endpoint} ({_rpc_reason(exc)})") from None
     models = [d["model"] for d in served if d["task"] == spec.task
@@ -83,6 +82,19 @@ def _remote_model(spec: StageSpec) -> str:
         raise UserError(f"stage {spec.task}: {spec.endpoint} serves {offered}, "
                         f"not {spec.task}/{spec.model}")
     return models[0]
+
+
+def _describe_any(replicas: list[str]) -> list[dict]:
+    """What the first replica that answers serves (replicas serve the same)."""
+    from deploy.triton.client import client_for
+    failure: Exception | None = None
+    for endpoint in replicas:
+        try:
+            with client_for(endpoint, timeout=15) as client:
+                return client.describe()
+        except Exception as exc:
+            failure = exc
+    raise failure or ValueError("no endpoint given")
 
 
 def _working_size(source: media.SourceInfo, native: str, specs: list[StageSpec]) -> tuple[int, int]:
@@ -114,17 +126,87 @@ class LocalRunner:
         return self.stage.run(info, frames)
 
 
+class ClipFailed(UserError):
+    """One clip could not go through one stage; a rerun may send it to another replica."""
+
+    def __init__(self, stage: str, clip_id: str, reason: str):
+        super().__init__(f"stage {stage}: {clip_id}: {reason}")
+        self.stage, self.clip_id, self.reason = stage, clip_id, reason
+
+
+CONNECT_TRIES = 3         # waits for an UNAVAILABLE replica before trying the next
+CONNECT_BACKOFF = 0.25    # seconds, doubled each try
+DOWN_FOR = 30.0           # seconds a replica that did not answer is tried last
+CLIP_DEADLINE = 3600.0    # seconds one clip may take in one stage service
+
+
+def endpoints(endpoint: str) -> list[str]:
+    """The replicas of a stage: ``grpc://a:1,grpc://b:2`` -> ["grpc://a:1", "grpc://b:2"]."""
+    return [e.strip() for e in endpoint.split(",") if e.strip()]
+
+
 class RemoteRunner:
-    def __init__(self, spec: StageSpec):
+    """A stage served by one or more replicas: clips go round robin, a clip retried after a
+    failure starts at the next replica, a replica that does not answer is waited for with
+    backoff and then passed over."""
+
+    def __init__(self, spec: StageSpec, attempts: dict[str, int] | None = None,
+                 deadline: float = CLIP_DEADLINE):
         from deploy.triton.client import client_for
         self.spec = spec
-        self.client = client_for(spec.endpoint)
+        self.attempts = attempts if attempts is not None else {}
+        self.replicas = endpoints(spec.endpoint)
+        self.clients = [client_for(e, timeout=deadline) for e in self.replicas]
+        self.down_until = [0.0] * len(self.replicas)
 
     def run(self, info: ClipInfo, frames):
+        replica = self._pick(info.clip_id)
+        client = self.clients[replica]
+        name = f"{self.spec.task}/{self.spec.model} at {self.replicas[replica]}"
         try:
-            return self.client.process(info, frames, task=self.spec.task, model=self.spec.model)
+            out_info, out_frames = client.process(info, frames, task=self.spec.task,
+                                                  model=self.spec.model)
         except Exception as exc:
-            raise UserError(f"stage {self.spec.task} at {self.spec.endpoint}: {_rpc_reason(exc)}") from None
+            raise ClipFailed(name, info.clip_id, _rpc_reason(exc)) from None
+        return out_info, _failing_as(name, info.clip_id, out_frames)
+
+    def _pick(self, clip_id: str) -> int:
+        first = _clip_number(clip_id) + self.attempts.get(clip_id, 0)
+        order = [(first + i) % len(self.clients) for i in range(len(self.clients))]
+        order.sort(key=lambda r: self.down_until[r] > time.monotonic())  # stable: answering first
+        for replica in order:
+            if _wait_ready(self.clients[replica], CONNECT_TRIES, CONNECT_BACKOFF):
+                return replica
+            self.down_until[replica] = time.monotonic() + DOWN_FOR
+        where = ", ".join(self.replicas)
+        raise ClipFailed(f"{self.spec.task}/{self.spec.model}", clip_id, f"no replica answers ({where})")
+
+
+def _wait_ready(client, tries: int, backoff: float) -> bool:
+    """Whether the replica's channel connects, retrying with doubling waits."""
+    import grpc
+    channel = getattr(client, "channel", None)
+    if channel is None:
+        return True  # a client without a gRPC channel of its own reports failures in process()
+    for attempt in range(tries):
+        try:
+            grpc.channel_ready_future(channel).result(timeout=backoff * 2 ** attempt)
+            return True
+        except grpc.FutureTimeoutError:
+            continue
+    return False
+
+
+def _clip_number(clip_id: str) -> int:
+    digits = "".join(ch for ch in clip_id if ch.isdigit())
+    return int(digits) if digits else 0
+
+
+def _failing_as(name: str, clip_id: str, frames):
+    try:
+        yield from frames
+    except Exception as exc:
+        raise ClipFailed(name, clip_id, _rpc_reason(exc)) from None
 
 
 def _rpc_reason(exc: Exception) -> str:
@@ -148,7 +230,8 @@ class Step:
         return params
 
 
-def build_steps(plan: Plan, device: str = "auto") -> list[Step]:
+def build_steps(plan: Plan, device: str = "auto",
+                attempts: dict[str, int] | None = None) -> list[Step]:
     steps: list[Step] = []
     resampled = plan.working_size == (plan.source.width, plan.source.height)
     if not plan.source.interlaced and not resampled:
@@ -162,7 +245,7 @@ def build_steps(plan: Plan, device: str = "auto") -> list[Step]:
             if spec.model == "classical" and not resampled:
                 params.setdefault("size", "%dx%d" % plan.working_size)
         runner = (LocalRunner(registry.create_local(spec.task, spec.model, device))
-                  if spec.endpoint == "local" else RemoteRunner(spec))
+                  if spec.endpoint == "local" else RemoteRunner(spec, attempts))
         steps.append(Step(f"{spec.task}/{spec.model}", runner, params, spec))
         if spec.task == "analog" and not resampled:
             steps.append(Step("resample", LocalRunner(Resample(*plan.working_size)), {}))
@@ -204,6 +287,7 @@ class ClipFrames:
         self.channel = channel
         self.done = False
         self.waited = 0.0   # seconds spent waiting for the previous stage
+        self.failure: ClipFailed | None = None   # the clip failed in a stage before this one
 
     def __iter__(self) -> Iterator[np.ndarray]:
         while not self.done:
@@ -213,21 +297,35 @@ class ClipFrames:
             if kind == "end":
                 self.done = True
                 return
+            if kind == "fail":
+                self.failure = value
+                raise value
             # Frames are shared: the stage before may still hold this one in its window.
             value.flags.writeable = False
             yield value
 
 
 class Job:
-    """One run of a plan from the source file to the output file."""
+    """One run of a plan from the source file to the output file.
+
+    With ``checkpoints`` every finished clip is kept, and a clip already kept is not
+    processed again: its frames come from the checkpoint (shot detection still decodes
+    it, so clips are the same every run). Clips in ``skip`` are left out of this run's
+    work; the output is then not written. ``attempts`` counts earlier failures per clip,
+    which moves a retried clip to the next replica of a remote stage."""
 
     def __init__(self, plan: Plan, output: media.OutputSpec, device: str = "auto",
-                 show_progress: bool = True):
+                 show_progress: bool = True, checkpoints=None,
+                 attempts: dict[str, int] | None = None, skip: set[str] | None = None,
+                 on_clip=None):
         self.plan = plan
         self.output = output
         self.cancel = threading.Event()
         self.errors: list[BaseException] = []
-        self.steps = build_steps(plan, device)
+        self.checkpoints = checkpoints
+        self.skip = skip or set()
+        self.on_clip = on_clip or (lambda clip_id, frames: None)
+        self.steps = build_steps(plan, device, attempts)
         self.progress = Progress([s.name for s in self.steps], plan.source.frame_count)
         self.show_progress = show_progress
         self.grey_scenes: list[tuple[float, float]] = []
@@ -249,6 +347,8 @@ class Job:
             else:
                 self._sink(channels[-1])
             self._raise_failure()
+            if self.skip:
+                raise UserError(f"{len(self.skip)} clip(s) failed: {', '.join(sorted(self.skip))}")
             return self.writer.finish()
         except BaseException as exc:
             self.cancel.set()
@@ -282,78 +382,207 @@ class Job:
         start = 0
         grey = 0
         count = 0
+        kept = None       # this clip is already done (or left out): no frames go on
         for index, frame in enumerate(media.decode(src)):
             cut = detector.is_cut(frame)  # every frame feeds the detector, the first too
             if index == 0 or cut:
                 if index:
-                    self._end_clip(out, clip, start, index, grey)
+                    self._end_clip(out, clip, start, index, grey, kept)
                     clip += 1
                 start, grey = index, 0
                 self.progress.clips_seen += 1
-                out.put(("start", ClipInfo(
-                    clip_id=f"clip{clip:05d}", width=src.width, height=src.height, fps=src.fps,
-                    sar=src.sar, start_time=index / float(src.fps))))
+                info = ClipInfo(clip_id=f"clip{clip:05d}", width=src.width, height=src.height,
+                                fps=src.fps, sar=src.sar, start_time=index / float(src.fps))
+                kept = self._kept(info.clip_id)
+                out.put((kept or "start", info))
             grey += detector.grey
-            out.put(("frame", frame))
+            if not kept:
+                out.put(("frame", frame))
             self.progress.decoded = count = index + 1
-        self._end_clip(out, clip, start, count, grey)
+        self._end_clip(out, clip, start, count, grey, kept)
         out.put(("stop", None))
 
-    def _end_clip(self, out: Channel, clip: int, start: int, stop: int, grey: int):
+    def _kept(self, clip_id: str) -> str | None:
+        """'done' for a clip with a checkpoint, 'skip' for one left out, else None."""
+        if clip_id in self.skip:
+            return "skip"
+        if self.checkpoints is not None and self.checkpoints.has(clip_id):
+            return "done"
+        return None
+
+    def _end_clip(self, out: Channel, clip: int, start: int, stop: int, grey: int, kept):
         fps = float(self.plan.source.fps)
         if grey > 0.9 * (stop - start):
             self.grey_scenes.append((start / fps, stop / fps))
             log.info("black-and-white scene: %.2fs-%.2fs (clip %d)", start / fps, stop / fps, clip)
-        out.put(("end", None))
+        if not kept:
+            out.put(("end", None))
 
     def _stage(self, step: Step, inbox: Channel, outbox: Channel):
+        """A clip that fails here travels on as a 'fail' marker behind the clips finished
+        before it, so those still reach their checkpoints before the job stops."""
         while True:
             kind, info = inbox.get()
             if kind == "stop":
                 outbox.put(("stop", None))
                 return
-            info = info.replace(params=step.clip_params(info, self.plan))
+            if kind in ("done", "skip", "fail"):
+                outbox.put((kind, info))
+                if kind == "fail":
+                    return
+                continue
             frames = ClipFrames(inbox)
             try:
-                out_info, out_frames = step.runner.run(info, iter(frames))
-            except StageError as exc:
-                raise UserError(f"stage {step.name}: {exc}") from None
-            outbox.put(("start", out_info))
+                self._stage_clip(step, info, frames, outbox)
+            except Exception as exc:
+                failure = frames.failure or (exc if isinstance(exc, ClipFailed) else None)
+                if failure is None:
+                    raise
+                outbox.put(("fail", failure))
+                return
+
+    def _stage_clip(self, step: Step, info: ClipInfo, frames: ClipFrames, outbox: Channel):
+        info = info.replace(params=step.clip_params(info, self.plan))
+        try:
+            out_info, out_frames = step.runner.run(info, iter(frames))
+        except StageError as exc:
+            raise UserError(f"stage {step.name}: {exc}") from None
+        outbox.put(("start", out_info))
+        clock, waited = time.monotonic(), frames.waited
+        for frame in out_frames:
+            # The stage's own time: what it took to make this frame, less the time
+            # it spent waiting for input from the stage before it.
+            self.progress.stage_frame(step.name, time.monotonic() - clock - (frames.waited - waited))
+            outbox.put(("frame", frame))
             clock, waited = time.monotonic(), frames.waited
-            for frame in out_frames:
-                # The stage's own time: what it took to make this frame, less the time
-                # it spent waiting for input from the stage before it.
-                self.progress.stage_frame(step.name, time.monotonic() - clock - (frames.waited - waited))
-                outbox.put(("frame", frame))
-                clock, waited = time.monotonic(), frames.waited
-            if not frames.done:
-                raise RuntimeError(f"stage {step.name} stopped before the end of {info.clip_id}")
-            outbox.put(("end", None))
+        if not frames.done:
+            raise RuntimeError(f"stage {step.name} stopped before the end of {info.clip_id}")
+        outbox.put(("end", None))
 
     def _sink(self, inbox: Channel) -> None:
-        geometry = None
+        self.geometry = None
+        keeper = None
         while True:
             kind, value = inbox.get()
             if kind == "stop":
                 break
             if kind == "start":
-                this = (value.width, value.height, value.fps)
-                if self.writer is None:
-                    geometry = this
-                    self.writer = media.VideoWriter(self.output, value.width, value.height, value.fps,
-                                                    self._output_sar(value), self.plan.source)
-                elif this != geometry:
-                    raise UserError(f"{value.clip_id} came out {this[0]}x{this[1]} at "
-                                    f"{float(this[2]):.3f} fps, earlier clips "
-                                    f"{geometry[0]}x{geometry[1]} at {float(geometry[2]):.3f}")
+                self._open_writer(value)
+                keeper = self.checkpoints.writer(value) if self.checkpoints is not None else None
             elif kind == "frame":
-                self.writer.write(value)
-                self.progress.written += 1
-            else:
-                self.progress.clips_done += 1
-        if self.writer is None:
+                self._write(value)
+                if keeper is not None:
+                    keeper.write(value)
+            elif kind == "end":
+                self._clip_finished(keeper)
+                keeper = None
+            elif kind == "done":
+                self._copy_checkpoint(value.clip_id)
+            elif kind == "fail":
+                if keeper is not None:
+                    keeper.abort()
+                raise value
+        if self.writer is None and not self.skip:
             raise UserError("no frames came out of the pipeline")
+
+    def _open_writer(self, info: ClipInfo) -> None:
+        this = (info.width, info.height, info.fps)
+        if self.skip:
+            return  # an incomplete output is never written: only checkpoints are kept
+        if self.writer is None:
+            self.geometry = this
+            self.writer = media.VideoWriter(self.output, info.width, info.height, info.fps,
+                                            self._output_sar(info), self.plan.source)
+        elif this != self.geometry:
+            raise UserError(f"{info.clip_id} came out {this[0]}x{this[1]} at "
+                            f"{float(this[2]):.3f} fps, earlier clips "
+                            f"{self.geometry[0]}x{self.geometry[1]} at {float(self.geometry[2]):.3f}")
+
+    def _write(self, frame: np.ndarray) -> None:
+        if self.writer is not None:
+            self.writer.write(frame)
+        self.progress.written += 1
+
+    def _clip_finished(self, keeper) -> None:
+        self.progress.clips_done += 1
+        if keeper is not None:
+            keeper.commit()
+            self.on_clip(keeper.info.clip_id, keeper.count)
+
+    def _copy_checkpoint(self, clip_id: str) -> None:
+        info, frames = self.checkpoints.read(clip_id)
+        self._open_writer(info)
+        for frame in frames:
+            self._write(frame)
+        self.progress.clips_done += 1
 
     def _output_sar(self, info: ClipInfo) -> Fraction:
         """Keep the source's display aspect ratio whatever the stages did to the size."""
         return self.plan.source.dar * Fraction(info.height, info.width)
+
+
+MAX_ATTEMPTS = 3          # tries of one clip (each on the next replica) before it fails
+
+
+class ResumableRun:
+    """Runs a plan to its output through checkpoints: a clip that fails is tried again
+    (the job rerun from its checkpoints, the clip on the next replica) up to
+    ``max_attempts``; then it fails the job, or with ``keep_going`` the other clips are
+    still finished and kept before the job fails. ``job`` is the run in progress."""
+
+    def __init__(self, plan: Plan, output: media.OutputSpec, checkpoints, device: str = "auto",
+                 show_progress: bool = True, max_attempts: int = MAX_ATTEMPTS,
+                 keep_going: bool = False, attempts: dict[str, int] | None = None,
+                 on_clip=None, on_failure=None):
+        self.plan, self.output, self.checkpoints = plan, output, checkpoints
+        self.device, self.show_progress = device, show_progress
+        self.max_attempts, self.keep_going = max_attempts, keep_going
+        self.attempts = dict(attempts or {})
+        self.failed = {c for c, n in self.attempts.items() if n >= max_attempts} if keep_going else set()
+        self.on_clip = on_clip
+        self.on_failure = on_failure or (lambda exc, attempt: None)
+        self.job: Job | None = None
+        self.stopped = threading.Event()
+        self.failures: dict[str, ClipFailed] = {}
+
+    def run(self) -> Path:
+        while True:
+            self.job = Job(self.plan, self.output, self.device, self.show_progress,
+                           self.checkpoints, self.attempts, self.failed, self.on_clip)
+            if self.stopped.is_set():
+                raise Cancelled
+            try:
+                return self.job.run()
+            except ClipFailed as exc:
+                if self.stopped.is_set():
+                    raise Cancelled from None
+                self._count(exc)
+            except UserError:
+                if self.failed and not self.stopped.is_set():
+                    raise self._summary() from None
+                raise
+
+    def _summary(self) -> ClipFailed:
+        """The job failed for its clips left out: the first reason, and which clips."""
+        first = self.failures.get(min(self.failed))
+        names = ", ".join(sorted(self.failed))
+        reason = first.reason if first else "failed in an earlier run"
+        return ClipFailed(first.stage if first else "?", min(self.failed),
+                          f"{reason} (failed clips: {names}; the others are finished)")
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.job is not None:
+            self.job.cancel.set()
+
+    def _count(self, exc: ClipFailed) -> None:
+        attempt = self.attempts.get(exc.clip_id, 0) + 1
+        self.attempts[exc.clip_id] = attempt
+        self.failures[exc.clip_id] = exc
+        self.on_failure(exc, attempt)
+        log.warning("%s (attempt %d of %d)", exc, attempt, self.max_attempts)
+        if attempt < self.max_attempts:
+            return
+        if not self.keep_going:
+            raise exc
+        self.failed.add(exc.clip_id)

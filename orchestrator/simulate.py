@@ -1,12 +1,21 @@
 """A tape simulator: from clean frames, a deterministic (seeded) VHS-like capture.
 
-Used by `make demo` (which needs a tape and may ship no footage) and by the tests and
-benchmarks, which keep the clean frames as the truth. The degradations follow what
+Two uses. ``make_demo_tape`` writes the demo's 720x480 interlaced tape. ``simulate``
+applies any of the old-footage degradations in ``KINDS`` to a clean clip and keeps the
+aligned clean truth, for the quality benchmark (``bench/quality.py``) and for
+``python -m orchestrator.simulate CLEAN -o DEGRADED --truth DIR [--seed N] [--kinds ...]``.
+
+The demo tape is for `make demo` (which needs a tape and may ship no footage) and the
+end-to-end tests, which keep the clean frames as the truth. Its degradations follow what
 ``../shared/footage/tape_sim.mp4`` was made with: real detail at 360x240 and 59.94
 fields/s, slight blur, noise, a black-and-white scene, a black left band and a pale
 head-switching band, upscaled to a 720x480 interlaced capture with SAR 8:9, and audio."""
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+import zlib
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -124,3 +133,318 @@ def make_demo_tape(path: Path, seconds: float = 4.0, damage: TapeDamage = TapeDa
     clean = list(pan(demo_image(), fields))
     write_tape(Path(path), interlace(degrade(clean, damage)), fields / float(FIELD_RATE))
     return Path(path)
+
+
+# ---- the degradation kinds (benchmarks and `python -m orchestrator.simulate`) ----------
+#
+# Each kind is a function of a clean clip (a list of RGB uint8 frames) and a seeded random
+# generator; it returns a Degraded clip whose ``truth`` holds, for every frame the damage
+# spans in time, the clean frame to measure a restoration against. Kinds that keep the
+# geometry and timing leave ``truth`` equal to the clean frames.
+
+@dataclass
+class Degraded:
+    frames: list[np.ndarray]
+    truth: list[np.ndarray]
+    fps_factor: int = 1             # truth frames per degraded frame
+    scale: int = 1                  # truth size / degraded size
+    mask: np.ndarray | None = None  # the damaged border (uint8, 255 = damaged), if any
+
+
+def grain(frames, rng) -> list[np.ndarray]:
+    """Film/sensor grain: luma noise, a little spatially correlated, and chroma noise."""
+    out = []
+    for frame in frames:
+        shape = frame.shape[:2]
+        white = rng.normal(0, 9.0, shape).astype(np.float32)
+        luma_noise = cv2.GaussianBlur(white, (0, 0), 0.6)   # grain spans a few pixels
+        chroma = rng.normal(0, 4.0, (*shape, 3)).astype(np.float32)
+        noisy = frame.astype(np.float32) + luma_noise[..., None] * 1.4 + chroma
+        out.append(_eight(noisy))
+    return out
+
+
+def defocus(frames, rng) -> list[np.ndarray]:
+    """Soft optics: one gaussian blur for the clip, its sigma drawn in [1.2, 1.8]."""
+    sigma = float(rng.uniform(1.2, 1.8))
+    return [cv2.GaussianBlur(frame, (0, 0), sigma) for frame in frames]
+
+
+def motion_blur(frames, rng) -> list[np.ndarray]:
+    """A shaky camera: each frame smeared along a random direction over 3 to 7 pixels."""
+    out = []
+    for frame in frames:
+        length = int(rng.integers(3, 8))
+        angle = float(rng.uniform(0, np.pi))
+        kernel = np.zeros((length, length), np.float32)
+        centre = (length - 1) / 2
+        for s in np.linspace(-centre, centre, 4 * length):
+            x = int(round(centre + s * np.cos(angle)))
+            y = int(round(centre + s * np.sin(angle)))
+            kernel[y, x] = 1.0
+        out.append(cv2.filter2D(frame, -1, kernel / kernel.sum(),
+                                borderType=cv2.BORDER_REFLECT))
+    return out
+
+
+def downscale(frames, rng) -> Degraded:
+    """4x fewer pixels each way, by area averaging (a low-resolution capture)."""
+    small = [cv2.resize(frame, (frame.shape[1] // 4, frame.shape[0] // 4),
+                        interpolation=cv2.INTER_AREA) for frame in frames]
+    truth = [frame[:small[0].shape[0] * 4, :small[0].shape[1] * 4] for frame in frames]
+    return Degraded(small, truth, scale=4)
+
+
+def drop_frames(frames, rng) -> Degraded:
+    """Half the frame rate: every other frame kept; the truth keeps all of them."""
+    return Degraded(frames[::2], list(frames[:len(frames[::2]) * 2]), fps_factor=2)
+
+
+def interlaced(frames, rng) -> Degraded:
+    """Pairs of consecutive frames woven into one, top field first: the truth is every
+    frame, each the full picture of one field's moment."""
+    pairs = len(frames) // 2
+    woven = list(interlace(iter(frames[:pairs * 2])))
+    return Degraded(woven, list(frames[:pairs * 2]), fps_factor=2)
+
+
+def black_and_white(frames, rng) -> list[np.ndarray]:
+    """A scene filmed in black and white: the middle part of the clip loses its colour."""
+    start = int(len(frames) * rng.uniform(0.2, 0.4))
+    end = int(len(frames) * rng.uniform(0.6, 0.8))
+    return [_grey(frame) if start <= i < end else frame for i, frame in enumerate(frames)]
+
+
+def borders(frames, rng) -> Degraded:
+    """A black band at the left edge and a pale, noisy head-switching band at the bottom."""
+    height, width = frames[0].shape[:2]
+    left = max(2, int(round(width * rng.uniform(0.01, 0.02))))
+    bottom = max(2, int(round(height * rng.uniform(0.01, 0.02))))
+    mask = np.zeros((height, width), np.uint8)
+    mask[:, :left] = 255
+    mask[height - bottom:] = 255
+    out = []
+    for frame in frames:
+        img = frame.copy()
+        img[:, :left] = int(rng.integers(0, 12))
+        band = img[height - bottom:].astype(np.float32)
+        shift = int(rng.integers(4, 12))
+        band = np.roll(band, shift, axis=1) * 0.3 + 165 + rng.normal(0, 6, band.shape)
+        img[height - bottom:] = _eight(band)
+        out.append(img)
+    return Degraded(out, list(frames), mask=mask)
+
+
+def scratches(frames, rng) -> list[np.ndarray]:
+    """Film scratches: thin bright vertical lines, each wandering over a few frames."""
+    out = []
+    height, width = frames[0].shape[:2]
+    for frame in frames:
+        img = frame.astype(np.float32)
+        for _ in range(int(rng.integers(0, 3))):
+            x = int(rng.integers(4, width - 4))
+            top = int(rng.integers(0, height // 2))
+            length = int(rng.integers(height // 3, height))
+            img[top:top + length, x] = img[top:top + length, x] * 0.3 + 180
+        out.append(_eight(img))
+    return out
+
+
+def dirt(frames, rng) -> list[np.ndarray]:
+    """Dust and dirt: dark or bright blotches, each on one frame only."""
+    out = []
+    height, width = frames[0].shape[:2]
+    for frame in frames:
+        img = frame.copy()
+        for _ in range(int(rng.integers(1, 5))):
+            centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+            axes = (int(rng.integers(1, 5)), int(rng.integers(1, 4)))
+            value = int(rng.choice([15, 235]))
+            cv2.ellipse(img, centre, axes, float(rng.uniform(0, 180)), 0, 360,
+                        (value, value, value), -1)
+        out.append(img)
+    return out
+
+
+def dropouts(frames, rng) -> list[np.ndarray]:
+    """Tape dropouts: short white horizontal streaks where the oxide lost the signal."""
+    out = []
+    height, width = frames[0].shape[:2]
+    for frame in frames:
+        img = frame.copy()
+        for _ in range(int(rng.integers(0, 4))):
+            y, x = int(rng.integers(0, height)), int(rng.integers(0, width - 8))
+            img[y, x:x + int(rng.integers(8, width // 4))] = 240
+        out.append(img)
+    return out
+
+
+def line_tears(frames, rng) -> list[np.ndarray]:
+    """Lost sync on some frames: a run of lines shifted sideways."""
+    out = []
+    height = frames[0].shape[0]
+    for frame in frames:
+        img = frame.copy()
+        if rng.random() < 0.3:
+            top = int(rng.integers(0, height - 4))
+            rows = slice(top, top + int(rng.integers(2, max(3, height // 12))))
+            img[rows] = np.roll(img[rows], int(rng.integers(3, 12)), axis=1)
+        out.append(img)
+    return out
+
+
+def flicker(frames, rng) -> list[np.ndarray]:
+    """Exposure pumping: each frame's brightness and contrast drawn afresh."""
+    out = []
+    for frame in frames:
+        gain = float(rng.uniform(0.9, 1.1))
+        shift = float(rng.uniform(-8, 8))
+        out.append(_eight(frame.astype(np.float32) * gain + shift))
+    return out
+
+
+def _eight(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+
+
+def _grey(frame: np.ndarray) -> np.ndarray:
+    return np.repeat(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+
+
+# In the order they are applied: damage to the picture first, then what the capture
+# does to the geometry and the timing.
+KINDS = {
+    "grain": grain, "defocus": defocus, "motion_blur": motion_blur,
+    "black_and_white": black_and_white, "flicker": flicker, "scratches": scratches,
+    "dirt": dirt, "dropouts": dropouts, "line_tears": line_tears, "borders": borders,
+    "downscale": downscale, "drop_frames": drop_frames, "interlace": interlaced,
+}
+
+
+def simulate(frames: list[np.ndarray], kinds, seed: int = 0) -> Degraded:
+    """The clean ``frames`` with each of ``kinds`` applied, in KINDS order. Each kind draws
+    from its own generator (seed and kind name), so adding one leaves the others alike."""
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown degradation(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(KINDS)})")
+    result = Degraded(list(frames), list(frames))
+    for name in (k for k in KINDS if k in kinds):
+        result = _compose(result, KINDS[name](result.frames, kind_rng(seed, name)))
+    return result
+
+
+def kind_rng(seed: int, name: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def _compose(before: Degraded, step) -> Degraded:
+    if not isinstance(step, Degraded):
+        return Degraded(step, before.truth, before.fps_factor, before.scale, before.mask)
+    if step.fps_factor > 1 and before.fps_factor > 1:
+        raise ValueError("drop_frames and interlace each halve the frame rate: pick one")
+    mask = step.mask if step.mask is not None else before.mask
+    if step.scale > 1 and mask is not None:
+        mask = cv2.resize(mask, (step.frames[0].shape[1], step.frames[0].shape[0]),
+                          interpolation=cv2.INTER_NEAREST)
+    count = len(step.frames) * step.fps_factor
+    return Degraded(step.frames, before.truth[:count], before.fps_factor * step.fps_factor,
+                    before.scale * step.scale, mask)
+
+
+# ---- files ----------------------------------------------------------------------------
+
+def read_clip(path: Path, size: tuple[int, int] | None = None,
+              count: int | None = None, start: int = 0) -> tuple[list[np.ndarray], Fraction]:
+    """RGB frames of a video file, optionally area-resized to ``size`` (W, H) after a
+    centre crop to its aspect ratio."""
+    frames = []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        rate = Fraction(stream.average_rate or 25)
+        for i, frame in enumerate(container.decode(stream)):
+            if i < start:
+                continue
+            if count is not None and len(frames) == count:
+                break
+            rgb = frame.to_ndarray(format="rgb24")
+            frames.append(fit(rgb, size) if size else rgb)
+    return frames, rate
+
+
+def fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    height, width = image.shape[:2]
+    aspect = size[0] / size[1]
+    if width / height > aspect:
+        crop = int(round(height * aspect))
+        image = image[:, (width - crop) // 2:(width - crop) // 2 + crop]
+    else:
+        crop = int(round(width / aspect))
+        image = image[(height - crop) // 2:(height - crop) // 2 + crop]
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def write_clip(path: Path, frames, rate: Fraction) -> None:
+    """A visually lossless H.264 file (yuv444p, CRF 4): what a user would feed in."""
+    frames = list(frames)
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=rate)
+        video.height, video.width = frames[0].shape[:2]
+        video.pix_fmt = "yuv444p"
+        video.codec_context.options = {"crf": "4", "preset": "fast"}
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+
+
+def write_truth(folder: Path, result: Degraded, rate: Fraction, kinds, seed: int) -> None:
+    """The clean frames as PNGs (at the clean ``rate``), the damage mask, and what maps
+    them to the degraded clip."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, frame in enumerate(result.truth):
+        cv2.imwrite(str(folder / f"{i:06d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    if result.mask is not None:
+        cv2.imwrite(str(folder / "mask.png"), result.mask)
+    (folder / "truth.json").write_text(json.dumps({
+        "kinds": [k for k in KINDS if k in kinds], "seed": seed,
+        "degraded_fps": str(rate / result.fps_factor), "truth_fps": str(rate),
+        "truth_per_degraded_frame": result.fps_factor, "scale": result.scale,
+        "degraded_frames": len(result.frames), "truth_frames": len(result.truth),
+        "mask": "mask.png" if result.mask is not None else None}, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.simulate",
+        description="Degrade a clean clip like old footage, keeping the aligned clean truth.")
+    parser.add_argument("clean", type=Path)
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="the degraded clip (H.264 mp4)")
+    parser.add_argument("--truth", type=Path, required=True,
+                        help="folder for the clean truth frames (PNG) and truth.json")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kinds", nargs="+", default=list(DEFAULT_KINDS), choices=KINDS,
+                        metavar="KIND", help="any of: " + ", ".join(KINDS))
+    parser.add_argument("--size", default=None, help="resize the clean clip first, WxH")
+    parser.add_argument("--frames", type=int, default=None, help="use the first N frames")
+    args = parser.parse_args(argv)
+    size = tuple(int(v) for v in args.size.split("x")) if args.size else None
+    frames, rate = read_clip(args.clean, size, args.frames)
+    try:
+        result = simulate(frames, args.kinds, args.seed)
+    except ValueError as error:
+        parser.error(str(error))
+    write_clip(args.output, result.frames, rate / result.fps_factor)
+    write_truth(args.truth, result, rate, args.kinds, args.seed)
+    print(f"{args.output}: {len(result.frames)} frames; truth: {len(result.truth)} frames "
+          f"in {args.truth}")
+    return 0
+
+
+DEFAULT_KINDS = ("grain", "defocus", "black_and_white", "flicker", "scratches", "dirt",
+                 "dropouts", "line_tears", "borders", "interlace")
+
+if __name__ == "__main__":
+    sys.exit(main())

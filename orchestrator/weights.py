@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -31,7 +33,9 @@ def pull(model: str, root: Path | None = None, mirror: str | None = None, say=pr
     got = []
     for entry in files:
         target = weights_path(model, entry.name, root)
-        if target.is_file() and _matches(target, entry):
+        if weights_path(model, entry.loaded, root).is_file() and entry.converted:
+            say(f"{model}/{entry.loaded}: present")
+        elif target.is_file() and _matches(target, entry):
             say(f"{model}/{entry.name}: present")
         else:
             url = f"{mirror.rstrip('/')}/{model}/{entry.name}" if mirror else entry.url
@@ -43,8 +47,21 @@ def pull(model: str, root: Path | None = None, mirror: str | None = None, say=pr
                     raise
                 say(f"{model}/{entry.name}: optional, not downloaded ({exc})")
                 continue
-        got.append(target)
+        if entry.convert and not weights_path(model, entry.loaded, root).is_file():
+            say(f"{model}/{entry.name}: converting to {entry.converted}")
+            _convert(entry, target)
+        got.append(weights_path(model, entry.loaded, root))
     return got
+
+
+def _convert(entry: WeightsFile, path: Path) -> None:
+    """Run the model's converter as its own process (it reads the authors' file with a
+    restricted unpickler and writes what the service loads)."""
+    result = subprocess.run([sys.executable, "-m", entry.convert, str(path)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        reason = (result.stderr.strip().splitlines() or ["no message"])[-1]
+        raise UserError(f"{entry.name}: conversion with {entry.convert} failed ({reason})")
 
 
 def _matches(path: Path, entry: WeightsFile) -> bool:

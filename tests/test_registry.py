@@ -18,7 +18,7 @@ def test_auto_uses_a_model_once_its_weights_are_present(tmp_path, monkeypatch, t
     assert registry.resolve(task, "auto") == "classical"
     for entry in manifest(model):
         if not entry.optional:
-            path = weights_path(model, entry.name)
+            path = weights_path(model, entry.loaded)   # what the service reads
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"weights")
     preferred = [m for m in registry.NEURAL[task] if registry.status(task, m).runnable]

@@ -33,6 +33,7 @@ TEXTURE_RADIUS = 2   # local statistics over a (2r+1)^2 window
 CHROMA_SMOOTH = 4.0  # sigma of the spatial smoothing of the transferred chroma
 MUTED = 0.35
 MATCH_TOLERANCE = 6.0  # luma difference (8-bit) at which a propagated colour is doubted
+CARRY = 0.7          # share of the previous frame's colour kept where it matches
 
 
 class ColorizeStage(ClassicalStage):
@@ -58,6 +59,8 @@ class ColorizeStage(ClassicalStage):
         for frame in frames:
             total += 1
             if not is_monochrome(frame):
+                if palette is not None:
+                    palette.forget()
                 yield frame
                 continue
             grey_count += 1
@@ -142,6 +145,7 @@ class Palette:
         agreement = np.sum(table ** 2, axis=2) / np.maximum(energy, 1e-6)
         self.table = table * np.clip(agreement, 0.0, 1.0)[..., None]
         self.flow = FlowEstimator("medium")
+        self.previous: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.sources = [(self.flow.prepare(np.clip(luma_of(r) + 0.5, 0, 255).astype(np.uint8)),
                          luma_of(r), chroma_of(r).astype(np.float32)) for r in references]
 
@@ -161,7 +165,30 @@ class Palette:
             # a reference's own pixels were found it gives way to them, elsewhere it is
             # muted, since a wrong colour costs more than too little colour.
             chroma = match[..., None] * warped + (1.0 - match[..., None]) * MUTED * chroma
+        chroma = self.steadied(y, chroma)
         return rgb_of(y, chroma).astype(np.float32)
+
+    def forget(self) -> None:
+        """A colour frame came between: the next grey frame starts afresh."""
+        self.previous = None
+
+    def steadied(self, y: np.ndarray, chroma: np.ndarray) -> np.ndarray:
+        """The chroma blended with the previous grey frame's, carried along the motion.
+
+        Each frame's colour is chosen on its own, and small changes in grey level or in
+        how well a reference matched switch it from frame to frame: visible flicker. A
+        recursive blend along the flow, where the carried luma still matches, keeps an
+        object's colour while it moves; where it does not (occlusion, new content) the
+        frame's own colour stands."""
+        grey = self.flow.prepare(np.clip(y + 0.5, 0, 255).astype(np.uint8))
+        if self.previous is not None:
+            last_grey, last_luma, last_chroma = self.previous
+            motion = self.flow(grey, last_grey, y.shape)
+            error = cv2.blur(np.abs(warp(last_luma, motion) - y), (5, 5))
+            keep = CARRY * np.exp(-(error / MATCH_TOLERANCE) ** 2)[..., None]
+            chroma = keep * warp(last_chroma, motion) + (1.0 - keep) * chroma
+        self.previous = (grey, y, chroma)
+        return chroma
 
     def propagated(self, y: np.ndarray):
         """The references' chroma moved onto the frame by optical flow, and how well each

@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import grpc
@@ -21,13 +23,28 @@ from .server import GRPC_OPTIONS
 from .stage import ClipInfo, StageError
 
 
+def default_credentials() -> grpc.ChannelCredentials | None:
+    """TLS to stage services when $RESTORATION_TLS_CA is set (the CA that signed them),
+    mutual with $RESTORATION_TLS_CERT and $RESTORATION_TLS_KEY: one setting for every
+    stage client of a process."""
+    ca = os.environ.get("RESTORATION_TLS_CA")
+    if not ca:
+        return None
+    read = lambda name: Path(os.environ[name]).read_bytes() if os.environ.get(name) else None  # noqa: E731
+    return grpc.ssl_channel_credentials(Path(ca).read_bytes(), read("RESTORATION_TLS_KEY"),
+                                        read("RESTORATION_TLS_CERT"))
+
+
 class StageClient:
-    def __init__(self, address: str, timeout: float | None = None):
+    def __init__(self, address: str, timeout: float | None = None,
+                 credentials: grpc.ChannelCredentials | None = None):
         self.address = address
         self.timeout = timeout
         # Round robin over every address a name resolves to (a headless Service's pods).
-        self.channel = grpc.insecure_channel(
-            address, options=GRPC_OPTIONS + [("grpc.lb_policy_name", "round_robin")])
+        options = GRPC_OPTIONS + [("grpc.lb_policy_name", "round_robin")]
+        credentials = credentials or default_credentials()
+        self.channel = (grpc.secure_channel(address, credentials, options=options)
+                        if credentials else grpc.insecure_channel(address, options=options))
         self.stub = pb_grpc.StageServiceStub(self.channel)
 
     def close(self) -> None:

@@ -2,7 +2,9 @@
 
 It serves StageService (Process, Describe), grpc.health.v1 and reflection, with message
 limits sized for large frames. A bad request is answered INVALID_ARGUMENT with the reason
-and the server keeps serving; SIGTERM drains the streams in flight, then exits.
+and the server keeps serving; SIGTERM drains the streams in flight, then exits. Optional:
+TLS (``--tls-cert/--tls-key``, mutual with ``--tls-client-ca``) and a Prometheus endpoint
+(``--metrics-port``: frames, clip latency, errors, streams in flight).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 from typing import Callable, Iterable
@@ -35,9 +38,39 @@ GRPC_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE)]
 
 
+class StageMetrics:
+    """Prometheus metrics of one stage service, in a registry of its own."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        r = self.registry = CollectorRegistry()
+        self.frames = Counter("stage_frames", "frames sent back", ["task", "model"], registry=r)
+        self.clips = Counter("stage_clips", "clips processed", ["task", "model"], registry=r)
+        self.errors = Counter("stage_errors", "requests failed", ["code"], registry=r)
+        self.in_flight = Gauge("stage_streams_in_flight", "clips being processed (queue depth)",
+                               registry=r)
+        self.latency = Histogram("stage_clip_seconds", "wall time of one clip",
+                                 buckets=(0.1, 0.5, 1, 5, 30, 120, 600, 3600), registry=r)
+
+    def serve(self, port: int) -> None:
+        from prometheus_client import start_http_server
+        start_http_server(port, registry=self.registry)
+
+
+class _NoMetrics:
+    """Stands in when prometheus_client is not installed or no metrics port is asked for."""
+
+    def __getattr__(self, name):
+        return self
+
+    def __call__(self, *args, **kwargs):
+        return self
+
+
 class StageServicer(pb_grpc.StageServiceServicer):
-    def __init__(self, stages: Iterable[Stage]):
+    def __init__(self, stages: Iterable[Stage], metrics=None):
         self.stages = list(stages)
+        self.metrics = metrics or _NoMetrics()
 
     def pick(self, task: str, model: str) -> Stage:
         """The stage for ``task`` and ``model``; no model means the service's first (its
@@ -53,6 +86,8 @@ class StageServicer(pb_grpc.StageServiceServicer):
         return found[0]
 
     def Process(self, request_iterator, context):
+        self.metrics.in_flight.inc()
+        clock = time.monotonic()
         try:
             header, info, frames = codec.decode_clip(request_iterator)
             stage = self.pick(header.task, header.model)
@@ -62,13 +97,20 @@ class StageServicer(pb_grpc.StageServiceServicer):
             sent = 0
             for group in batches(out_frames, batch):
                 sent += len(group)
+                self.metrics.frames.labels(stage.task, stage.model).inc(len(group))
                 yield codec.batch_message(group)
+            self.metrics.clips.labels(stage.task, stage.model).inc()
+            self.metrics.latency.observe(time.monotonic() - clock)
             yield pb.ClipChunk(end=pb.ClipEnd(frame_count=sent))
         except StageError as exc:
+            self.metrics.errors.labels("invalid_argument").inc()
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except Exception as exc:  # a stage bug must not take the server down: report it
             log.exception("stage failed")
+            self.metrics.errors.labels("internal").inc()
             context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        finally:
+            self.metrics.in_flight.dec()
 
     def Describe(self, request, context):
         from . import __version__
@@ -81,14 +123,26 @@ class StageServicer(pb_grpc.StageServiceServicer):
         return pb.DescribeResponse(stages=stages, version=__version__)
 
 
-def build_server(stages: list[Stage], listen: str, workers: int = 16):
+def server_credentials(cert: Path, key: Path, client_ca: Path | None = None):
+    """TLS for a server; with ``client_ca`` clients must show a certificate it signed."""
+    pair = [(Path(key).read_bytes(), Path(cert).read_bytes())]
+    if client_ca:
+        return grpc.ssl_server_credentials(pair, Path(client_ca).read_bytes(),
+                                           require_client_auth=True)
+    return grpc.ssl_server_credentials(pair)
+
+
+def build_server(stages: list[Stage], listen: str, workers: int = 16, credentials=None,
+                 metrics=None):
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=GRPC_OPTIONS)
-    pb_grpc.add_StageServiceServicer_to_server(StageServicer(stages), server)
+    pb_grpc.add_StageServiceServicer_to_server(StageServicer(stages, metrics), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    if server.add_insecure_port(listen) == 0:
+    port = (server.add_secure_port(listen, credentials) if credentials
+            else server.add_insecure_port(listen))
+    if port == 0:
         raise OSError(f"cannot listen on {listen}")
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -105,6 +159,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="JSON network configuration (default: the official one)")
     parser.add_argument("--workers", type=int, default=16, help="concurrent streams")
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
+    parser.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
+    parser.add_argument("--tls-client-ca", type=Path,
+                        help="require client certificates signed by this CA (mutual TLS)")
+    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    parser.add_argument("--grace", type=float, default=30.0,
+                        help="seconds SIGTERM waits for streams in flight")
     return parser.parse_args(argv)
 
 
@@ -115,7 +176,13 @@ def main(create_stage: Callable[..., Stage | list[Stage]], argv=None) -> None:
     try:
         made = create_stage(weights=args.weights, device=args.device, arch=args.arch)
         stages = made if isinstance(made, list) else [made]
-        server, health_servicer = build_server(stages, args.listen, args.workers)
+        credentials = (server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+                       if args.tls_cert else None)
+        metrics = StageMetrics() if args.metrics_port else None
+        server, health_servicer = build_server(stages, args.listen, args.workers, credentials,
+                                               metrics)
+        if metrics:
+            metrics.serve(args.metrics_port)
     except (WeightsError, StageError, OSError, ValueError) as exc:
         sys.exit(f"error: {exc}")
     server.start()
@@ -129,4 +196,4 @@ def main(create_stage: Callable[..., Stage | list[Stage]], argv=None) -> None:
     signal.signal(signal.SIGTERM, drain)
     signal.signal(signal.SIGINT, drain)
     stopping.wait()
-    server.stop(grace=30).wait()
+    server.stop(grace=args.grace).wait()

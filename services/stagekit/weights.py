@@ -28,6 +28,13 @@ class WeightsFile:
     licence: str
     role: str = ""
     optional: bool = False   # an alternative model's file: the model runs without it
+    convert: str = ""        # a module run as `python -m MODULE FILE` once downloaded...
+    converted: str = ""      # ...which writes this file beside it: what the service loads
+
+    @property
+    def loaded(self) -> str:
+        """The file the service reads: the converted one when there is a conversion."""
+        return self.converted or self.name
 
 
 def weights_dir() -> Path:
@@ -50,7 +57,7 @@ def weights_path(model: str, name: str, root: Path | None = None) -> Path:
 
 def weights_present(model: str, root: Path | None = None) -> bool:
     files = [f for f in manifest(model) if not f.optional]
-    return bool(files) and all(weights_path(model, f.name, root).is_file() for f in files)
+    return bool(files) and all(weights_path(model, f.loaded, root).is_file() for f in files)
 
 
 def sha256_file(path: Path) -> str:

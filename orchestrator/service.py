@@ -1,0 +1,572 @@
+"""The orchestrator service: `orchestrator serve --listen HOST:PORT`, the job API of
+``jobs.proto`` over a job store.
+
+Jobs wait in the store (not in memory) and at most ``max_running`` run at once. Every
+finished clip is checkpointed, so a restart resumes each unfinished job at its first
+unfinished clip, and SIGTERM stops taking jobs, leaves the running ones to resume, and
+exits. Uploads are checked (name, size, checksum, readable video, resolution, duration)
+before a job is queued, and are written only inside the store.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+import signal
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from services.stagekit.server import GRPC_OPTIONS, server_credentials
+
+from . import media, pipeline
+from .errors import UserError
+from .jobclient import CHUNK, jobs_pb2, jobs_pb2_grpc
+from .jobstore import ENDED, JobStore
+from .runner import Cancelled, ClipFailed, ResumableRun, make_plan
+
+log = logging.getLogger("restoration.service")
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,199}$")
+SERVICE_NAME = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
+WATCH_INTERVAL = 0.5
+MAX_CALLS = 64            # calls served at once (each watcher holds one)
+
+
+@dataclass
+class Limits:
+    max_input_bytes: int = 64 * 1024 ** 3
+    max_width: int = 7680
+    max_height: int = 4320
+    max_duration: float = 24 * 3600.0
+
+    def check_size(self, size: int) -> None:
+        if size > self.max_input_bytes:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"input is {size} bytes, over the limit of {self.max_input_bytes}")
+
+    def check_video(self, source: media.SourceInfo) -> None:
+        if source.width > self.max_width or source.height > self.max_height:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"resolution {source.width}x{source.height} is over the limit of "
+                           f"{self.max_width}x{self.max_height}")
+        if source.duration > self.max_duration:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"duration {source.duration:.1f}s is over the limit of "
+                           f"{self.max_duration:.0f}s")
+
+
+@dataclass
+class Config:
+    store: Path
+    pipeline_file: Path | None = None
+    max_running: int = 2
+    limits: Limits = field(default_factory=Limits)
+    input_roots: list[Path] = field(default_factory=list)
+    device: str = "auto"
+    max_attempts: int = 3
+
+
+class Rejected(Exception):
+    """A request refused before any work: the status code and the reason for the caller."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def safe_name(name: str, what: str) -> str:
+    """A client's file name, accepted only as a plain name: no folders, no '..', no
+    hidden files, nothing a shell or a file system would read specially."""
+    if not SAFE_NAME.match(name or "") or ".." in name:
+        raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                       f"{what} {name!r}: a plain file name is required (letters, digits, "
+                       f"'.', '_', '-', ' '; no folders, no '..')")
+    return name
+
+
+class Scheduler:
+    """Runs queued jobs, ``max_running`` at a time, in the store's order."""
+
+    def __init__(self, config: Config, store: JobStore, metrics):
+        self.config, self.store, self.metrics = config, store, metrics
+        self.wake = threading.Condition()
+        self.active: dict[str, ResumableRun] = {}
+        self.cancelled: set[str] = set()
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._worker, name=f"jobs-{i}", daemon=True)
+                        for i in range(config.max_running)]
+
+    def start(self) -> None:
+        for job in self.store.unfinished():
+            if job["state"] == "RUNNING":
+                log.info("job %s: resuming after a restart", job["id"])
+                self.store.set_state(job["id"], "QUEUED")
+        for thread in self.threads:
+            thread.start()
+
+    def notify(self) -> None:
+        with self.wake:
+            self.wake.notify_all()
+
+    def cancel(self, job_id: str) -> None:
+        with self.wake:
+            self.cancelled.add(job_id)
+            run = self.active.get(job_id)
+        if run is not None:
+            run.stop()
+
+    def stop(self) -> None:
+        """Shutdown: running jobs stop where they are; their checkpoints stay for the restart."""
+        self.stopping.set()
+        with self.wake:
+            runs = list(self.active.values())
+            self.wake.notify_all()
+        for run in runs:
+            run.stop()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+    def _claim(self) -> str | None:
+        with self.wake:
+            for job in self.store.unfinished():
+                if job["state"] == "QUEUED" and job["id"] not in self.active:
+                    self.store.set_state(job["id"], "RUNNING")
+                    self.active[job["id"]] = None
+                    return job["id"]
+            self.wake.wait(timeout=1.0)
+        return None
+
+    def _worker(self) -> None:
+        while not self.stopping.is_set():
+            job_id = self._claim()
+            if job_id is None:
+                continue
+            try:
+                self._run(job_id)
+            finally:
+                with self.wake:
+                    self.active.pop(job_id, None)
+                self.metrics.update_queue(self.store)
+
+    def _run(self, job_id: str) -> None:
+        row = self.store.get(job_id)
+        started = time.monotonic()
+        try:
+            run = self._prepare(row)
+            with self.wake:
+                if self.stopping.is_set() or job_id in self.cancelled:
+                    raise Cancelled
+                self.active[job_id] = run
+            run.run()
+            self.store.set_clips_total(job_id, self.store.clips_done(job_id))
+            self._finish(job_id, "SUCCEEDED")
+            self.metrics.job_seconds.observe(time.monotonic() - started)
+        except Cancelled:
+            self._stopped(job_id)
+        except ClipFailed as exc:
+            self._finish(job_id, "FAILED", exc.reason, exc.stage)
+        except UserError as exc:
+            self._finish(job_id, "FAILED", str(exc), _stage_named(str(exc)))
+        except Exception as exc:  # a bug fails this job, never the service
+            log.exception("job %s", job_id)
+            self._finish(job_id, "FAILED", f"internal: {type(exc).__name__}: {exc}")
+
+    def _stopped(self, job_id: str) -> None:
+        if job_id in self.cancelled:
+            self._finish(job_id, "CANCELLED", "cancelled")
+        else:
+            self.store.set_state(job_id, "QUEUED")  # shutdown: resumes at the next start
+
+    def _finish(self, job_id: str, state: str, error: str = "", failed_stage: str = "") -> None:
+        if job_id in self.cancelled and state != "SUCCEEDED":
+            state, error = "CANCELLED", "cancelled"
+        self.store.set_state(job_id, state, error, failed_stage)
+        self.metrics.jobs_ended.labels(state.lower()).inc()
+        log.info("job %s: %s%s", job_id, state.lower(), f" ({error})" if error else "")
+
+    def _prepare(self, row: dict) -> ResumableRun:
+        job_id = row["id"]
+        options = json.loads(row["options"])
+        specs = job_specs(self.config, options)
+        source = media.probe(Path(row["input_path"]))
+        plan = make_plan(source, specs, options.get("native") or "auto")
+        output = media.OutputSpec(self.store.output_path(job_id), options.get("codec") or "h264",
+                                  options.get("crf") or 18)
+        store, metrics = self.store, self.metrics
+
+        def clip_done(clip_id: str, frames: int) -> None:
+            store.clip_done(job_id, clip_id, frames)
+            metrics.clips.inc()
+            metrics.frames.inc(frames)
+
+        def clip_failed(exc: ClipFailed, attempt: int) -> None:
+            store.clip_failed(job_id, exc.clip_id, str(exc))
+            metrics.errors.labels("clip").inc()
+
+        return ResumableRun(plan, output, store.checkpoints(job_id), self.config.device,
+                            show_progress=False, max_attempts=self.config.max_attempts,
+                            keep_going=bool(options.get("keep_going")),
+                            attempts=store.attempts(job_id), on_clip=clip_done,
+                            on_failure=clip_failed)
+
+
+def _stage_named(message: str) -> str:
+    found = re.match(r"stage (\S+)", message)
+    return found.group(1).rstrip(":") if found else ""
+
+
+def job_specs(config: Config, options: dict) -> list:
+    """The stages a job runs: the job's own, or the server's pipeline."""
+    stages = options.get("stages") or []
+    if not stages:
+        return pipeline.build(config.pipeline_file)
+    return pipeline.build(
+        config.pipeline_file, ",".join(s["task"] for s in stages),
+        models=[f"{s['task']}={s['model']}" for s in stages if s["model"] != "auto"],
+        sets=[f"{s['task']}.{k}={v}" for s in stages for k, v in s["params"].items()],
+        endpoints=[f"{s['task']}={s['endpoint']}" for s in stages if s["endpoint"] != "local"])
+
+
+class JobServicer(jobs_pb2_grpc.JobServiceServicer):
+    def __init__(self, config: Config, store: JobStore, scheduler: Scheduler, metrics):
+        self.config, self.store, self.scheduler, self.metrics = config, store, scheduler, metrics
+
+    def Submit(self, request_iterator, context):
+        if self.scheduler.stopping.is_set():
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the service is shutting down")
+        job_id, folder = self.store.new_job_folder()
+        try:
+            self._admit(job_id, folder, request_iterator)
+        except Rejected as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            self.metrics.errors.labels("rejected").inc()
+            log.info("submit rejected: %s", exc)
+            context.abort(exc.code, str(exc))
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        self.metrics.update_queue(self.store)
+        self.scheduler.notify()
+        return self._status(job_id)
+
+    def _admit(self, job_id: str, folder: Path, requests) -> None:
+        first = next(requests, None)
+        if first is None or not first.HasField("start"):
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a SubmitStart")
+        start = first.start
+        options = self._options(start.options)
+        if start.HasField("upload"):
+            name = safe_name(start.upload.file_name, "file name")
+            path = self._receive(folder / "input" / name, start.upload, requests)
+        elif start.server_path:
+            path = self._server_path(start.server_path)
+            name = path.name
+        else:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "no input: give an upload or a server path")
+        source = self._probe(path)
+        self.config.limits.check_video(source)
+        output = options["output_name"] or default_output(name, options["codec"])
+        self.store.add(job_id, options, name, path, output, source.frame_count or 0)
+        log.info("job %s: queued %s (%dx%d, %.1fs)", job_id, name, source.width, source.height,
+                 source.duration)
+
+    def _options(self, opts) -> dict:
+        codec = opts.codec or "h264"
+        if codec not in media.CODECS:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"unknown codec {codec!r} (choose {', '.join(media.CODECS)})")
+        output = safe_name(opts.output_name, "output name") if opts.output_name else ""
+        if output and Path(output).suffix.lower() not in media.CONTAINERS:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"output {output!r}: use one of {', '.join(media.CONTAINERS)}")
+        stages = [{"task": s.task, "model": s.model or "auto", "params": dict(s.params),
+                   "endpoint": s.endpoint or "local"} for s in opts.stages]
+        try:
+            job_specs(self.config, {"stages": stages})
+        except UserError as exc:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        return {"stages": stages, "codec": codec, "crf": opts.crf or 18,
+                "native": opts.native or "auto", "output_name": output,
+                "keep_going": opts.keep_going}
+
+    def _receive(self, path: Path, upload, requests) -> Path:
+        """Write the upload under a hidden name; it becomes the input only when whole."""
+        self.config.limits.check_size(upload.size)
+        part = path.with_name(f".{path.name}.part")
+        digest = hashlib.sha256()
+        received = 0
+        with open(part, "wb") as f:
+            for message in requests:
+                received += len(message.data)
+                if received > upload.size:
+                    raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"upload is longer than the {upload.size} bytes announced")
+                digest.update(message.data)
+                f.write(message.data)
+        if received != upload.size:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"upload truncated: {received} of {upload.size} bytes arrived")
+        if upload.sha256 and digest.hexdigest() != upload.sha256.lower():
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "upload damaged: sha256 does not match")
+        part.replace(path)
+        return path
+
+    def _server_path(self, given: str) -> Path:
+        path = Path(given).resolve()
+        if not any(path.is_relative_to(root.resolve()) for root in self.config.input_roots):
+            raise Rejected(grpc.StatusCode.PERMISSION_DENIED,
+                           f"{given}: not inside a folder this server reads inputs from")
+        if not path.is_file():
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"{given}: no such file")
+        self.config.limits.check_size(path.stat().st_size)
+        return path
+
+    def _probe(self, path: Path) -> media.SourceInfo:
+        try:
+            source = media.probe(path)
+            next(iter(media.decode(source)))
+        except UserError as exc:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"not a readable video: {str(exc).replace(str(path), path.name)}") from None
+        except StopIteration:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "not a readable video: no frames") from None
+        except Exception as exc:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
+                           f"not a readable video: {type(exc).__name__}") from None
+        return source
+
+    def Status(self, request, context):
+        self._known(request.job_id, context)
+        return self._status(request.job_id)
+
+    def List(self, request, context):
+        return jobs_pb2.ListResponse(jobs=[self._status(j["id"]) for j in self.store.all()])
+
+    def Watch(self, request, context):
+        self._known(request.job_id, context)
+        last = None
+        while context.is_active():
+            status = self._status(request.job_id)
+            if status != last:
+                yield status
+                last = status
+            if jobs_pb2.JobState.Name(status.state) in ENDED:
+                return
+            time.sleep(WATCH_INTERVAL)
+
+    def Cancel(self, request, context):
+        row = self._known(request.job_id, context)
+        if row["state"] not in ENDED:
+            self.scheduler.cancel(request.job_id)
+            if row["state"] == "QUEUED":
+                self.store.set_state(request.job_id, "CANCELLED", "cancelled")
+        return self._status(request.job_id)
+
+    def Fetch(self, request, context):
+        row = self._known(request.job_id, context)
+        if row["state"] != "SUCCEEDED":
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"job {request.job_id} is {row['state'].lower()}, not succeeded")
+        path = self.store.output_path(request.job_id)
+        yield jobs_pb2.FetchChunk(info=jobs_pb2.FetchInfo(
+            file_name=path.name, size=path.stat().st_size, sha256=_file_sha256(path)))
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(CHUNK), b""):
+                yield jobs_pb2.FetchChunk(data=block)
+
+    def _known(self, job_id: str, context) -> dict:
+        row = self.store.get(job_id)
+        if row is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id!r}")
+        return row
+
+    def _status(self, job_id: str):
+        row = self.store.get(job_id)
+        status = jobs_pb2.JobStatus(
+            job_id=job_id, state=jobs_pb2.JobState.Value(row["state"]),
+            clips_done=self.store.clips_done(job_id), clips_total=row["clips_total"],
+            frames_total=row["frames_total"], eta_seconds=-1, error=row["error"],
+            failed_stage=row["failed_stage"], input_name=row["input_name"],
+            output_name=row["output_name"], created=row["created"], updated=row["updated"])
+        if row["state"] == "SUCCEEDED":
+            status.frames_done = row["frames_total"]
+        run = self.scheduler.active.get(job_id)
+        if run is not None and run.job is not None:
+            _live(status, run.job.progress)
+        return status
+
+
+def _live(status, progress) -> None:
+    """What the running job's progress adds: frames, per-stage rates, ETA."""
+    elapsed = max(time.monotonic() - progress.started, 1e-6)
+    status.frames_done = progress.decoded
+    if progress.total_frames and progress.decoded >= progress.total_frames:
+        status.clips_total = progress.clips_seen
+    eta = progress.eta()
+    status.eta_seconds = eta if eta is not None else -1
+    for name, counter in list(progress.stages.items()):
+        status.stages.add(name=name, frames=counter.frames, frames_per_second=counter.frames / elapsed)
+
+
+def default_output(input_name: str, codec: str) -> str:
+    stem = Path(input_name).stem
+    return f"{stem}.restored.{'mkv' if codec == 'ffv1' else 'mp4'}"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Metrics:
+    """The orchestrator's Prometheus metrics (a registry of its own, so tests may make many)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.jobs_ended = Counter("orchestrator_jobs_ended", "jobs ended, by state", ["state"], registry=r)
+        self.clips = Counter("orchestrator_clips_done", "clips finished and checkpointed", registry=r)
+        self.frames = Counter("orchestrator_frames_done", "frames finished and checkpointed", registry=r)
+        self.errors = Counter("orchestrator_errors", "failed clips and rejected submits", ["kind"], registry=r)
+        self.queued = Gauge("orchestrator_jobs_queued", "jobs waiting to run", registry=r)
+        self.running = Gauge("orchestrator_jobs_running", "jobs running", registry=r)
+        self.job_seconds = Histogram("orchestrator_job_seconds", "wall time of finished jobs",
+                                     buckets=(1, 10, 60, 600, 3600, 36000), registry=r)
+
+    def update_queue(self, store: JobStore) -> None:
+        states = [j["state"] for j in store.unfinished()]
+        self.queued.set(states.count("QUEUED"))
+        self.running.set(states.count("RUNNING"))
+
+    def serve(self, port: int) -> None:
+        from prometheus_client import start_http_server
+        start_http_server(port, registry=self.registry)
+
+
+class TokenCheck(grpc.ServerInterceptor):
+    """Every job API call must carry ``authorization: Bearer TOKEN``; health is open."""
+
+    def __init__(self, token: str):
+        self.expected = f"Bearer {token}".encode()
+
+    def intercept_service(self, continuation, details):
+        if not details.method.startswith(f"/{SERVICE_NAME}/"):
+            return continuation(details)
+        given = dict(details.invocation_metadata).get("authorization", "")
+        if _same(given.encode(), self.expected):
+            return continuation(details)
+        return _deny(continuation(details))
+
+
+def _same(a: bytes, b: bytes) -> bool:
+    import hmac
+    return hmac.compare_digest(a, b)
+
+
+def _deny(handler):
+    def abort(request, context):
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
+
+    if handler is None:
+        return None
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(abort)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(abort)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(abort)
+    return grpc.unary_unary_rpc_method_handler(abort)
+
+
+@dataclass
+class Security:
+    token: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+
+
+def build_server(config: Config, listen: str, security: Security, metrics: Metrics):
+    store = JobStore(config.store)
+    scheduler = Scheduler(config, store, metrics)
+    interceptors = [TokenCheck(security.token)] if security.token else []
+    # Calls beyond MAX_CALLS are refused (RESOURCE_EXHAUSTED), never queued without bound.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_CALLS), options=GRPC_OPTIONS,
+                         interceptors=interceptors, maximum_concurrent_rpcs=MAX_CALLS)
+    jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(config, store, scheduler, metrics), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if security.tls_cert:
+        port = server.add_secure_port(listen, server_credentials(
+            security.tls_cert, security.tls_key, security.tls_client_ca))
+    else:
+        port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen}")
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, scheduler, health_servicer, store
+
+
+def serve(config: Config, listen: str, security: Security, metrics_port: int | None = None) -> int:
+    metrics = Metrics()
+    server, scheduler, health_servicer, store = build_server(config, listen, security, metrics)
+    if metrics_port:
+        metrics.serve(metrics_port)
+    server.start()
+    scheduler.start()
+    metrics.update_queue(store)
+    log.info("orchestrator serving jobs on %s (store %s, %d at a time)", listen, config.store,
+             config.max_running)
+    stopping = threading.Event()
+
+    def drain(signum, frame):
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, drain)
+    signal.signal(signal.SIGINT, drain)
+    stopping.wait()
+    log.info("shutting down: no new jobs; running jobs keep their checkpoints")
+    health_servicer.enter_graceful_shutdown()
+    scheduler.stop()
+    server.stop(grace=5).wait()
+    store.close()
+    return 0
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--max-resolution {text!r}: expected WxH") from None
+    return w, h
+
+
+def limits_from(args) -> Limits:
+    limits = Limits()
+    if args.max_input_bytes:
+        limits.max_input_bytes = args.max_input_bytes
+    if args.max_resolution:
+        limits.max_width, limits.max_height = parse_resolution(args.max_resolution)
+    if args.max_duration:
+        limits.max_duration = args.max_duration
+    return limits
+
+
+def token_from(args) -> str | None:
+    if args.token_file:
+        return Path(args.token_file).read_text().strip() or None
+    return args.token or None
+
