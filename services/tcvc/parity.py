@@ -8,7 +8,6 @@ stage 2 on the whole clip from the stored stage-1 reference, as their script rea
 from __future__ import annotations
 
 import json
-import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,23 +15,13 @@ import numpy as np
 import torch
 
 from services.stagekit.parity import main
-from services.stagekit.testing import parity_dir
-from services.stagekit.weights import WeightsError
 
-from . import MODEL
 from .stage import TEMPERATURE_WARP, Colorizer, Options, build_loaded
 
 
 def fixture_folder(config: dict) -> Path:
-    """The folder ``config`` came from: config['folder'] as the harness sets it, else (an
-    older harness) a folder named on the command line, else the shared fixtures."""
-    if "folder" in config:
-        return Path(config["folder"])
-    named = [Path(arg) for arg in sys.argv[1:] if (Path(arg) / "config.json").is_file()]
-    for folder in named + [parity_dir(MODEL)]:
-        if (folder / "config.json").is_file() and json.loads((folder / "config.json").read_text()) == config:
-            return folder
-    raise WeightsError("cannot tell which parity folder this config.json came from")
+    """The folder ``config`` came from (the harness records it)."""
+    return Path(config["folder"])
 
 
 @lru_cache(maxsize=2)
