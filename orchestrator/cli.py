@@ -163,7 +163,8 @@ def cmd_submit(args) -> int:
     specs = pipeline_specs(args)
     source = media.probe(args.input)
     from .jobcli import embedded_checkpoints
-    from .runner import ResumableRun, make_plan
+    from .plan import make_plan
+    from .runner import ResumableRun
     plan = make_plan(source, specs, args.native)
     for line in plan.lines():
         log.info("%s", line)

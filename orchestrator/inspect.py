@@ -12,7 +12,7 @@ import av
 
 from . import media
 from .pipeline import StageSpec
-from .runner import make_plan
+from .plan import make_plan
 from .shots import ShotDetector
 
 BAND_SAMPLE = 16  # frames the border detector looks at, as the outpaint stage does

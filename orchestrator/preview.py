@@ -14,7 +14,8 @@ import numpy as np
 from . import media
 from .errors import UserError
 from .pipeline import StageSpec
-from .runner import Job, make_plan
+from .plan import make_plan
+from .runner import Job
 
 MAX_HEIGHT = 720  # each half of the comparison, in display pixels
 

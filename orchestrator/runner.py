@@ -6,251 +6,32 @@ stays flat however long the tape is. A stage sees one clip at a time and never a
 across a shot cut."""
 from __future__ import annotations
 
-import itertools
 import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from services.stagekit import ClipInfo, Stage, StageError
+from services.stagekit import ClipInfo, StageError
 
-from . import media, registry
+from . import media
 from .errors import UserError
-from .native import native_size
-from .pipeline import StageSpec
+from .plan import Plan
 from .progress import Display, Progress
 from .shots import ShotDetector
-from .transforms import Resample
+from .stagerunners import ClipFailed, Step, build_steps
 
 log = logging.getLogger("restoration.orchestrator")
 
 QUEUE_FRAMES = 8          # frames buffered between two stages
-NATIVE_SAMPLE = 8         # frames looked at to estimate the real resolution
 
 
 class Cancelled(Exception):
     """Another thread failed; this one stops quietly."""
-
-
-@dataclass
-class Plan:
-    """What a job will do, decided before any work starts."""
-
-    source: media.SourceInfo
-    stages: list[StageSpec]
-    working_size: tuple[int, int]
-    target_fps: Fraction
-
-    def lines(self) -> list[str]:
-        w, h = self.working_size
-        src = self.source
-        return [f"input: {src.width}x{src.height} {float(src.fps):.3f} fps {src.field_order}, "
-                f"SAR {src.sar}, DAR {src.dar}, {src.duration:.2f}s, "
-                f"audio: {src.audio_codec or 'none'}",
-                f"working resolution: {w}x{h}; output frame rate {float(self.target_fps):.3f} fps",
-                "stages: " + " -> ".join(s.describe() for s in self.stages)]
-
-
-def make_plan(source: media.SourceInfo, specs: list[StageSpec], native: str = "auto") -> Plan:
-    resolved = [StageSpec(s.task, _resolve(s), dict(s.params), s.endpoint) for s in specs]
-    return Plan(source, resolved, _working_size(source, native, resolved), 2 * source.fps)
-
-
-def _resolve(spec: StageSpec) -> str:
-    if spec.endpoint == "local":
-        return registry.resolve(spec.task, spec.model)
-    return _remote_model(spec)
-
-
-def _remote_model(spec: StageSpec) -> str:
-    """Ask the service which model it runs for the task: the plan is then the same as an
-    embedded one with that model, and an unreachable endpoint fails before any work."""
-    try:
-        served = _describe_any(endpoints(spec.endpoint))
-    except Exception as exc:
-        raise UserError(f"stage {spec.task}: cannot reach {spec.endpoint} ({_rpc_reason(exc)})") from None
-    models = [d["model"] for d in served if d["task"] == spec.task
-              and spec.model in ("auto", d["model"])]
-    if not models:
-        offered = ", ".join(f"{d['task']}/{d['model']}" for d in served)
-        raise UserError(f"stage {spec.task}: {spec.endpoint} serves {offered}, "
-                        f"not {spec.task}/{spec.model}")
-    return models[0]
-
-
-def _describe_any(replicas: list[str]) -> list[dict]:
-    """What the first replica that answers serves (replicas serve the same)."""
-    from deploy.triton.client import client_for
-    failure: Exception | None = None
-    for endpoint in replicas:
-        try:
-            with client_for(endpoint, timeout=15) as client:
-                return client.describe()
-        except Exception as exc:
-            failure = exc
-    raise failure or ValueError("no endpoint given")
-
-
-def _working_size(source: media.SourceInfo, native: str, specs: list[StageSpec]) -> tuple[int, int]:
-    """The real resolution to restore from ('auto' measures it, 'full' keeps the frame size,
-    'WxH' sets it)."""
-    full = (source.width, source.height)
-    deinterlaced = source.interlaced and any(s.task == "analog" for s in specs)
-    if native == "full":
-        return full
-    if native != "auto":
-        try:
-            w, h = (int(v) for v in native.lower().split("x"))
-        except ValueError:
-            raise UserError(f"--native {native!r}: expected auto, full or WxH") from None
-        if not (16 <= w <= source.width * 4 and 16 <= h <= source.height * 4):
-            raise UserError(f"--native {native}: out of range for a {source.width}x{source.height} input")
-        return (w, h)
-    if source.interlaced and not deinterlaced:
-        return full  # resampling interlaced frames would mix the two fields
-    sample = list(itertools.islice(media.decode(source), 0, 240, 30))[:NATIVE_SAMPLE]
-    return native_size(sample, source.interlaced)
-
-
-class LocalRunner:
-    def __init__(self, stage: Stage):
-        self.stage = stage
-
-    def run(self, info: ClipInfo, frames):
-        return self.stage.run(info, frames)
-
-
-class ClipFailed(UserError):
-    """One clip could not go through one stage; a rerun may send it to another replica."""
-
-    def __init__(self, stage: str, clip_id: str, reason: str):
-        super().__init__(f"stage {stage}: {clip_id}: {reason}")
-        self.stage, self.clip_id, self.reason = stage, clip_id, reason
-
-
-CONNECT_TRIES = 3         # waits for an UNAVAILABLE replica before trying the next
-CONNECT_BACKOFF = 0.25    # seconds, doubled each try
-DOWN_FOR = 30.0           # seconds a replica that did not answer is tried last
-CLIP_DEADLINE = 3600.0    # seconds one clip may take in one stage service
-
-
-def endpoints(endpoint: str) -> list[str]:
-    """The replicas of a stage: ``grpc://a:1,grpc://b:2`` -> ["grpc://a:1", "grpc://b:2"]."""
-    return [e.strip() for e in endpoint.split(",") if e.strip()]
-
-
-class RemoteRunner:
-    """A stage served by one or more replicas: clips go round robin, a clip retried after a
-    failure starts at the next replica, a replica that does not answer is waited for with
-    backoff and then passed over."""
-
-    def __init__(self, spec: StageSpec, attempts: dict[str, int] | None = None,
-                 deadline: float = CLIP_DEADLINE):
-        from deploy.triton.client import client_for
-        self.spec = spec
-        self.attempts = attempts if attempts is not None else {}
-        self.replicas = endpoints(spec.endpoint)
-        self.clients = [client_for(e, timeout=deadline) for e in self.replicas]
-        self.down_until = [0.0] * len(self.replicas)
-
-    def run(self, info: ClipInfo, frames):
-        replica = self._pick(info.clip_id)
-        client = self.clients[replica]
-        name = f"{self.spec.task}/{self.spec.model} at {self.replicas[replica]}"
-        try:
-            out_info, out_frames = client.process(info, frames, task=self.spec.task,
-                                                  model=self.spec.model)
-        except Exception as exc:
-            raise ClipFailed(name, info.clip_id, _rpc_reason(exc)) from None
-        return out_info, _failing_as(name, info.clip_id, out_frames)
-
-    def _pick(self, clip_id: str) -> int:
-        first = _clip_number(clip_id) + self.attempts.get(clip_id, 0)
-        order = [(first + i) % len(self.clients) for i in range(len(self.clients))]
-        order.sort(key=lambda r: self.down_until[r] > time.monotonic())  # stable: answering first
-        for replica in order:
-            if _wait_ready(self.clients[replica], CONNECT_TRIES, CONNECT_BACKOFF):
-                return replica
-            self.down_until[replica] = time.monotonic() + DOWN_FOR
-        where = ", ".join(self.replicas)
-        raise ClipFailed(f"{self.spec.task}/{self.spec.model}", clip_id, f"no replica answers ({where})")
-
-
-def _wait_ready(client, tries: int, backoff: float) -> bool:
-    """Whether the replica's channel connects, retrying with doubling waits."""
-    import grpc
-    channel = getattr(client, "channel", None)
-    if channel is None:
-        return True  # a client without a gRPC channel of its own reports failures in process()
-    for attempt in range(tries):
-        try:
-            grpc.channel_ready_future(channel).result(timeout=backoff * 2 ** attempt)
-            return True
-        except grpc.FutureTimeoutError:
-            continue
-    return False
-
-
-def _clip_number(clip_id: str) -> int:
-    digits = "".join(ch for ch in clip_id if ch.isdigit())
-    return int(digits) if digits else 0
-
-
-def _failing_as(name: str, clip_id: str, frames):
-    try:
-        yield from frames
-    except Exception as exc:
-        raise ClipFailed(name, clip_id, _rpc_reason(exc)) from None
-
-
-def _rpc_reason(exc: Exception) -> str:
-    details = getattr(exc, "details", None)
-    return details() if callable(details) else str(exc)
-
-
-@dataclass
-class Step:
-    """One thread's work: a runner and how it sets each clip's params."""
-
-    name: str
-    runner: object
-    params: dict
-    spec: StageSpec | None = None
-
-    def clip_params(self, info: ClipInfo, plan: Plan) -> dict:
-        params = dict(self.params)
-        if self.spec is not None and self.spec.task == "interpolate" and "factor" not in params:
-            params["factor"] = str(max(1, round(plan.target_fps / info.fps)))
-        return params
-
-
-def build_steps(plan: Plan, device: str = "auto",
-                attempts: dict[str, int] | None = None) -> list[Step]:
-    steps: list[Step] = []
-    resampled = plan.working_size == (plan.source.width, plan.source.height)
-    if not plan.source.interlaced and not resampled:
-        steps.append(Step("resample", LocalRunner(Resample(*plan.working_size)), {}))
-        resampled = True
-    for spec in plan.stages:
-        params = dict(spec.params)
-        if spec.task == "analog":
-            params.setdefault("field_order", plan.source.field_order
-                              if plan.source.interlaced else "progressive")
-            if spec.model == "classical" and not resampled:
-                params.setdefault("size", "%dx%d" % plan.working_size)
-        runner = (LocalRunner(registry.create_local(spec.task, spec.model, device))
-                  if spec.endpoint == "local" else RemoteRunner(spec, attempts))
-        steps.append(Step(f"{spec.task}/{spec.model}", runner, params, spec))
-        if spec.task == "analog" and not resampled:
-            steps.append(Step("resample", LocalRunner(Resample(*plan.working_size)), {}))
-            resampled = True
-    return steps
 
 
 class Channel:

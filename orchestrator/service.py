@@ -30,7 +30,9 @@ from . import media, pipeline
 from .errors import UserError
 from .jobclient import CHUNK, jobs_pb2, jobs_pb2_grpc
 from .jobstore import ENDED, JobStore
-from .runner import Cancelled, ClipFailed, ResumableRun, make_plan
+from .plan import make_plan
+from .runner import Cancelled, ResumableRun
+from .stagerunners import ClipFailed
 
 log = logging.getLogger("restoration.service")
 

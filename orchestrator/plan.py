@@ -1,0 +1,96 @@
+"""What a job will do, decided before any work starts: the stages with their models
+resolved (locally, or by asking each service what it runs), the working resolution and
+the output frame rate."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from fractions import Fraction
+
+from . import media, registry
+from .errors import UserError
+from .native import native_size
+from .pipeline import StageSpec
+from .stagerunners import endpoints, rpc_reason
+
+NATIVE_SAMPLE = 8         # frames looked at to estimate the real resolution
+
+
+@dataclass
+class Plan:
+    """What a job will do, decided before any work starts."""
+
+    source: media.SourceInfo
+    stages: list[StageSpec]
+    working_size: tuple[int, int]
+    target_fps: Fraction
+
+    def lines(self) -> list[str]:
+        w, h = self.working_size
+        src = self.source
+        return [f"input: {src.width}x{src.height} {float(src.fps):.3f} fps {src.field_order}, "
+                f"SAR {src.sar}, DAR {src.dar}, {src.duration:.2f}s, "
+                f"audio: {src.audio_codec or 'none'}",
+                f"working resolution: {w}x{h}; output frame rate {float(self.target_fps):.3f} fps",
+                "stages: " + " -> ".join(s.describe() for s in self.stages)]
+
+
+def make_plan(source: media.SourceInfo, specs: list[StageSpec], native: str = "auto") -> Plan:
+    resolved = [StageSpec(s.task, _resolve(s), dict(s.params), s.endpoint) for s in specs]
+    return Plan(source, resolved, _working_size(source, native, resolved), 2 * source.fps)
+
+
+def _resolve(spec: StageSpec) -> str:
+    if spec.endpoint == "local":
+        return registry.resolve(spec.task, spec.model)
+    return _remote_model(spec)
+
+
+def _remote_model(spec: StageSpec) -> str:
+    """Ask the service which model it runs for the task: the plan is then the same as an
+    embedded one with that model, and an unreachable endpoint fails before any work."""
+    try:
+        served = _describe_any(endpoints(spec.endpoint))
+    except Exception as exc:
+        raise UserError(f"stage {spec.task}: cannot reach {spec.endpoint} ({rpc_reason(exc)})") from None
+    models = [d["model"] for d in served if d["task"] == spec.task
+              and spec.model in ("auto", d["model"])]
+    if not models:
+        offered = ", ".join(f"{d['task']}/{d['model']}" for d in served)
+        raise UserError(f"stage {spec.task}: {spec.endpoint} serves {offered}, "
+                        f"not {spec.task}/{spec.model}")
+    return models[0]
+
+
+def _describe_any(replicas: list[str]) -> list[dict]:
+    """What the first replica that answers serves (replicas serve the same)."""
+    from deploy.triton.client import client_for
+    failure: Exception | None = None
+    for endpoint in replicas:
+        try:
+            with client_for(endpoint, timeout=15) as client:
+                return client.describe()
+        except Exception as exc:
+            failure = exc
+    raise failure or ValueError("no endpoint given")
+
+
+def _working_size(source: media.SourceInfo, native: str, specs: list[StageSpec]) -> tuple[int, int]:
+    """The real resolution to restore from ('auto' measures it, 'full' keeps the frame size,
+    'WxH' sets it)."""
+    full = (source.width, source.height)
+    deinterlaced = source.interlaced and any(s.task == "analog" for s in specs)
+    if native == "full":
+        return full
+    if native != "auto":
+        try:
+            w, h = (int(v) for v in native.lower().split("x"))
+        except ValueError:
+            raise UserError(f"--native {native!r}: expected auto, full or WxH") from None
+        if not (16 <= w <= source.width * 4 and 16 <= h <= source.height * 4):
+            raise UserError(f"--native {native}: out of range for a {source.width}x{source.height} input")
+        return (w, h)
+    if source.interlaced and not deinterlaced:
+        return full  # resampling interlaced frames would mix the two fields
+    sample = list(itertools.islice(media.decode(source), 0, 240, 30))[:NATIVE_SAMPLE]
+    return native_size(sample, source.interlaced)
