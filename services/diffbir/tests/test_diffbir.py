@@ -24,6 +24,8 @@ from services.stagekit.stage import ClipInfo, StageError
 from services.stagekit.testing import parity_dir, running_service
 from services.stagekit.weights import WeightsError, load_checkpoint, sha256_file
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FIXTURES = parity_dir(MODEL)
 CONFIG = FIXTURES / "config.json"
 TINY_STATE = FIXTURES / "tiny_state.safetensors"
@@ -33,15 +35,6 @@ TINY_KWARGS = {"img_size": 16, "patch_size": 1, "in_chans": 3, "embed_dim": 12,
                "unshuffle": True, "unshuffle_scale": 8}
 
 needs_fixtures = pytest.mark.skipif(not CONFIG.is_file(), reason=f"no fixtures in {FIXTURES}")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks gain nothing from threads, and on a shared CPU idle threads spin."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def tiny_stage(device: str = "cpu", **kwargs) -> DiffBIRStage:

@@ -31,16 +31,8 @@ CONFIG = FIXTURES / "config.json"
 TINY_STATE = FIXTURES / "tiny_state.safetensors"
 PIPELINE = FIXTURES / "tiny_pipeline_case.npz"
 
-pytestmark = pytest.mark.skipif(not CONFIG.is_file(), reason=f"no fixtures in {FIXTURES}")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks gain nothing from threads, and on a shared CPU idle threads spin."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = [pytest.mark.skipif(not CONFIG.is_file(), reason=f"no fixtures in {FIXTURES}"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 
 def tiny_stage(**kwargs) -> MatStage:

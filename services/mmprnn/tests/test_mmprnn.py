@@ -25,16 +25,8 @@ FIXTURES = parity_dir(MODEL)
 CONFIG = FIXTURES / "config.json"
 TINY_STATE = FIXTURES / "tiny_state.safetensors"
 
-pytestmark = pytest.mark.skipif(not CONFIG.is_file(), reason=f"no fixtures in {FIXTURES}")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: on a shared CPU, extra intra-op threads only add waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.skipif(not CONFIG.is_file(), reason=f"no fixtures in {FIXTURES}"),
+              pytest.mark.usefixtures("one_torch_thread")]
 
 
 def fixture_config() -> dict:

@@ -25,17 +25,11 @@ from services.stagekit import parity
 from services.stagekit.testing import parity_dir, running_service
 from services.stagekit.weights import WeightsError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FIXTURES = parity_dir(MODEL)
 needs_fixtures = pytest.mark.skipif(not (FIXTURES / "config.json").is_file(),
                                     reason="../shared/parity/psrt is not available")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

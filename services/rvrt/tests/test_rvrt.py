@@ -20,21 +20,14 @@ from services.rvrt.network import (OFFICIAL_KWARGS, build_network, deform_attn,
 from services.rvrt.parity import run_case
 from services.rvrt.stage import RVRTStage, create_stage, load_weights
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 FIXTURES = parity_dir(MODEL)
 needs_fixtures = pytest.mark.skipif(not (FIXTURES / "config.json").is_file(),
                                     reason=f"no parity fixtures at {FIXTURES}")
 TINY_KWARGS = {**OFFICIAL_KWARGS, "embed_dims": [24, 24, 24], "num_heads": [2, 2, 2],
                "deformable_groups": 6, "attention_heads": 6}
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The CI machine is shared: one thread is faster there than contended ones."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -22,19 +22,11 @@ from services.tape.stage import (SwinUNetStage, TapeStage, centred_windows, crea
                                  load_network, read_states, swinunet_geometry, tape_geometry,
                                  unwrap_checkpoint)
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 PARITY = parity_dir(MODEL)
 needs_fixtures = pytest.mark.skipif(not (PARITY / "config.json").is_file(),
                                     reason="shared parity fixtures not present")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny networks are op-bound: on a loaded machine one thread is several times
-    faster than two fighting for cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
