@@ -124,6 +124,8 @@ def add_service_parsers(sub) -> None:
     serve.add_argument("--tls-key", type=Path, help="the certificate's private key")
     serve.add_argument("--tls-client-ca", type=Path, help="require client certificates (mutual TLS)")
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    serve.add_argument("--allow-endpoint", action="append", default=[], metavar="PREFIX",
+                       help="stage endpoints (by prefix) a job may name besides the pipeline's")
     serve.add_argument("--http", metavar="HOST:PORT",
                        help="also serve the web page here (same jobs, same token)")
     serve.add_argument("--device", default="auto", help="auto, cpu or cuda for in-process models")

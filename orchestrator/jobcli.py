@@ -60,7 +60,7 @@ def cmd_serve(args) -> int:
     from .service import Config, Security, limits_from, serve, token_from
     config = Config(store=args.store, pipeline_file=args.pipeline, max_running=args.max_running,
                     limits=limits_from(args), input_roots=args.input_root, device=args.device,
-                    max_attempts=args.max_attempts)
+                    max_attempts=args.max_attempts, allowed_endpoints=args.allow_endpoint)
     if config.max_running < 1:
         raise UserError("--max-running must be at least 1")
     if bool(args.tls_cert) != bool(args.tls_key):

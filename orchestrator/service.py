@@ -74,6 +74,7 @@ class Config:
     input_roots: list[Path] = field(default_factory=list)
     device: str = "auto"
     max_attempts: int = 3
+    allowed_endpoints: list[str] = field(default_factory=list)  # prefixes a job may name
 
 
 class Rejected(Exception):
@@ -291,6 +292,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                            f"output {output!r}: use one of {', '.join(media.CONTAINERS)}")
         stages = [{"task": s.task, "model": s.model or "auto", "params": dict(s.params),
                    "endpoint": s.endpoint or "local"} for s in opts.stages]
+        for stage in stages:
+            self._check_endpoint(stage["endpoint"])
         try:
             job_specs(self.config, {"stages": stages})
         except UserError as exc:
@@ -298,6 +301,21 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         return {"stages": stages, "codec": codec, "crf": opts.crf or 18,
                 "native": opts.native or "auto", "output_name": output,
                 "keep_going": opts.keep_going}
+
+    def _check_endpoint(self, endpoint: str) -> None:
+        """A job may send frames only where the operator allows: the endpoints of the
+        server's own pipeline and the prefixes given with --allow-endpoint."""
+        if endpoint == "local":
+            return
+        allowed = [s.endpoint for s in pipeline.build(self.config.pipeline_file)
+                   if s.endpoint != "local"] if self.config.pipeline_file else []
+        for replica in endpoint.split(","):
+            replica = replica.strip()
+            if not any(replica == a or replica in a.split(",") for a in allowed) and not any(
+                    replica.startswith(prefix) for prefix in self.config.allowed_endpoints):
+                raise Rejected(grpc.StatusCode.PERMISSION_DENIED,
+                               f"endpoint {replica} is not one this server may use "
+                               "(its pipeline's, or --allow-endpoint)")
 
     def _receive(self, path: Path, upload, requests) -> Path:
         """Write the upload under a hidden name; it becomes the input only when whole."""

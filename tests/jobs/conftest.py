@@ -40,7 +40,7 @@ class Orchestrator:
         self.log = open(store.parent / f"{store.name}.serve.log", "a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "orchestrator", "serve", "--listen", self.address,
-             "--store", str(store), *args], cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
+             "--store", str(store), "--allow-endpoint", "grpc://127.0.0.1:", *args], cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
         if healthy:
             wait_serving(self.address, 60, self.proc)
 

@@ -111,3 +111,14 @@ def _answers(client) -> bool:
         return True
     except grpc.RpcError:
         return False
+
+
+def test_a_job_cannot_send_frames_to_an_endpoint_the_server_does_not_allow(tmp_path, orchestrator):
+    from .conftest import probe_options
+    server = orchestrator()
+    tape = make_tape(tmp_path / "tape.mp4", scenes=1, frames=4)
+    with JobClient(server.address) as client:
+        with pytest.raises(grpc.RpcError) as caught:
+            client.submit(tape, probe_options("grpc://198.51.100.7:50051"))
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "198.51.100.7" in caught.value.details()
