@@ -56,7 +56,9 @@ def random_tiny(seed: int) -> torch.nn.Module:
     layer scales and BatchNorm statistics away from their trivial values, spectral vectors
     after one power iteration (not converged), ab of realistic size."""
     generator = torch.Generator().manual_seed(seed)
-    network = build_ddcolor(**read_arch(CONFIG))
+    with torch.random.fork_rng():  # the weights not set below come from the global RNG
+        torch.manual_seed(seed)
+        network = build_ddcolor(**read_arch(CONFIG))
 
     def noise(tensor, std=1.0, mean=0.0):
         return mean + std * torch.randn(tensor.shape, generator=generator)
