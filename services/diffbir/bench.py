@@ -7,14 +7,9 @@ runs of 29.1, 34.0 and 34.5 s, median 34.0 s. On a GPU, the whole stage's frames
 """
 from __future__ import annotations
 
-import statistics
-import time
-from fractions import Fraction
-
-import numpy as np
 import torch
 
-from services.stagekit.stage import ClipInfo
+from services.stagekit.benchmark import median_seconds, stage_frames_per_second
 
 from . import MODEL
 from .network import build_swinir
@@ -25,37 +20,17 @@ AUTHORS_S = {512: 34.0}
 
 def forward_seconds(size: int = 512, runs: int = 3, threads: int = 2) -> float:
     """The median of ``runs`` timed forwards after one warm-up."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        torch.manual_seed(0)
-        network = build_swinir().eval()
-        x = torch.rand(1, 3, size, size)
-        times = []
-        with torch.inference_mode():
-            network(x)
-            for _ in range(runs):
-                start = time.perf_counter()
-                network(x)
-                times.append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(previous)
-    return statistics.median(times)
+    torch.manual_seed(0)
+    network = build_swinir().eval()
+    x = torch.rand(1, 3, size, size)
+    return median_seconds(lambda: network(x), runs, threads)
 
 
 def gpu_frames_per_second(half: bool, width: int = 360, height: int = 240,
                           count: int = 16) -> float:
     """Output frames/s of the stage on CUDA, uint8 in and out, after a warm-up batch."""
     stage = DiffBIRStage(build_swinir(), "cuda", half=half, settings=Settings(batch=4))
-    frames = np.random.default_rng(0).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
-    info = ClipInfo("bench", width=width, height=height, fps=Fraction(30), frame_count=count)
-    for _ in stage.run(info, iter(frames[:4]))[1]:
-        pass
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    made = sum(1 for _ in stage.run(info, iter(frames))[1])
-    torch.cuda.synchronize()
-    return made / (time.perf_counter() - start)
+    return stage_frames_per_second(stage, width, height, count, warmup=4)
 
 
 def gpu_rows() -> list[dict]:

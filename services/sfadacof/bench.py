@@ -5,14 +5,9 @@ the median of 3 runs after a warm-up of one 1x3x128x128 frame pair, 0.124 s.
 """
 from __future__ import annotations
 
-import statistics
-import time
-from fractions import Fraction
-
-import numpy as np
 import torch
 
-from services.stagekit.stage import ClipInfo
+from services.stagekit.benchmark import median_seconds, stage_frames_per_second
 
 from . import MODEL
 from .network import build_network
@@ -23,37 +18,17 @@ AUTHORS_S = {128: 0.124, 256: 0.40}
 
 def forward_seconds(size: int = 128, runs: int = 3, threads: int = 2) -> float:
     """The median of ``runs`` timed forwards after one warm-up, as the README measured."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        torch.manual_seed(0)
-        network = build_network().eval()
-        frame0, frame2 = torch.rand(1, 3, size, size), torch.rand(1, 3, size, size)
-        times = []
-        with torch.inference_mode():
-            network(frame0, frame2)
-            for _ in range(runs):
-                start = time.perf_counter()
-                network(frame0, frame2)
-                times.append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(previous)
-    return statistics.median(times)
+    torch.manual_seed(0)
+    network = build_network().eval()
+    frame0, frame2 = torch.rand(1, 3, size, size), torch.rand(1, 3, size, size)
+    return median_seconds(lambda: network(frame0, frame2), runs, threads)
 
 
 def gpu_frames_per_second(half: bool, width: int = 360, height: int = 240,
                           count: int = 41) -> float:
     """Output frames/s of the 2x stage on CUDA, uint8 frames in and out, after a warm-up."""
     stage = SfAdaCoFStage(build_network(), "cuda", half=half)
-    frames = np.random.default_rng(0).integers(0, 256, (count, height, width, 3), dtype=np.uint8)
-    info = ClipInfo("bench", width=width, height=height, fps=Fraction(30), frame_count=count)
-    for _ in stage.run(info.replace(frame_count=None), iter(frames[:stage.max_batch + 1]))[1]:
-        pass
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    made = sum(1 for _ in stage.run(info, iter(frames))[1])
-    torch.cuda.synchronize()
-    return made / (time.perf_counter() - start)
+    return stage_frames_per_second(stage, width, height, count, warmup=stage.max_batch + 1)
 
 
 def gpu_rows() -> list[dict]:
