@@ -7,7 +7,6 @@ with the fastest of them, the strictest comparison.
 """
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
@@ -16,6 +15,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from services.stagekit.benchmark import median_seconds
 from services.stagekit.stage import ClipInfo
 
 from . import MODEL
@@ -27,18 +27,10 @@ AUTHORS_S = {64: 1.1, 128: 3.0}
 
 def forward_seconds(size: int = 64, frames: int = 5, runs: int = 3, threads: int = 2) -> float:
     """The median of ``runs`` timed forwards after one warm-up, as the README measured."""
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
     network = build_mmprnn()
     x = torch.rand(1, frames, 3, size, size) - 0.5
-    times = []
-    with torch.inference_mode():
-        network(x)
-        for _ in range(runs):
-            start = time.perf_counter()
-            network(x)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(lambda: network(x), runs, threads)
 
 
 def frames_per_second(device: str, dtype, width: int = 360, height: int = 240,

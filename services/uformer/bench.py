@@ -8,13 +8,13 @@ shared 2-core CPU (load average 5-10), torch threads = 2, float32, no_grad: inpu
 """
 from __future__ import annotations
 
-import statistics
 import time
 from fractions import Fraction
 
 import numpy as np
 import torch
 
+from services.stagekit.benchmark import median_seconds
 from services.stagekit.stage import ClipInfo
 
 from . import MODEL
@@ -26,18 +26,10 @@ AUTHORS_S = {128: 15.0, 256: 28.0}
 
 def forward_seconds(size: int = 128, runs: int = 3, threads: int = 2) -> float:
     """The median of ``runs`` timed forwards after one warm-up, as the README measured."""
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
     network = build_uformer()
     x = torch.rand(1, 3, size, size)
-    times = []
-    with torch.inference_mode():
-        network(x)
-        for _ in range(runs):
-            start = time.perf_counter()
-            network(x)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(lambda: network(x), runs, threads)
 
 
 def frames_per_second(device: str, half: bool, width: int = 360, height: int = 240,
