@@ -65,3 +65,17 @@ def running_service(module: str, *args: str, env: dict | None = None, timeout: f
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def clip_info(frames, fmt: str | None = None, **params):
+    """A clip header for ``frames`` (a sequence of HxWx3 arrays): its size, its pixel format
+    (from the dtype unless given), 25 fps, and ``params`` as the strings a header carries."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    from .stage import ClipInfo
+    height, width = frames[0].shape[:2]
+    fmt = fmt or ("rgbf16" if frames[0].dtype == np.float16 else "rgb24")
+    return ClipInfo("clip", width=width, height=height, fps=Fraction(25), pixel_format=fmt,
+                    frame_count=len(frames), params={k: str(v) for k, v in params.items()})

@@ -21,7 +21,7 @@ from services.ddcolor.stage import (UNUSED_KEYS, DDColorStage, checkpoint_state,
 from services.stagekit import parity
 from services.stagekit.parity import uint8_pm1
 from services.stagekit.stage import ClipInfo, StageError
-from services.stagekit.testing import parity_dir, running_service
+from services.stagekit.testing import clip_info, parity_dir, running_service
 from services.stagekit.weights import WeightsError, sha256_file
 
 FIXTURES = parity_dir(MODEL)
@@ -38,12 +38,6 @@ def fixture_config() -> dict:
 
 def pipeline_arrays() -> dict:
     return parity.load_arrays(FIXTURES, "tiny_pipeline_case.npz")
-
-
-def clip_info(frames, fmt: str = "rgb24", **params) -> ClipInfo:
-    height, width = frames[0].shape[:2]
-    return ClipInfo("clip", width=width, height=height, fps=Fraction(25), pixel_format=fmt,
-                    frame_count=len(frames), params=params)
 
 
 def colorize(stage: DDColorStage, frames, fmt: str = "rgb24", **params) -> np.ndarray:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import json
 import math
-from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -17,8 +16,7 @@ from services.stagekit.parity import uint8_pm1
 from services.mmprnn.stage import (MMPRNNStage, create_stage, load_mmpnet, load_mmprnn,
                                    read_arch)
 from services.stagekit import parity
-from services.stagekit.stage import ClipInfo
-from services.stagekit.testing import parity_dir, running_service
+from services.stagekit.testing import clip_info, parity_dir, running_service
 from services.stagekit.weights import WeightsError, sha256_file
 
 FIXTURES = parity_dir(MODEL)
@@ -35,12 +33,6 @@ def fixture_config() -> dict:
 
 def pipeline_arrays() -> dict:
     return parity.load_arrays(FIXTURES, "tiny_pipeline_case.npz")
-
-
-def clip_info(frames, fmt: str = "rgb24") -> ClipInfo:
-    height, width = frames[0].shape[:2]
-    return ClipInfo("clip", width=width, height=height, fps=Fraction(25), pixel_format=fmt,
-                    frame_count=len(frames))
 
 
 def deblur(stage: MMPRNNStage, frames, fmt: str = "rgb24") -> np.ndarray:

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 
 import numpy as np
 import pytest
 import torch
 
-from services.stagekit import ClipInfo, StageError
+from services.stagekit import StageError
 from services.stagekit.parity import load_arrays, load_config, rel_l2
 from services.stagekit.parity import run as run_parity
-from services.stagekit.testing import parity_dir, running_service
+from services.stagekit.testing import clip_info, parity_dir, running_service
 from services.stagekit.weights import WeightsError
 
 from services.rvrt import MODEL
@@ -36,12 +35,6 @@ def random_tiny():
     fixtures'): offsets, flows and outputs all differ from theirs."""
     torch.manual_seed(5)
     return build_network(**TINY_KWARGS).eval()
-
-
-def clip_info(frames: np.ndarray, **params) -> ClipInfo:
-    return ClipInfo("clip", width=frames.shape[2], height=frames.shape[1], fps=Fraction(25),
-                    pixel_format="rgbf16" if frames.dtype == np.float16 else "rgb24",
-                    params={k: str(v) for k, v in params.items()})
 
 
 def noisy_clip(count: int, height: int, width: int, seed: int = 0) -> np.ndarray:

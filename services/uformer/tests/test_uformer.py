@@ -4,7 +4,6 @@ from __future__ import annotations
 import io
 import json
 import math
-from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -12,8 +11,8 @@ import torch
 
 from services.stagekit import parity
 from services.stagekit.parity import uint8_pm1
-from services.stagekit.stage import ClipInfo, StageError
-from services.stagekit.testing import parity_dir, running_service
+from services.stagekit.stage import StageError
+from services.stagekit.testing import clip_info, parity_dir, running_service
 from services.stagekit.weights import WeightsError, load_strict, sha256_file
 from services.uformer import MODEL, TASK
 from services.uformer.bench import psnr, tiling_psnr
@@ -36,12 +35,6 @@ def fixture_config() -> dict:
 
 def pipeline_arrays() -> dict:
     return parity.load_arrays(FIXTURES, "tiny_pipeline_case.npz")
-
-
-def clip_info(frames, fmt: str = "rgb24", **params) -> ClipInfo:
-    height, width = frames[0].shape[:2]
-    return ClipInfo("clip", width=width, height=height, fps=Fraction(25), pixel_format=fmt,
-                    frame_count=len(frames), params={k: str(v) for k, v in params.items()})
 
 
 def deblur(stage: UformerStage, frames, fmt: str = "rgb24", **params) -> np.ndarray:
