@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -36,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--codec", default="h264", choices=sorted(media.CODECS))
     submit.add_argument("--crf", type=int, default=18, help="quality for h264/h265 (lower is better)")
     submit.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    submit.add_argument("--stats", type=Path, metavar="FILE",
+                        help="write the run's figures (frames, times, CPU use per stage) as JSON")
     submit.add_argument("--resume", action="store_true",
                         help="reuse the finished clips of an interrupted run of the same job")
     submit.add_argument("--keep-going", action="store_true",
@@ -177,6 +180,11 @@ def cmd_submit(args) -> int:
     checkpoints.remove()
     for line in run.job.progress.summary():
         log.info("%s", line)
+    if args.stats:
+        try:
+            args.stats.write_text(json.dumps(run.job.progress.stats(), indent=1) + "\n")
+        except OSError as exc:
+            raise UserError(f"--stats {args.stats}: {exc.strerror} (the output {path} is written)") from None
     print(path)
     return 0
 

@@ -23,10 +23,39 @@ class Progress:
     clips_seen: int = 0
     decoded: int = 0
     written: int = 0
+    # Wall clock (time.time) and this process's CPU seconds at the first decoded frame
+    # and once the last frame is encoded: the span in which the pipeline streams.
+    first_decoded: tuple[float, float] | None = None
+    last_encoded: tuple[float, float] | None = None
 
     def __post_init__(self):
         self.lock = threading.Lock()
         self.stages = {name: StageCounter() for name in self.names}
+
+    def frame_decoded(self) -> None:
+        if self.first_decoded is None:
+            self.first_decoded = (time.time(), time.process_time())
+        self.decoded += 1
+
+    def encoding_finished(self) -> None:
+        self.last_encoded = (time.time(), time.process_time())
+
+    def cpu_use(self) -> float | None:
+        """This process's CPU time over the streaming span's wall time (1.0 = one core)."""
+        if self.first_decoded is None or self.last_encoded is None:
+            return None
+        wall = self.last_encoded[0] - self.first_decoded[0]
+        return (self.last_encoded[1] - self.first_decoded[1]) / wall if wall > 0 else None
+
+    def stats(self) -> dict:
+        """What `submit --stats FILE` writes: the run's figures, machine-readable."""
+        span = (None if self.first_decoded is None or self.last_encoded is None
+                else [self.first_decoded[0], self.last_encoded[0]])
+        return {"frames_decoded": self.decoded, "frames_written": self.written,
+                "wall_s": time.monotonic() - self.started, "streaming_span": span,
+                "cpu_use": self.cpu_use(),
+                "stages": {name: {"frames": c.frames, "busy_s": c.busy}
+                           for name, c in self.stages.items()}}
 
     def stage_frame(self, name: str, busy: float) -> None:
         with self.lock:
@@ -61,8 +90,10 @@ class Progress:
 
     def summary(self) -> list[str]:
         elapsed = time.monotonic() - self.started
+        cpu = self.cpu_use()
         rows = [f"{self.written} frames written in {elapsed:.1f}s "
-                f"({self.written / max(elapsed, 1e-6):.1f} f/s)"]
+                f"({self.written / max(elapsed, 1e-6):.1f} f/s"
+                + (f", CPU {100 * cpu:.0f}%)" if cpu is not None else ")")]
         for name, counter in self.stages.items():
             rate = counter.frames / max(counter.busy, 1e-6)
             rows.append(f"  {name:<24} {counter.frames:6d} frames  {counter.busy:7.1f}s busy  "

@@ -130,7 +130,9 @@ class Job:
             self._raise_failure()
             if self.skip:
                 raise UserError(f"{len(self.skip)} clip(s) failed: {', '.join(sorted(self.skip))}")
-            return self.writer.finish()
+            path = self.writer.finish()
+            self.progress.encoding_finished()
+            return path
         except BaseException as exc:
             self.cancel.set()
             if self.writer is not None:
@@ -179,7 +181,8 @@ class Job:
             grey += detector.grey
             if not kept:
                 out.put(("frame", frame))
-            self.progress.decoded = count = index + 1
+            self.progress.frame_decoded()
+            count = index + 1
         self._end_clip(out, clip, start, count, grey, kept)
         out.put(("stop", None))
 
@@ -224,10 +227,13 @@ class Job:
 
     def _stage_clip(self, step: Step, info: ClipInfo, frames: ClipFrames, outbox: Channel):
         info = info.replace(params=step.clip_params(info, self.plan))
-        try:
-            out_info, out_frames = step.runner.run(info, iter(frames))
-        except StageError as exc:
-            raise UserError(f"stage {step.name}: {exc}") from None
+        if step.passes_through(info.params):
+            out_info, out_frames = info, iter(frames)
+        else:
+            try:
+                out_info, out_frames = step.runner.run(info, iter(frames))
+            except StageError as exc:
+                raise UserError(f"stage {step.name}: {exc}") from None
         outbox.put(("start", out_info))
         clock, waited = time.monotonic(), frames.waited
         for frame in out_frames:

@@ -128,6 +128,13 @@ class Step:
             params["factor"] = str(max(1, round(plan.target_fps / info.fps)))
         return params
 
+    def passes_through(self, params: dict) -> bool:
+        """Whether the stage would hand the clip back unchanged (interpolation by 1, a
+        tape already at the target rate once deinterlaced): its frames then skip it, and
+        a remote one is not sent them at all."""
+        return (self.spec is not None and self.spec.task == "interpolate"
+                and params.get("factor", "").strip() == "1")
+
 
 def build_steps(plan: Plan, device: str = "auto",
                 attempts: dict[str, int] | None = None) -> list[Step]:

@@ -2,6 +2,8 @@
 the classical stage service running as a real process."""
 from __future__ import annotations
 
+import json
+import os
 from fractions import Fraction
 
 import av
@@ -91,8 +93,11 @@ def small_tape(tmp_path_factory):
 def test_grpc_stages_give_identical_frames(small_tape, tmp_path):
     embedded = tmp_path / "embedded.mkv"
     remote = tmp_path / "remote.mkv"
-    result = run_cli("submit", small_tape, "-o", embedded, "--codec", "ffv1", "-q")
+    stats = tmp_path / "stats.json"
+    result = run_cli("submit", small_tape, "-o", embedded, "--codec", "ffv1", "-q",
+                     "--stats", stats)
     assert result.returncode == 0, result.stderr
+    assert_stats(json.loads(stats.read_text()), frames=len(read_frames(embedded)))
     with running_service("services.classical") as address:
         result = run_cli("submit", small_tape, "-o", remote, "--codec", "ffv1", "-q",
                          "--endpoint", f"all=grpc://{address}")
@@ -101,6 +106,16 @@ def test_grpc_stages_give_identical_frames(small_tape, tmp_path):
     assert len(a) == len(b) > 0
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x, y)
+
+
+def assert_stats(stats: dict, frames: int) -> None:
+    """`submit --stats`: the figures bench/pipeline.py reads, consistent with the run."""
+    assert stats["frames_written"] == frames
+    start, stop = stats["streaming_span"]
+    assert 0 < stop - start <= stats["wall_s"]
+    assert 0 < stats["cpu_use"] <= os.cpu_count() + 0.5
+    assert set(stats["stages"]) >= {"analog/classical", "superres/classical"}
+    assert all(s["frames"] > 0 and s["busy_s"] >= 0 for s in stats["stages"].values())
 
 
 def test_interpolation_never_blends_across_a_cut(tmp_path):

@@ -14,8 +14,9 @@ so each is a real algorithm rather than a placeholder:
 - denoise: motion-compensated temporal averaging over +/-2 frames with occlusion
   rejection, then a spatial pass sized to the noise left;
 - superres: 4x by lanczos plus iterative back-projection against an area-downscale model;
-- interpolate: bidirectional optical flow carried to the intermediate time, with
-  forward-backward occlusion handling; never across a clip's end (a shot cut).
+- interpolate: bidirectional optical flow seeded by an exhaustive block search (for fast
+  motion), then, per pixel, the candidate motions at the intermediate time weighted by
+  how well the two frames agree along them; never across a clip's end (a shot cut).
 
 ``python -m services.classical --listen HOST:PORT`` serves all seven.
 """

@@ -153,6 +153,24 @@ def test_interpolated_midpoint_beats_blending():
     assert psnr(out[1][8:-8, 8:-8], frames[1][8:-8, 8:-8]) > psnr(blend, frames[1])[()] + 3
 
 
+def test_interpolation_follows_fast_motion():
+    """A quarter of the frame between the input frames, more than DIS finds from zero:
+    a pan, and a textured block crossing a still background (with the background it
+    covers and uncovers, which only one of the two frames shows)."""
+    frames = panned(3, dx=8.0, dy=1.0)
+    _, out = run(InterpolateStage(), info(), frames[::2])
+    assert psnr(out[1][10:-10, 10:-10], frames[1][10:-10, 10:-10]) > 40
+    background, block = scene(W, H, seed=1), scene(24, 20, seed=2)
+    frames = []
+    for x in (4, 12, 20):
+        frame = background.copy()
+        frame[14:34, x:x + 24] = block
+        frames.append(np.clip(np.rint(frame), 0, 255).astype(np.uint8))
+    _, out = run(InterpolateStage(), info(), frames[::2])
+    blend = (frames[0].astype(np.float32) + frames[2]) / 2
+    assert psnr(out[1], frames[1]) > psnr(blend, frames[1]) + 5
+
+
 def interlace(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
     frame = top.copy()
     frame[1::2] = bottom[1::2]
