@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all clean bench-models bench-quality images browser
+.PHONY: setup demo test test-all clean bench-models bench-quality bench-pipeline images browser
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,9 @@ bench-models: setup
 
 bench-quality: setup
 	$(PY) -m bench.quality
+
+bench-pipeline: setup
+	$(PY) -m bench.pipeline
 
 images: setup
 	$(PY) -m deploy.images
