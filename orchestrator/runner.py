@@ -238,8 +238,10 @@ class Job:
         clock, waited = time.monotonic(), frames.waited
         for frame in out_frames:
             # The stage's own time: what it took to make this frame, less the time
-            # it spent waiting for input from the stage before it.
-            self.progress.stage_frame(step.name, time.monotonic() - clock - (frames.waited - waited))
+            # it spent waiting for input from the stage before it (a remote stage's input
+            # is read on a gRPC thread, so its waits can overlap this one: never below 0).
+            busy = time.monotonic() - clock - (frames.waited - waited)
+            self.progress.stage_frame(step.name, max(0.0, busy))
             outbox.put(("frame", frame))
             clock, waited = time.monotonic(), frames.waited
         if not frames.done:

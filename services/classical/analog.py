@@ -28,14 +28,13 @@ from __future__ import annotations
 import functools
 import itertools
 import re
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Iterator, TypeVar
+from typing import Iterable, Iterator
 
 import cv2
 import numpy as np
 
+from services.stagekit.parallel import ordered_map
 from services.stagekit.stage import ClipInfo
 from services.stagekit.windowing import neighbourhoods
 
@@ -45,7 +44,6 @@ from .flow import FlowEstimator, positions, warp
 
 FIELD_ORDERS = ("progressive", "tff", "bff")
 FLICKER_RADIUS = 3
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -170,28 +168,15 @@ def deinterlace(frames: Iterable[np.ndarray], top_first: bool) -> Iterator[np.nd
     # on a worker thread one pair of fields ahead of the weave: on two idle cores, a third
     # off the time. One worker per clip: DIS runs there alone (its object is not to be
     # shared between threads), and the pairs come out in order.
-    with ThreadPoolExecutor(max_workers=1) as worker:
-        jobs = (worker.submit(compensate, first, second, flow)
-                for first, second in itertools.pairwise(fields(frames, top_first, flow)))
-        last = None
-        for job in read_ahead(jobs, 1):
-            pair = job.result()
-            before = last.onto_second if last else itself(pair.first)
-            yield weave(pair.first, before, pair.onto_first)
-            last = pair
-        if last:
-            yield weave(last.second, last.onto_second, itself(last.second))
-
-
-def read_ahead(items: Iterable[T], count: int) -> Iterator[T]:
-    """The items in order, each taken from ``items`` ``count`` items before it is handed
-    on (for an iterator of jobs: the next ones start while this one is consumed)."""
-    queue: deque[T] = deque()
-    for item in items:
-        queue.append(item)
-        if len(queue) > count:
-            yield queue.popleft()
-    yield from queue
+    pairs = ordered_map(lambda two: compensate(*two, flow),
+                        itertools.pairwise(fields(frames, top_first, flow)), workers=1, ahead=1)
+    last = None
+    for pair in pairs:
+        before = last.onto_second if last else itself(pair.first)
+        yield weave(pair.first, before, pair.onto_first)
+        last = pair
+    if last:
+        yield weave(last.second, last.onto_second, itself(last.second))
 
 
 def fields(frames: Iterable[np.ndarray], top_first: bool,

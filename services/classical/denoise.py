@@ -13,6 +13,8 @@ does not flicker).
 """
 from __future__ import annotations
 
+import functools
+import itertools
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -20,9 +22,10 @@ import cv2
 import numpy as np
 
 from services.stagekit.stage import ClipInfo
+from services.stagekit.parallel import PerThread, frame_workers, ordered_map
 from services.stagekit.windowing import neighbourhoods
 
-from .common import ClassicalStage, delivered, grey8, log, luma, noise_sigma, worked
+from .common import ClassicalStage, from_work, grey8, log, luma, noise_sigma, worked
 from .flow import FlowEstimator, warp
 
 RADIUS = 2
@@ -54,14 +57,21 @@ class DenoiseStage(ClassicalStage):
         sigma = self.settings(info)
         # DIS's fast preset: the patch test below rejects what the flow gets wrong, so the
         # medium preset's accuracy buys 0.1 dB (bench/quality.py) for 1.7x the time.
-        flow = FlowEstimator("fast", scale=min(1.0, 480 / info.width), smooth=1.0)
+        make_flow = functools.partial(FlowEstimator, "fast", scale=min(1.0, 480 / info.width),
+                                      smooth=1.0)
+        flow = make_flow()
         items = (Item(image, flow.prepare(grey8(image))) for image in worked(frames))
-        for window in neighbourhoods(items, RADIUS, RADIUS):
-            if sigma is None:
-                sigma = clip_sigma(window, flow)
-                log.info("%s clip %s: noise sigma %.2f (estimated)", self.name,
-                         info.clip_id, sigma)
-            yield from delivered([denoise(window, flow, sigma)], info.pixel_format)
+        windows = neighbourhoods(items, RADIUS, RADIUS)
+        first = next(windows, None)
+        if first is None:
+            return
+        if sigma is None:
+            sigma = clip_sigma(first, flow)
+            log.info("%s clip %s: noise sigma %.2f (estimated)", self.name, info.clip_id, sigma)
+        # Each frame is denoised from its own window alone: frames run side by side.
+        flows = PerThread(make_flow)
+        one = lambda window: from_work(denoise(window, flows.get(), sigma), info.pixel_format)
+        yield from ordered_map(one, itertools.chain([first], windows), frame_workers())
 
 
 def clip_sigma(window: list[Item], flow: FlowEstimator) -> float:

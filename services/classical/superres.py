@@ -22,9 +22,10 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
+from services.stagekit.parallel import frame_workers, ordered_map
 from services.stagekit.stage import ClipInfo
 
-from .common import ClassicalStage, delivered, log, worked
+from .common import ClassicalStage, from_work, log, worked
 
 SCALE = 4
 STEPS = 3
@@ -43,8 +44,9 @@ class SuperresStage(ClassicalStage):
         log.info("%s clip %s: %dx%d -> %dx%d, lanczos + %d back-projection steps",
                  self.name, info.clip_id, info.width, info.height, info.width * SCALE,
                  info.height * SCALE, STEPS)
-        for image in worked(frames):
-            yield from delivered([upscale(image)], info.pixel_format)
+        # Every frame is upscaled alone: frames run side by side.
+        one = lambda image: from_work(upscale(image), info.pixel_format)
+        yield from ordered_map(one, worked(frames), frame_workers())
 
 
 def upscale(image: np.ndarray) -> np.ndarray:

@@ -1,0 +1,59 @@
+"""Frame-parallel work inside a stage, results in order.
+
+A stage's thread works on one frame at a time, so the slowest stage of a pipeline keeps one
+core busy while the cores the others leave idle wait for it. Frames whose work does not
+depend on each other's results (each denoised from its own window, each upscaled alone)
+can be computed on a few threads at once: OpenCV and numpy let go of the GIL while they
+work, so the threads really run side by side.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Generic, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def frame_workers() -> int:
+    """Threads for one stage's frames: this machine's cores, up to four (beyond that the
+    stages running beside it have the other cores)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def ordered_map(function: Callable[[T], R], items: Iterable[T], workers: int,
+                ahead: int | None = None) -> Iterator[R]:
+    """``function(item)`` for every item, in the items' order, computed on ``workers``
+    threads with at most ``ahead`` (default ``workers``) results waiting besides the one
+    handed on. Items are read on the calling thread, lazily. Closing the iterator early
+    cancels what has not started and waits for what has."""
+    ahead = workers if ahead is None else ahead
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="frames")
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(function, item))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class PerThread(Generic[T]):
+    """One object per thread, made on first use: for state a thread may not share (an
+    OpenCV optical flow object keeps its buffers between calls)."""
+
+    def __init__(self, factory: Callable[[], T]):
+        self.factory = factory
+        self.local = threading.local()
+
+    def get(self) -> T:
+        value = getattr(self.local, "value", None)
+        if value is None:
+            value = self.local.value = self.factory()
+        return value
