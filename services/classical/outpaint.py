@@ -55,15 +55,6 @@ class Bands:
         return ", ".join(f"{edge}={getattr(self, edge)}" for edge in EDGES
                          if getattr(self, edge)) or "none"
 
-    def mask(self, height: int, width: int) -> np.ndarray:
-        """True on the damaged pixels."""
-        mask = np.zeros((height, width), bool)
-        mask[:, :self.left] = True
-        mask[:, width - self.right:width] = bool(self.right)
-        mask[:self.top] = True
-        mask[height - self.bottom:height] |= bool(self.bottom)
-        return mask
-
 
 class OutpaintStage(ClassicalStage):
     task = "outpaint"
@@ -163,7 +154,7 @@ def edge_band(lumas: np.ndarray, extent: int) -> int:
     if black:
         first = black - 1
         if not strong[first]:
-            return black
+            return black + blended_line(lines, black)
     elif strong[:depth].any():
         first = int(np.argmax(strong[:depth]))
         unlike = ((np.abs(level[:first + 1] - ref_level) > 12.0)
@@ -177,6 +168,22 @@ def edge_band(lumas: np.ndarray, extent: int) -> int:
         # A long run of steps is a gradient in the picture, not the edge of a band.
         return black
     return first + run
+
+
+def blended_line(lines: np.ndarray, black: int) -> int:
+    """1 when the line after a black band is a mix of the band and the picture (the band's
+    edge fell between two lines of the capture before it was resampled), else 0. On a
+    dark picture that half-dark line makes no strong step, yet filling from it would
+    carry the band's darkness inward: it is judged where the picture is lit, by how much
+    of the next line's level above the band it reaches."""
+    if black + 1 >= len(lines):
+        return 0
+    floor = float(lines[:black].mean())
+    edge, inside = lines[black] - floor, lines[black + 1] - floor
+    lit = inside > 20.0
+    if lit.sum() < 0.05 * lit.size:
+        return 0
+    return int(np.median(edge[lit] / inside[lit]) < 0.85)
 
 
 def leading(flags: np.ndarray, limit: int) -> int:

@@ -13,7 +13,7 @@ from services.classical.colorize import ColorizeStage
 from services.classical.deblur import DeblurStage
 from services.classical.denoise import DenoiseStage
 from services.classical.interpolate import InterpolateStage
-from services.classical.outpaint import OutpaintStage
+from services.classical.outpaint import OutpaintStage, detect_bands
 from services.classical.stage import create_stage
 from services.classical.superres import SuperresStage
 from services.stagekit.parallel import frame_workers
@@ -230,6 +230,20 @@ def test_outpaint_finds_and_rebuilds_black_left_and_pale_bottom_bands():
 
     assert mean_psnr(out) > mean_psnr(damaged) + 10
     assert mean_psnr(out) > mean_psnr(telea) + 3
+
+
+def test_outpaint_band_includes_the_half_dark_line_a_resampled_capture_leaves():
+    """A 7-pixel black band of a 720-wide capture is 3.5 pixels at the real 360: the
+    fourth column is half band, half picture. On a mostly dark picture it makes no strong
+    step, yet it must be rebuilt too, or the fill carries its darkness inward."""
+    rng = np.random.default_rng(5)
+    picture = np.full((120, 360, 3), 25, np.uint8)               # a dark background
+    picture[:30] = 180                                           # a lit band across it
+    picture = np.clip(picture + rng.normal(0, 3, picture.shape), 0, 255).astype(np.uint8)
+    capture = cv2.resize(picture, (720, 240), interpolation=cv2.INTER_NEAREST)
+    capture[:, :7] = 8
+    frame = cv2.resize(capture, (360, 120), interpolation=cv2.INTER_AREA)
+    assert detect_bands([frame] * 4).left == 4
 
 
 def test_outpaint_leaves_a_clean_clip_alone():
