@@ -227,13 +227,13 @@ class Result:
     stages: dict[str, float] = field(default_factory=dict)   # seconds per stage
 
 
-def measured(command: list[str], sampler: TreeSampler, stats: Path | None = None,
-             env: dict | None = None) -> tuple[float, tuple[float, float], dict]:
+def measured(command: list[str], sampler: TreeSampler,
+             stats: Path | None = None) -> tuple[float, tuple[float, float], dict]:
     """Run ``command`` under ``sampler``; its wall time, its streaming span (from
     ``stats`` when it writes one, else its lifetime) and the stats."""
     start = time.time()
-    proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     sampler.add(proc.pid)
     _, errors = proc.communicate()
     stop = time.time()
@@ -292,7 +292,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def stage_services(replicas: dict[str, int], sampler: TreeSampler, env: dict):
+def stage_services(replicas: dict[str, int], sampler: TreeSampler):
     """One `python -m services.classical` process per stage replica, as deployed (each
     model its own service); yields the submit flags that route every stage to them."""
     from services.stagekit.testing import wait_serving
@@ -303,8 +303,7 @@ def stage_services(replicas: dict[str, int], sampler: TreeSampler, env: dict):
             for address in addresses:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "services.classical", "--listen", address,
-                     "--log-level", "WARNING"], cwd=ROOT, env={**os.environ, **env},
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     "--log-level", "WARNING"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 procs.append((proc, address))
                 sampler.add(proc.pid)
             flags += ["--endpoint", f"{task}=" + ",".join(f"grpc://{a}" for a in addresses)]
@@ -321,15 +320,14 @@ def stage_services(replicas: dict[str, int], sampler: TreeSampler, env: dict):
                 proc.kill()
 
 
-def run_ours(tape: Tape, out: Path, replicas: dict[str, int] | None, label: str,
-             env: dict) -> Result:
+def run_ours(tape: Tape, out: Path, replicas: dict[str, int] | None, label: str) -> Result:
     stats = out.with_suffix(".stats.json")
     command = [sys.executable, "-m", "orchestrator", "submit", str(tape.path), "-o", str(out),
                "-y", "-q", "--crf", str(CRF), "--stats", str(stats)]
     with TreeSampler([]) as sampler, ExitStack() as stack:
         if replicas is not None:
-            command += stack.enter_context(stage_services(replicas, sampler, env))
-        wall, span, data = measured(command, sampler, stats, env)
+            command += stack.enter_context(stage_services(replicas, sampler))
+        wall, span, data = measured(command, sampler, stats)
     result = Result(tape.name, label, wall, data["frames_written"],
                     sampler.cpu_between(*span) / (span[1] - span[0]), sampler.peak_rss)
     result.stages = {name: s["busy_s"] for name, s in data["stages"].items()}
@@ -413,15 +411,14 @@ def main(argv: list[str] | None = None) -> int:
         embedded = None
         for run in args.runs:
             if run == "embedded":
-                embedded = run_ours(tape, out(run), None, "ours, embedded", {})
+                embedded = run_ours(tape, out(run), None, "ours, embedded")
                 result = embedded
             elif run == "grpc":
-                result = run_ours(tape, out(run), {}, "gRPC services", {})
+                result = run_ours(tape, out(run), {}, "gRPC services")
             elif run == "grpc-replicas":
                 slowest = (max(embedded.stages, key=embedded.stages.get).split("/")[0]
                            if embedded else "denoise")
-                result = run_ours(tape, out(run), {slowest: 2},
-                                  f"gRPC, 2x {slowest}", {})
+                result = run_ours(tape, out(run), {slowest: 2}, f"gRPC, 2x {slowest}")
             else:
                 continue
             result.psnr, _ = psnr_to_truth(out(run), tape.truth())

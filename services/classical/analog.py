@@ -34,7 +34,7 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
-from services.stagekit.parallel import ordered_map
+from services.stagekit.parallel import PerThread, frame_workers, ordered_map
 from services.stagekit.stage import ClipInfo
 from services.stagekit.windowing import neighbourhoods
 
@@ -302,17 +302,23 @@ class Prepared:
 
 def remove_impulses(images: Iterable[np.ndarray], clip_id: str) -> Iterator[np.ndarray]:
     # 'fast' repairs within 0.05 dB of 'medium' at three times its speed (bench/quality.py).
-    flow = FlowEstimator("fast", smooth=1.0)
+    make_flow = functools.partial(FlowEstimator, "fast", smooth=1.0)
+    flow = make_flow()
     items = (Prepared(image, flow.prepare(grey8(image))) for image in images)
-    threshold = None
+    windows = neighbourhoods(items, 1, 1)
+    first = next(windows, None)
+    if first is None:
+        return
+    sigma = noise_sigma(luma(first[1].image))
+    threshold = max(IMPULSE_FLOOR, 4.0 * sigma)
+    log.info("analog/classical clip %s: noise %.1f, impulse threshold %.1f", clip_id, sigma,
+             threshold)
+    # Each frame is mended from its unmended neighbours alone: frames run side by side.
+    flows = PerThread(make_flow)
     repaired_total = 0
-    for prev, cur, nxt in neighbourhoods(items, 1, 1):
-        if threshold is None:
-            sigma = noise_sigma(luma(cur.image))
-            threshold = max(IMPULSE_FLOOR, 4.0 * sigma)
-            log.info("analog/classical clip %s: noise %.1f, impulse threshold %.1f",
-                     clip_id, sigma, threshold)
-        image, repaired = repair_impulses(prev, cur, nxt, flow, threshold)
+    mend = lambda window: repair_impulses(*window, flows.get(), threshold)
+    for image, repaired in ordered_map(mend, itertools.chain([first], windows),
+                                       frame_workers()):
         repaired_total += repaired
         yield image
     if repaired_total:
