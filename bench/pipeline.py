@@ -36,7 +36,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import av
 import cv2
@@ -60,36 +60,33 @@ class Tape:
     name: str
     path: Path
     bands: dict[str, int]          # damaged border widths at the tape's 720x480, for ffmpeg
-
-    def truth(self) -> Iterator[np.ndarray]:
-        raise NotImplementedError
+    truth: Callable[[], Iterator[np.ndarray]]   # the clean frames, one per field, 360x240
 
 
-class SharedTape(Tape):
-    """tape_sim.mp4: its clean twin is the cockatoo clip through the graph that made the
-    tape (../shared/footage/README.md) without the damage, at 360x240 and 59.94 fields/s."""
-
-    def truth(self) -> Iterator[np.ndarray]:
-        graph = "crop=960:720:160:0,scale=360:240:flags=area,framerate=60000/1001"
-        command = [ffmpeg_exe(), "-v", "error", "-i", str(SHARED / "cockatoo_clean.mp4"),
-                   "-t", "8.2", "-vf", graph, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
-        yield from raw_frames(command, TRUTH_SIZE)
+def tape_sim_truth() -> Iterator[np.ndarray]:
+    """tape_sim.mp4's clean twin: the cockatoo clip through the graph that made the tape
+    (../shared/footage/README.md) without the damage, at 360x240 and 59.94 fields/s."""
+    graph = "crop=960:720:160:0,scale=360:240:flags=area,framerate=60000/1001"
+    command = [ffmpeg_exe(), "-v", "error", "-i", str(SHARED / "cockatoo_clean.mp4"),
+               "-t", "8.2", "-vf", graph, "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    yield from raw_frames(command, TRUTH_SIZE)
 
 
-class SimulatedTape(Tape):
-    """The demo tape's damage (orchestrator.simulate) over ``seconds`` of a slow pan."""
+SIMULATED_SECONDS = 60.0
 
-    seconds = 60.0
 
-    def make(self) -> None:
-        if not self.path.exists():
-            partial = self.path.with_suffix(".part.mp4")
-            simulate.make_demo_tape(partial, self.seconds)
-            partial.rename(self.path)
+def simulated_tape(path: Path) -> Path:
+    """The demo tape's damage (orchestrator.simulate) over a minute of a slow pan, made once."""
+    if not path.exists():
+        partial = path.with_suffix(".part.mp4")
+        simulate.make_demo_tape(partial, SIMULATED_SECONDS)
+        partial.rename(path)
+    return path
 
-    def truth(self) -> Iterator[np.ndarray]:
-        fields = int(round(self.seconds * simulate.FIELD_RATE)) // 2 * 2
-        yield from simulate.pan(simulate.demo_image(), fields, TRUTH_SIZE)
+
+def simulated_truth() -> Iterator[np.ndarray]:
+    fields = int(round(SIMULATED_SECONDS * simulate.FIELD_RATE)) // 2 * 2
+    yield from simulate.pan(simulate.demo_image(), fields, TRUTH_SIZE)
 
 
 def raw_frames(command: list[str], size: tuple[int, int]) -> Iterator[np.ndarray]:
@@ -108,17 +105,13 @@ def raw_frames(command: list[str], size: tuple[int, int]) -> Iterator[np.ndarray
 def tapes(names: list[str], workdir: Path) -> list[Tape]:
     known = {
         # tape_sim: 7 of 360 columns at the left, 5 of 240 rows at the bottom.
-        "tape_sim": lambda: SharedTape("tape_sim", SHARED / "tape_sim.mp4",
-                                       {"left": 14, "bottom": 10}),
-        "tape60": lambda: SimulatedTape("tape60", workdir / "tape60.mp4",
-                                        {"left": simulate.TapeDamage.left_band,
-                                         "bottom": simulate.TapeDamage.bottom_band}),
+        "tape_sim": lambda: Tape("tape_sim", SHARED / "tape_sim.mp4",
+                                 {"left": 14, "bottom": 10}, tape_sim_truth),
+        "tape60": lambda: Tape("tape60", simulated_tape(workdir / "tape60.mp4"),
+                               {"left": simulate.TapeDamage.left_band,
+                                "bottom": simulate.TapeDamage.bottom_band}, simulated_truth),
     }
-    chosen = [known[name]() for name in names]
-    for tape in chosen:
-        if isinstance(tape, SimulatedTape):
-            tape.make()
-    return chosen
+    return [known[name]() for name in names]
 
 
 def psnr_to_truth(output: Path, truth: Iterator[np.ndarray]) -> tuple[float, int]:
