@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 demo: setup
 	mkdir -p demo
-	$(PY) -m orchestrator.demo demo/tape.mp4
+	$(PY) -m orchestrator.commands.demo demo/tape.mp4
 	$(VENV)/bin/orchestrator submit demo/tape.mp4 -o demo/tape.restored.mp4 -y
 	@echo "before: demo/tape.mp4   after: demo/tape.restored.mp4"
 

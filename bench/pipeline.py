@@ -20,7 +20,7 @@ largest sum of the tree's resident memory seen, sampled every 50 ms.
 
 Inputs: ``tape_sim`` is ``../shared/footage/tape_sim.mp4`` (its truth is the clean
 cockatoo clip through the graph that made the tape, less the damage); ``tape60`` is a
-60-second tape from ``orchestrator.simulate`` (the demo tape's damage; its truth is the
+60-second tape from ``orchestrator.media.simulate`` (the demo tape's damage; its truth is the
 simulator's clean pan), made once into ``--workdir``.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 
 from bench.quality import ffmpeg_exe
-from orchestrator import simulate
+from orchestrator.media import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "footage"
@@ -76,7 +76,7 @@ SIMULATED_SECONDS = 60.0
 
 
 def simulated_tape(path: Path) -> Path:
-    """The demo tape's damage (orchestrator.simulate) over a minute of a slow pan, made once."""
+    """The demo tape's damage (orchestrator.media.simulate) over a minute of a slow pan, made once."""
     if not path.exists():
         partial = path.with_suffix(".part.mp4")
         simulate.make_demo_tape(partial, SIMULATED_SECONDS)

@@ -1,7 +1,7 @@
 """`make bench-quality`: each classical model against the ffmpeg filters a user would reach
 for, on the same simulated damage, scored against the same clean truth.
 
-For every clip and task the simulator (``orchestrator.simulate``) degrades a clean clip
+For every clip and task the simulator (``orchestrator.media.simulate``) degrades a clean clip
 in one way; our stage and each baseline restore it; the table gives PSNR and SSIM against
 the truth (on the rebuilt band only, for outpaint), flicker (how far the frame-to-frame
 change departs from the truth's, mean absolute luma, lower is better), frames per second,
@@ -28,8 +28,8 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from orchestrator.shots import ShotDetector
-from orchestrator.simulate import Degraded, read_clip, simulate
+from orchestrator.media.shots import ShotDetector
+from orchestrator.media.simulate import Degraded, read_clip, simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 COCKATOO = ROOT.parent / "shared" / "footage" / "cockatoo_clean.mp4"

@@ -16,8 +16,10 @@ import logging
 import sys
 from pathlib import Path
 
-from . import __version__, media, pipeline, registry, weights
+from . import __version__, media
 from .errors import UserError
+from .pipeline import registry
+from .pipeline import specs as pipeline_specs
 
 log = logging.getLogger("restoration.orchestrator")
 
@@ -146,13 +148,9 @@ def add_service_parsers(sub) -> None:
     add_server_flags(fetch)
 
 
-def pipeline_specs(args) -> list:
-    return pipeline.build(args.pipeline, args.stages, args.skip, args.model, args.sets, args.endpoint)
-
-
 def cmd_submit(args) -> int:
     if args.server:
-        from .jobcli import submit_remote
+        from .jobs.cli import submit_remote
         return submit_remote(args)
     output = args.output or args.input.with_name(f"{args.input.stem}.restored.mp4")
     if output.suffix.lower() not in media.CONTAINERS:
@@ -165,11 +163,11 @@ def cmd_submit(args) -> int:
         raise UserError(f"{output}: the output would overwrite the input")
     if output.exists() and not args.overwrite:
         raise UserError(f"{output}: already exists (use -y to replace it)")
-    specs = pipeline_specs(args)
+    specs = pipeline_specs.from_args(args)
     source = media.probe(args.input)
-    from .jobcli import embedded_checkpoints
-    from .plan import make_plan
-    from .runner import ResumableRun
+    from .jobs.checkpoints import embedded_checkpoints
+    from .pipeline.plan import make_plan
+    from .pipeline.runner import ResumableRun
     plan = make_plan(source, specs, args.native)
     for line in plan.lines():
         log.info("%s", line)
@@ -201,6 +199,7 @@ def cmd_stages(args) -> int:
 
 
 def cmd_weights(args) -> int:
+    from .commands import weights
     if args.action == "list":
         print("\n".join(weights.listing()))
         return 0
@@ -211,41 +210,61 @@ def cmd_weights(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .inspect import inspect, render
-    report = inspect(args.input, pipeline_specs(args), args.native)
+    from .commands.inspect import inspect, render
+    report = inspect(args.input, pipeline_specs.from_args(args), args.native)
     print(render(report, as_json=args.json))
     return 0
 
 
 def cmd_preview(args) -> int:
-    from .preview import preview
+    from .commands.preview import preview
     output = args.output or args.input.with_name(f"{args.input.stem}.preview.mp4")
     if output.exists() and not args.overwrite:
         raise UserError(f"{output}: already exists (use -y to replace it)")
     media.OutputSpec(output).check()
-    path = preview(args.input, output, args.at, args.seconds, pipeline_specs(args), args.native,
+    path = preview(args.input, output, args.at, args.seconds, pipeline_specs.from_args(args),
+                   args.native,
                    args.device, args.layout, args.still, show_progress=not args.quiet)
     print(path)
     return 0
 
 
+def cmd_serve(args) -> int:
+    """The job API, and the web page beside it when --http is given."""
+    from .jobs.service import Config, Security, limits_from, serve, token_from
+    config = Config(store=args.store, pipeline_file=args.pipeline, max_running=args.max_running,
+                    limits=limits_from(args), input_roots=args.input_root, device=args.device,
+                    max_attempts=args.max_attempts, allowed_endpoints=args.allow_endpoint)
+    if config.max_running < 1:
+        raise UserError("--max-running must be at least 1")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UserError("--tls-cert and --tls-key go together")
+    security = Security(token_from(args), args.tls_cert, args.tls_key, args.tls_client_ca)
+    if args.http:
+        from .web.server import start_beside
+        web_dir = Path(args.store) / "web"
+        config.input_roots = [*config.input_roots, web_dir / "uploads"]
+        start_beside(args.http, args.listen, security.token, web_dir, args.device)
+    return serve(config, args.listen, security, args.metrics_port)
+
+
 def _service_command(name: str):
     def command(args) -> int:
-        from . import jobcli
-        return getattr(jobcli, f"cmd_{name}")(args)
+        from .jobs import cli as jobs_cli
+        return getattr(jobs_cli, f"cmd_{name}")(args)
     return command
 
 
 COMMANDS = {"submit": cmd_submit, "inspect": cmd_inspect, "preview": cmd_preview,
-            "stages": cmd_stages, "weights": cmd_weights,
+            "stages": cmd_stages, "weights": cmd_weights, "serve": cmd_serve,
             **{name: _service_command(name)
-               for name in ("serve", "status", "watch", "list", "cancel", "fetch")}}
+               for name in ("status", "watch", "list", "cancel", "fetch")}}
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["simulate"]:  # its own parser: every flag after it is the simulator's
-        from .simulate import main as simulate_main
+        from .media.simulate import main as simulate_main
         return simulate_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,

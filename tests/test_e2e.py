@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from orchestrator.simulate import TapeDamage, make_demo_tape
+from orchestrator.media.simulate import TapeDamage, make_demo_tape
 from services.stagekit.testing import running_service
 
 from .helpers import read_frames, run_cli, textured, write_video

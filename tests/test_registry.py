@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import registry
+from orchestrator.pipeline import registry
 from services.stagekit.weights import manifest, weights_path
 
 from .helpers import run_cli

@@ -1,10 +1,11 @@
 """The streaming runner's own work: what it skips, and what it reports."""
 from __future__ import annotations
 
-from orchestrator import media, pipeline
-from orchestrator.plan import make_plan
-from orchestrator.runner import Job
-from orchestrator.simulate import make_demo_tape
+from orchestrator import media
+from orchestrator.pipeline import specs as pipeline
+from orchestrator.pipeline.plan import make_plan
+from orchestrator.pipeline.runner import Job
+from orchestrator.media.simulate import make_demo_tape
 
 
 class Refusing:

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from orchestrator.simulate import KINDS, kind_rng, main, simulate, write_clip
+from orchestrator.media.simulate import KINDS, kind_rng, main, simulate, write_clip
 
 W, H, COUNT = 64, 48, 8
 

@@ -9,7 +9,7 @@ from functools import partial
 
 import pytest
 
-from orchestrator import weights
+from orchestrator.commands import weights
 from orchestrator.errors import UserError
 from services.stagekit import weights as store
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import grpc
 
-from ..jobclient import jobs_pb2, jobs_pb2_grpc, state_name
 from services.stagekit.server import GRPC_OPTIONS
+
+from ..jobs.client import jobs_pb2, jobs_pb2_grpc, state_name
 
 CHUNK = 1024 * 1024
 

@@ -13,14 +13,16 @@ import os
 import re
 import secrets
 import shutil
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from .. import pipeline, registry
 from ..errors import UserError
+from ..pipeline import registry
+from ..pipeline import specs as pipeline_specs
 from .artefacts import Tickets, last_frame_thumbnail, split_still
 from .gateway import FINISHED, Gateway, JobServiceError, has_thumbnail_field, status_json
 from .uploads import UploadError, Uploads
@@ -107,7 +109,7 @@ class WebApp:
         return self.uploads.get(upload_id).describe()
 
     def inspect(self, upload_id: str, body: dict) -> dict:
-        from ..inspect import inspect, render
+        from ..commands.inspect import inspect, render
         upload = self.uploads.complete(upload_id)
         tasks = _tasks(body)
         key = (upload_id, tuple(tasks))
@@ -119,7 +121,7 @@ class WebApp:
         return self.inspected[key]
 
     def preview(self, upload_id: str, body: dict) -> dict:
-        from ..preview import preview
+        from ..commands.preview import preview
         upload = self.uploads.complete(upload_id)
         at, seconds = _number(body, "at", 0.0), _number(body, "seconds", 2.0)
         if not 0 < seconds <= MAX_PREVIEW_SECONDS:
@@ -220,7 +222,7 @@ def _tasks(body: dict) -> list[str]:
 
 
 def _specs(tasks: list[str]) -> list:
-    return pipeline.build(stages=",".join(tasks))
+    return pipeline_specs.build(stages=",".join(tasks))
 
 
 def _number(body: dict, key: str, default: float) -> float:
@@ -454,3 +456,18 @@ def serve_http(listen: str, jobs_address: str, token: str | None = None,
     finally:
         server.server_close()
         server.RequestHandlerClass.app.gateway.close()
+
+
+def start_beside(listen: str, jobs_address: str, token: str | None, folder: Path,
+                 device: str) -> ThreadingHTTPServer:
+    """The web page in this process, beside a job API (`orchestrator serve --http`): a
+    client of it like any other, served from a background thread."""
+    (folder / "uploads").mkdir(parents=True, exist_ok=True)
+    host, _, port = jobs_address.rpartition(":")
+    if host in ("0.0.0.0", "[::]", ""):
+        jobs_address = f"127.0.0.1:{port}"  # the page reaches the job API on this host
+    server = make_server(listen, jobs_address, token, folder, device=device)
+    host, port = server.server_address[:2]
+    print(f"web page on http://{host}:{port}/", file=sys.stderr, flush=True)
+    threading.Thread(target=server.serve_forever, name="web", daemon=True).start()
+    return server

@@ -29,7 +29,7 @@ def test_ports_are_unique():
 
 
 def test_the_pipeline_files_load_in_the_orchestrator():
-    from orchestrator import pipeline
+    from orchestrator.pipeline import specs as pipeline
     for path in (generate.GPU_PIPELINE, generate.CPU_PIPELINE):
         specs = pipeline.build(path)
         assert [s.endpoint for s in specs] == [s["endpoint"] for s in generate.stack.video_pipeline(

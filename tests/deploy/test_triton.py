@@ -219,7 +219,7 @@ def test_clips_stream_through_a_real_triton_server(tmp_path):
 
 def orchestrator_takes_triton() -> bool:
     from orchestrator.errors import UserError
-    from orchestrator.pipeline import StageSpec, _check
+    from orchestrator.pipeline.specs import StageSpec, _check
     try:
         _check(StageSpec("denoise", "classical", endpoint="triton://127.0.0.1:1/classical_denoise"))
     except UserError:

@@ -113,14 +113,14 @@ def wait_for(check, timeout: float = 120.0, interval: float = 0.2):
 
 def probe_options(endpoint: str, **extra):
     """Denoise on the probe stage(s), lossless output: outputs compare frame for frame."""
-    from orchestrator.jobclient import jobs_pb2
+    from orchestrator.jobs.client import jobs_pb2
     options = jobs_pb2.JobOptions(codec="ffv1", native="full", **extra)
     options.stages.add(task="denoise", model="auto", endpoint=endpoint)
     return options
 
 
 def finished(client, job_id: str, timeout: float = 120.0):
-    from orchestrator.jobclient import state_name
+    from orchestrator.jobs.client import state_name
     return wait_for(lambda: (lambda s: s if state_name(s) in ("SUCCEEDED", "FAILED", "CANCELLED")
                              else None)(client.status(job_id)), timeout)
 

@@ -8,7 +8,7 @@ import subprocess
 import grpc
 import pytest
 
-from orchestrator.jobclient import JobClient, channel_credentials, jobs_pb2, state_name
+from orchestrator.jobs.client import JobClient, channel_credentials, jobs_pb2, state_name
 
 from .conftest import finished, make_tape, wait_for
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from orchestrator.jobclient import JobClient, jobs_pb2, state_name
+from orchestrator.jobs.client import JobClient, jobs_pb2, state_name
 
 from .conftest import make_tape, wait_for
 

@@ -6,7 +6,7 @@ from collections import Counter
 
 import numpy as np
 
-from orchestrator.jobclient import JobClient, state_name
+from orchestrator.jobs.client import JobClient, state_name
 
 from ..helpers import read_frames
 from .conftest import (clips_logged, finished, make_tape, probe_options, probe_service,

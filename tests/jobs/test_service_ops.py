@@ -7,7 +7,7 @@ import subprocess
 import sys
 import urllib.request
 
-from orchestrator.jobclient import JobClient, state_name
+from orchestrator.jobs.client import JobClient, state_name
 from services.stagekit.testing import REPO, free_port, running_service
 
 from ..helpers import read_frames, run_cli

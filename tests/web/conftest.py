@@ -110,5 +110,5 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tape(tmp_path_factory) -> Path:
-    from orchestrator.simulate import make_demo_tape
+    from orchestrator.media.simulate import make_demo_tape
     return make_demo_tape(tmp_path_factory.mktemp("tape") / "wedding tape.mp4", seconds=1)

@@ -3,7 +3,7 @@
 Two uses. ``make_demo_tape`` writes the demo's 720x480 interlaced tape. ``simulate``
 applies any of the old-footage degradations in ``KINDS`` to a clean clip and keeps the
 aligned clean truth, for the quality benchmark (``bench/quality.py``) and for
-``python -m orchestrator.simulate CLEAN -o DEGRADED --truth DIR [--seed N] [--kinds ...]``.
+``python -m orchestrator.media.simulate CLEAN -o DEGRADED --truth DIR [--seed N] [--kinds ...]``.
 
 The demo tape is for `make demo` (which needs a tape and may ship no footage) and the
 end-to-end tests, which keep the clean frames as the truth. Its degradations follow what
@@ -135,7 +135,7 @@ def make_demo_tape(path: Path, seconds: float = 4.0, damage: TapeDamage = TapeDa
     return Path(path)
 
 
-# ---- the degradation kinds (benchmarks and `python -m orchestrator.simulate`) ----------
+# ---- the degradation kinds (benchmarks and `python -m orchestrator.media.simulate`) ----------
 #
 # Each kind is a function of a clean clip (a list of RGB uint8 frames) and a seeded random
 # generator; it returns a Degraded clip whose ``truth`` holds, for every frame the damage
@@ -417,7 +417,7 @@ def write_truth(folder: Path, result: Degraded, rate: Fraction, kinds, seed: int
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.simulate",
+        prog="python -m orchestrator.media.simulate",
         description="Degrade a clean clip like old footage, keeping the aligned clean truth.")
     parser.add_argument("clean", type=Path)
     parser.add_argument("-o", "--output", type=Path, required=True,

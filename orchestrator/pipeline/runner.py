@@ -18,11 +18,11 @@ import numpy as np
 
 from services.stagekit import ClipInfo, StageError
 
-from . import media
-from .errors import UserError
+from .. import media
+from ..errors import UserError
+from ..media.shots import ShotDetector
 from .plan import Plan
 from .progress import Display, Progress
-from .shots import ShotDetector
 from .stagerunners import ClipFailed, Step, build_steps
 
 log = logging.getLogger("restoration.orchestrator")

@@ -6,25 +6,18 @@
     STORE/jobs/JOB/clips/CLIP.json     its geometry; written last, so it marks the clip done
     STORE/jobs/JOB/output/NAME         the result
 
-A checkpoint is lossless (the stage output bytes as they came) and atomic (written under
-a hidden name and renamed), so a crash leaves either a whole clip or none.
+The clip checkpoints themselves are `checkpoints.py`'s.
 """
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time
 import uuid
-from fractions import Fraction
 from pathlib import Path
-from typing import Iterator
 
-import av
-import numpy as np
-
-from services.stagekit import ClipInfo
+from .checkpoints import ClipCheckpoints
 
 STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 ENDED = ("SUCCEEDED", "FAILED", "CANCELLED")
@@ -41,91 +34,6 @@ CREATE TABLE IF NOT EXISTS clips (
     attempts INTEGER NOT NULL DEFAULT 0, frames INTEGER NOT NULL DEFAULT 0,
     error TEXT NOT NULL DEFAULT '', PRIMARY KEY (job_id, clip_id));
 """
-
-
-class ClipCheckpoints:
-    """Finished clips of one run, in one folder."""
-
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-
-    def _meta(self, clip_id: str) -> Path:
-        return self.folder / f"{clip_id}.json"
-
-    def _frames(self, clip_id: str) -> Path:
-        return self.folder / f"{clip_id}.mkv"
-
-    def has(self, clip_id: str) -> bool:
-        return self._meta(clip_id).exists()
-
-    def done(self) -> list[str]:
-        return sorted(p.stem for p in self.folder.glob("clip*.json"))
-
-    def writer(self, info: ClipInfo) -> "CheckpointWriter":
-        return CheckpointWriter(self._frames(info.clip_id), self._meta(info.clip_id), info)
-
-    def read(self, clip_id: str) -> tuple[ClipInfo, Iterator[np.ndarray]]:
-        meta = json.loads(self._meta(clip_id).read_text())
-        info = ClipInfo(clip_id, meta["width"], meta["height"], Fraction(meta["fps"]),
-                        sar=Fraction(meta["sar"]), frame_count=meta["frames"],
-                        start_time=meta["start_time"])
-        return info, self._read_frames(clip_id, info)
-
-    def _read_frames(self, clip_id: str, info: ClipInfo) -> Iterator[np.ndarray]:
-        count = 0
-        with av.open(str(self._frames(clip_id))) as container:
-            for frame in container.decode(video=0):
-                count += 1
-                yield frame.to_ndarray(format="rgb24")
-        if count != info.frame_count:
-            raise OSError(f"checkpoint {clip_id} holds {count} of {info.frame_count} frames")
-
-
-class CheckpointWriter:
-    """A clip's frames, lossless: FFV1 over packed RGB (bgr0 only reorders the bytes)."""
-
-    def __init__(self, frames_path: Path, meta_path: Path, info: ClipInfo):
-        self.frames_path, self.meta_path, self.info = frames_path, meta_path, info
-        self.part = frames_path.with_name(f".{frames_path.name}.part")
-        self.container = av.open(str(self.part), "w", format="matroska")
-        self.stream = self.container.add_stream("ffv1", rate=info.fps)
-        self.stream.width, self.stream.height, self.stream.pix_fmt = info.width, info.height, "bgr0"
-        self.count = 0
-
-    def write(self, frame: np.ndarray) -> None:
-        packed = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame, np.uint8), format="rgb24")
-        packed = packed.reformat(format="bgr0")
-        packed.pts = self.count
-        self.container.mux(self.stream.encode(packed))
-        self.count += 1
-
-    def commit(self) -> None:
-        self.container.mux(self.stream.encode(None))
-        self.container.close()
-        with open(self.part, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(self.part, self.frames_path)
-        info = self.info
-        meta = {"width": info.width, "height": info.height, "fps": str(info.fps),
-                "sar": str(info.sar), "frames": self.count, "start_time": info.start_time}
-        _write_atomic(self.meta_path, json.dumps(meta))
-
-    def abort(self) -> None:
-        try:
-            self.container.close()
-        except Exception:  # a half-written container: the part file goes regardless
-            pass
-        self.part.unlink(missing_ok=True)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    part = path.with_name(f".{path.name}.part")
-    with open(part, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(part, path)
 
 
 class JobStore:

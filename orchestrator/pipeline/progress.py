@@ -84,8 +84,8 @@ class Progress:
         done = self.fraction()
         if done is not None:
             eta = self.eta()
-            parts.append(f"{100 * done:3.0f}%" + (f" ETA {_clock(eta)}" if eta is not None else ""))
-        parts.append(f"{_clock(elapsed)} elapsed")
+            parts.append(f"{100 * done:3.0f}%" + (f" ETA {clock(eta)}" if eta is not None else ""))
+        parts.append(f"{clock(elapsed)} elapsed")
         return " | ".join(parts)
 
     def summary(self) -> list[str]:
@@ -101,7 +101,7 @@ class Progress:
         return rows
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 

@@ -16,7 +16,7 @@ from typing import Iterator
 import av
 import numpy as np
 
-from .errors import MediaError
+from ..errors import MediaError
 
 log = logging.getLogger("restoration.orchestrator")
 

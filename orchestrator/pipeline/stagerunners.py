@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from services.stagekit import ClipInfo, Stage
 
+from ..errors import UserError
 from . import registry
-from .errors import UserError
-from .pipeline import StageSpec
+from .endpoints import endpoints, rpc_reason
+from .plan import Plan
+from .specs import StageSpec
 from .transforms import Resample
-
-if TYPE_CHECKING:  # plan.py asks the stage services what they run through this module
-    from .plan import Plan
 
 
 class LocalRunner:
@@ -37,11 +35,6 @@ CONNECT_TRIES = 3         # waits for an UNAVAILABLE replica before trying the n
 CONNECT_BACKOFF = 0.25    # seconds, doubled each try
 DOWN_FOR = 30.0           # seconds a replica that did not answer is tried last
 CLIP_DEADLINE = 3600.0    # seconds one clip may take in one stage service
-
-
-def endpoints(endpoint: str) -> list[str]:
-    """The replicas of a stage: ``grpc://a:1,grpc://b:2`` -> ["grpc://a:1", "grpc://b:2"]."""
-    return [e.strip() for e in endpoint.split(",") if e.strip()]
 
 
 class RemoteRunner:
@@ -106,11 +99,6 @@ def _failing_as(name: str, clip_id: str, frames):
         yield from frames
     except Exception as exc:
         raise ClipFailed(name, clip_id, rpc_reason(exc)) from None
-
-
-def rpc_reason(exc: Exception) -> str:
-    details = getattr(exc, "details", None)
-    return details() if callable(details) else str(exc)
 
 
 @dataclass

@@ -7,11 +7,12 @@ import itertools
 from dataclasses import dataclass
 from fractions import Fraction
 
-from . import media, registry
-from .errors import UserError
-from .native import native_size
-from .pipeline import StageSpec
-from .stagerunners import endpoints, rpc_reason
+from .. import media
+from ..errors import UserError
+from ..media.native import native_size
+from . import registry
+from .endpoints import endpoints, rpc_reason
+from .specs import StageSpec
 
 NATIVE_SAMPLE = 8         # frames looked at to estimate the real resolution
 

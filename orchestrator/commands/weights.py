@@ -13,8 +13,8 @@ from pathlib import Path
 
 from services.stagekit.weights import WeightsFile, manifest, weights_dir, weights_path
 
-from . import registry
-from .errors import UserError
+from ..errors import UserError
+from ..pipeline import registry
 
 
 def known_models() -> list[str]:

@@ -26,13 +26,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.stagekit.server import GRPC_OPTIONS, server_credentials
 
-from . import media, pipeline
-from .errors import UserError
-from .jobclient import CHUNK, jobs_pb2, jobs_pb2_grpc
-from .jobstore import ENDED, JobStore
-from .plan import make_plan
-from .runner import Cancelled, ResumableRun
-from .stagerunners import ClipFailed
+from .. import media
+from ..errors import UserError
+from ..pipeline import specs as pipeline_specs
+from ..pipeline.endpoints import endpoints
+from ..pipeline.plan import make_plan
+from ..pipeline.runner import Cancelled, ResumableRun
+from ..pipeline.stagerunners import ClipFailed
+from .client import CHUNK, jobs_pb2, jobs_pb2_grpc
+from .store import ENDED, JobStore
 
 log = logging.getLogger("restoration.service")
 
@@ -230,8 +232,8 @@ def job_specs(config: Config, options: dict) -> list:
     """The stages a job runs: the job's own, or the server's pipeline."""
     stages = options.get("stages") or []
     if not stages:
-        return pipeline.build(config.pipeline_file)
-    return pipeline.build(
+        return pipeline_specs.build(config.pipeline_file)
+    return pipeline_specs.build(
         config.pipeline_file, ",".join(s["task"] for s in stages),
         models=[f"{s['task']}={s['model']}" for s in stages if s["model"] != "auto"],
         sets=[f"{s['task']}.{k}={v}" for s in stages for k, v in s["params"].items()],
@@ -307,9 +309,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         server's own pipeline and the prefixes given with --allow-endpoint."""
         if endpoint == "local":
             return
-        allowed = [s.endpoint for s in pipeline.build(self.config.pipeline_file)
+        allowed = [s.endpoint for s in pipeline_specs.build(self.config.pipeline_file)
                    if s.endpoint != "local"] if self.config.pipeline_file else []
-        for replica in endpoint.split(","):
+        for replica in endpoints(endpoint):
             replica = replica.strip()
             if not any(replica == a or replica in a.split(",") for a in allowed) and not any(
                     replica.startswith(prefix) for prefix in self.config.allowed_endpoints):

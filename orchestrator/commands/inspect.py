@@ -10,10 +10,10 @@ from pathlib import Path
 
 import av
 
-from . import media
-from .pipeline import StageSpec
-from .plan import make_plan
-from .shots import ShotDetector
+from .. import media
+from ..media.shots import ShotDetector
+from ..pipeline.plan import make_plan
+from ..pipeline.specs import StageSpec
 
 BAND_SAMPLE = 16  # frames the border detector looks at, as the outpaint stage does
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from . import registry
-from .errors import UserError
+from ..errors import UserError
 
 
 @dataclass
@@ -118,3 +118,8 @@ def _check(spec: StageSpec) -> None:
     if spec.endpoint != "local" and not spec.endpoint.startswith(("grpc://", "triton://")):
         raise UserError(f"stage {spec.task}: endpoint must be 'local', grpc://HOST:PORT or "
                         f"triton://HOST:PORT/MODEL, not {spec.endpoint!r}")
+
+
+def from_args(args) -> list[StageSpec]:
+    """The stages the pipeline flags of `submit`, `inspect` and `preview` choose."""
+    return build(args.pipeline, args.stages, args.skip, args.model, args.sets, args.endpoint)

@@ -11,11 +11,11 @@ import av
 import cv2
 import numpy as np
 
-from . import media
-from .errors import UserError
-from .pipeline import StageSpec
-from .plan import make_plan
-from .runner import Job
+from .. import media
+from ..errors import UserError
+from ..pipeline.plan import make_plan
+from ..pipeline.runner import Job
+from ..pipeline.specs import StageSpec
 
 MAX_HEIGHT = 720  # each half of the comparison, in display pixels
 

@@ -1,0 +1,15 @@
+"""Media: what is in a video file and how to write one.
+
+    video.py      probe, decode, encode and mux the audio (PyAV)
+    shots.py      shot cuts and black-and-white scenes, frame by frame
+    native.py     the real resolution of a capture (a VHS tape's 360x240 in 720x480)
+    simulate.py   old-footage damage applied to a clean clip, keeping the truth
+
+The video I/O is the package's own API: ``media.probe(path)``, ``media.decode(info)``,
+``media.VideoWriter``.
+"""
+from ..errors import MediaError
+from .video import CODECS, CONTAINERS, OutputSpec, SourceInfo, VideoWriter, decode, probe
+
+__all__ = ["CODECS", "CONTAINERS", "MediaError", "OutputSpec", "SourceInfo", "VideoWriter",
+           "decode", "probe"]

@@ -1,0 +1,11 @@
+"""The pipeline: what a job does and how its frames flow, independent of where jobs live.
+
+    specs.py         a pipeline (file or flags): stages, each a task, model, params, endpoint
+    registry.py      the tasks, their models, and which can run here
+    plan.py          what a job will do, decided before any work (models, sizes, frame rate)
+    endpoints.py     replicas of a remote stage, and a failed call in words
+    stagerunners.py  how a step reaches its stage: in process, gRPC or Triton, with retries
+    transforms.py    steps the orchestrator adds itself (resampling to the working size)
+    runner.py        the streaming job: decode, clips at shot cuts, stages, encode, resume
+    progress.py      frames per stage, ETA, the terminal line and the run's figures
+"""
