@@ -2,9 +2,11 @@
 ``jobs.proto`` over a job store.
 
 Jobs wait in the store (not in memory) and at most ``max_running`` run at once. Every
-finished clip is checkpointed, so a restart resumes each unfinished job at its first
-unfinished clip, and SIGTERM stops taking jobs, leaves the running ones to resume, and
-exits. Uploads are checked (name, size, checksum, readable video, resolution, duration)
+finished clip is checkpointed (as its encoded segment of the output), so a restart resumes
+each unfinished job at its first unfinished clip, and SIGTERM stops taking jobs, leaves the
+running ones to resume, and exits. Disk stays lean: a job's checkpoints and upload are
+deleted once its output is written, a cancelled job's at once, and an ended job's files
+``keep_outputs_days`` after it ended. Uploads are checked (name, size, checksum, readable video, resolution, duration)
 before a job is queued, and are written only inside the store.
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.stagekit.server import GRPC_OPTIONS, server_credentials
+from services.stagekit.server import SERVER_OPTIONS, server_credentials
 
 from .. import media
 from ..errors import UserError
@@ -32,7 +34,7 @@ from ..pipeline import specs as pipeline_specs
 from ..pipeline.endpoints import endpoints
 from ..pipeline.plan import make_plan
 from ..pipeline.runner import Cancelled, ResumableRun
-from ..pipeline.stagerunners import ClipFailed
+from ..pipeline.stagerunners import STAGE_OUTAGE, ClipFailed
 from .client import CHUNK, jobs_pb2, jobs_pb2_grpc
 from .store import ENDED, JobStore
 
@@ -77,6 +79,8 @@ class Config:
     device: str = "auto"
     max_attempts: int = 3
     allowed_endpoints: list[str] = field(default_factory=list)  # prefixes a job may name
+    stage_outage: float = STAGE_OUTAGE   # seconds a stage no replica answers is waited for
+    keep_outputs_days: float = 7.0       # an ended job's files are deleted after this
 
 
 class Rejected(Exception):
@@ -106,6 +110,7 @@ class Scheduler:
         self.active: dict[str, ResumableRun] = {}
         self.cancelled: set[str] = set()
         self.stopping = threading.Event()
+        self.sweeper = Sweeper(store, config.keep_outputs_days * 86400.0)
         self.threads = [threading.Thread(target=self._worker, name=f"jobs-{i}", daemon=True)
                         for i in range(config.max_running)]
 
@@ -151,6 +156,7 @@ class Scheduler:
 
     def _worker(self) -> None:
         while not self.stopping.is_set():
+            self.sweeper.maybe_sweep()
             job_id = self._claim()
             if job_id is None:
                 continue
@@ -172,6 +178,7 @@ class Scheduler:
                 self.active[job_id] = run
             run.run()
             self.store.set_clips_total(job_id, self.store.clips_done(job_id))
+            self.store.written(job_id)
             self._finish(job_id, "SUCCEEDED")
             self.metrics.job_seconds.observe(time.monotonic() - started)
         except Cancelled:
@@ -187,6 +194,7 @@ class Scheduler:
     def _stopped(self, job_id: str) -> None:
         if job_id in self.cancelled:
             self._finish(job_id, "CANCELLED", "cancelled")
+            self.store.checkpoints(job_id).remove()
         else:
             self.store.set_state(job_id, "QUEUED")  # shutdown: resumes at the next start
 
@@ -220,7 +228,28 @@ class Scheduler:
                             show_progress=False, max_attempts=self.config.max_attempts,
                             keep_going=bool(options.get("keep_going")),
                             attempts=store.attempts(job_id), on_clip=clip_done,
-                            on_failure=clip_failed)
+                            on_failure=clip_failed, outage=self.config.stage_outage)
+
+
+class Sweeper:
+    """Deletes the files of jobs ended more than ``keep`` seconds ago (their rows stay, so
+    `list` still shows them), at most every SWEEP_EVERY seconds."""
+
+    SWEEP_EVERY = 600.0
+
+    def __init__(self, store: JobStore, keep: float):
+        self.store, self.keep = store, keep
+        self.every = min(self.SWEEP_EVERY, max(keep / 4, 0.5))
+        self.last = 0.0
+        self.lock = threading.Lock()
+
+    def maybe_sweep(self) -> None:
+        with self.lock:
+            if time.monotonic() - self.last < self.every:
+                return
+            self.last = time.monotonic()
+        for job_id in self.store.expire(time.time() - self.keep):
+            log.info("job %s: its files expired (kept %.1f days)", job_id, self.keep / 86400)
 
 
 def _stage_named(message: str) -> str:
@@ -390,6 +419,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             self.scheduler.cancel(request.job_id)
             if row["state"] == "QUEUED":
                 self.store.set_state(request.job_id, "CANCELLED", "cancelled")
+                self.store.checkpoints(request.job_id).remove()
         return self._status(request.job_id)
 
     def Fetch(self, request, context):
@@ -398,6 +428,10 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"job {request.job_id} is {row['state'].lower()}, not succeeded")
         path = self.store.output_path(request.job_id)
+        if not path.is_file():
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"job {request.job_id}: its output expired (outputs are kept "
+                          f"{self.config.keep_outputs_days:g} days)")
         yield jobs_pb2.FetchChunk(info=jobs_pb2.FetchInfo(
             file_name=path.name, size=path.stat().st_size, sha256=_file_sha256(path)))
         with open(path, "rb") as f:
@@ -525,7 +559,7 @@ def build_server(config: Config, listen: str, security: Security, metrics: Metri
     scheduler = Scheduler(config, store, metrics)
     interceptors = [TokenCheck(security.token)] if security.token else []
     # Calls beyond MAX_CALLS are refused (RESOURCE_EXHAUSTED), never queued without bound.
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_CALLS), options=GRPC_OPTIONS,
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_CALLS), options=SERVER_OPTIONS,
                          interceptors=interceptors, maximum_concurrent_rpcs=MAX_CALLS)
     jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(config, store, scheduler, metrics), server)
     health_servicer = health.HealthServicer()

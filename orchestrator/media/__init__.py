@@ -6,10 +6,11 @@
     simulate.py   old-footage damage applied to a clean clip, keeping the truth
 
 The video I/O is the package's own API: ``media.probe(path)``, ``media.decode(info)``,
-``media.VideoWriter``.
+``media.VideoWriter``, ``media.join_segments``.
 """
 from ..errors import MediaError
-from .video import CODECS, CONTAINERS, OutputSpec, SourceInfo, VideoWriter, decode, probe
+from .video import (CODECS, CONTAINERS, OutputSpec, SourceInfo, VideoWriter, decode,
+                    join_segments, probe)
 
 __all__ = ["CODECS", "CONTAINERS", "MediaError", "OutputSpec", "SourceInfo", "VideoWriter",
-           "decode", "probe"]
+           "decode", "join_segments", "probe"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 
-from services.stagekit.server import GRPC_OPTIONS
+from services.stagekit.server import CLIENT_OPTIONS
 
 from ..jobs.client import jobs_pb2, jobs_pb2_grpc, state_name
 
@@ -41,7 +41,7 @@ class Gateway:
     def __init__(self, address: str, timeout: float = 30.0):
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(address, options=GRPC_OPTIONS)
+        self.channel = grpc.insecure_channel(address, options=CLIENT_OPTIONS)
         self.stub = jobs_pb2_grpc.JobServiceStub(self.channel)
 
     def close(self) -> None:

@@ -2,7 +2,10 @@
 
 It serves StageService (Process, Describe), grpc.health.v1 and reflection, with message
 limits sized for large frames. A bad request is answered INVALID_ARGUMENT with the reason
-and the server keeps serving; SIGTERM drains the streams in flight, then exits. Optional:
+and the server keeps serving. SIGTERM drains: new streams are refused (UNAVAILABLE, so a
+client moves them to another replica), health answers NOT_SERVING, the clips in flight
+finish within ``--drain-timeout``, then it exits. Health checks have threads of their own
+(streams beyond ``--workers`` are refused, never queued in front of them). Optional:
 TLS (``--tls-cert/--tls-key``, mutual with ``--tls-client-ca``) and a Prometheus endpoint
 (``--metrics-port``: frames, clip latency, errors, streams in flight).
 """
@@ -36,6 +39,24 @@ OUTPUT_BATCH_BYTES = 32 * 1024 * 1024
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StageService"].full_name
 GRPC_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE)]
+# Keepalive: a peer that vanished (a node lost, a pod killed without a FIN) is seen within
+# KEEPALIVE_S + KEEPALIVE_TIMEOUT_S instead of at a clip's deadline. Servers must accept the
+# clients' pings (gRPC's default answers frequent pings with GOAWAY "too_many_pings").
+KEEPALIVE_S, KEEPALIVE_TIMEOUT_S = 10, 5
+_KEEPALIVE = [("grpc.keepalive_time_ms", KEEPALIVE_S * 1000),
+              ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_S * 1000),
+              ("grpc.keepalive_permit_without_calls", 1)]
+SERVER_OPTIONS = GRPC_OPTIONS + _KEEPALIVE + [
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_S * 1000 // 2),
+    ("grpc.http2.max_ping_strikes", 0)]
+# Clients also reconnect quickly to a replica that comes back (gRPC's backoff grows to 120 s).
+CLIENT_OPTIONS = GRPC_OPTIONS + _KEEPALIVE + [
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5000)]
+DRAIN_FLUSH = 5.0         # seconds the last replies of drained streams have to reach clients
+HEALTH_THREADS = 4        # threads kept free of streams, for health checks and Describe
 
 
 class StageMetrics:
@@ -68,9 +89,37 @@ class _NoMetrics:
 
 
 class StageServicer(pb_grpc.StageServiceServicer):
-    def __init__(self, stages: Iterable[Stage], metrics=None):
+    def __init__(self, stages: Iterable[Stage], metrics=None, streams: int = 16):
         self.stages = list(stages)
         self.metrics = metrics or _NoMetrics()
+        self.capacity = streams
+        self.in_flight = 0
+        self.draining = False
+        self.idle = threading.Condition()
+
+    def drain(self, timeout: float) -> bool:
+        """Refuse new streams from now on; wait up to ``timeout`` seconds for those in
+        flight to finish. Whether they all did."""
+        with self.idle:
+            self.draining = True
+            return self.idle.wait_for(lambda: self.in_flight == 0, timeout)
+
+    def _admit(self, context) -> None:
+        with self.idle:
+            if self.draining:
+                refusal = (grpc.StatusCode.UNAVAILABLE, "draining: this replica is shutting down")
+            elif self.in_flight >= self.capacity:
+                refusal = (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"busy: {self.in_flight} clips in flight (--workers {self.capacity})")
+            else:
+                self.in_flight += 1
+                return
+        context.abort(*refusal)
+
+    def _leave(self) -> None:
+        with self.idle:
+            self.in_flight -= 1
+            self.idle.notify_all()
 
     def pick(self, task: str, model: str) -> Stage:
         """The stage for ``task`` and ``model``; no model means the service's first (its
@@ -86,6 +135,7 @@ class StageServicer(pb_grpc.StageServiceServicer):
         return found[0]
 
     def Process(self, request_iterator, context):
+        self._admit(context)
         self.metrics.in_flight.inc()
         clock = time.monotonic()
         try:
@@ -111,6 +161,7 @@ class StageServicer(pb_grpc.StageServiceServicer):
             context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         finally:
             self.metrics.in_flight.dec()
+            self._leave()
 
     def Describe(self, request, context):
         from . import __version__
@@ -134,8 +185,12 @@ def server_credentials(cert: Path, key: Path, client_ca: Path | None = None):
 
 def build_server(stages: list[Stage], listen: str, workers: int = 16, credentials=None,
                  metrics=None):
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=GRPC_OPTIONS)
-    pb_grpc.add_StageServiceServicer_to_server(StageServicer(stages, metrics), server)
+    """The server, its health servicer and its stage servicer: ``workers`` streams at once,
+    and HEALTH_THREADS more threads that no stream can take."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers + HEALTH_THREADS),
+                         options=SERVER_OPTIONS)
+    servicer = StageServicer(stages, metrics, workers)
+    pb_grpc.add_StageServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -146,7 +201,7 @@ def build_server(stages: list[Stage], listen: str, workers: int = 16, credential
         raise OSError(f"cannot listen on {listen}")
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, health_servicer
+    return server, health_servicer, servicer
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -164,8 +219,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tls-client-ca", type=Path,
                         help="require client certificates signed by this CA (mutual TLS)")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
-    parser.add_argument("--grace", type=float, default=30.0,
-                        help="seconds SIGTERM waits for streams in flight")
+    parser.add_argument("--drain-timeout", "--grace", type=float, default=30.0, dest="drain",
+                        help="seconds SIGTERM waits for the clips in flight to finish")
     return parser.parse_args(argv)
 
 
@@ -179,8 +234,8 @@ def main(create_stage: Callable[..., Stage | list[Stage]], argv=None) -> None:
         credentials = (server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
                        if args.tls_cert else None)
         metrics = StageMetrics() if args.metrics_port else None
-        server, health_servicer = build_server(stages, args.listen, args.workers, credentials,
-                                               metrics)
+        server, health_servicer, servicer = build_server(stages, args.listen, args.workers,
+                                                         credentials, metrics)
         if metrics:
             metrics.serve(args.metrics_port)
     except (WeightsError, StageError, OSError, ValueError) as exc:
@@ -196,4 +251,7 @@ def main(create_stage: Callable[..., Stage | list[Stage]], argv=None) -> None:
     signal.signal(signal.SIGTERM, drain)
     signal.signal(signal.SIGINT, drain)
     stopping.wait()
-    server.stop(grace=args.grace).wait()
+    log.info("draining: new streams refused, %d clip(s) in flight", servicer.in_flight)
+    if not servicer.drain(args.drain):
+        log.warning("drain timeout: %d clip(s) still in flight are cut off", servicer.in_flight)
+    server.stop(grace=DRAIN_FLUSH).wait()

@@ -1,0 +1,148 @@
+"""Operating the services: a stage restart waited out, a stage server drained, health
+answered while every stream is busy, a stage that stays down failing the job in time."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from fractions import Fraction
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from orchestrator.jobs.client import JobClient, state_name
+from services.stagekit import ClipInfo
+from services.stagekit.client import StageClient
+from services.stagekit.testing import REPO, free_port, wait_serving
+
+from .conftest import clips_logged, finished, make_tape, probe_options, reference_frames, wait_for
+from .test_recovery import fetch_frames, same_frames
+
+OUTAGE = 20.0   # seconds the stage stays down in the restart test
+
+
+def start_probe_at(address: str, log, delay: float = 0.0, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PROBE_LOG": str(log), "PROBE_DELAY": str(delay)}
+    proc = subprocess.Popen([sys.executable, "-m", "tests.jobs.probe_stage", "--listen", address,
+                             *args], cwd=REPO, env=env)
+    wait_serving(address, 60, proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def health(address: str, timeout: float = 2.0) -> int:
+    with grpc.insecure_channel(address) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=timeout).status
+
+
+def clip(frames: int, clip_id: str = "clip00000") -> tuple[ClipInfo, list[np.ndarray]]:
+    pictures = [np.full((24, 32, 3), i, np.uint8) for i in range(frames)]
+    return ClipInfo(clip_id, width=32, height=24, fps=Fraction(25)), pictures
+
+
+def stream_in_background(address: str, frames: int, clip_id: str = "clip00000") -> dict:
+    """Send one clip from a thread; the dict gets 'frames' (what came back) or 'error'."""
+    result: dict = {}
+
+    def send():
+        info, pictures = clip(frames, clip_id)
+        try:
+            with StageClient(address, timeout=120) as client:
+                _, out = client.process(info, pictures, task="denoise")
+                result["frames"] = list(out)
+        except grpc.RpcError as exc:
+            result["error"] = exc.code()
+
+    result["thread"] = threading.Thread(target=send, daemon=True)
+    result["thread"].start()
+    return result
+
+
+def test_stage_killed_mid_job_and_back_20s_later_the_job_completes(tmp_path, orchestrator):
+    tape = make_tape(tmp_path / "tape.mp4", scenes=4)
+    log = tmp_path / "probe.log"
+    address = f"127.0.0.1:{free_port()}"
+    endpoint = f"grpc://{address}"
+    stage = start_probe_at(address, log, 0.05)
+    try:
+        server = orchestrator("--stage-outage", "90")
+        with JobClient(server.address) as client:
+            job = client.submit(tape, probe_options(endpoint))
+            wait_for(lambda: "clip00001" in clips_logged(log), interval=0.02)
+            stage.send_signal(signal.SIGKILL)
+            stage.wait()
+            killed = time.monotonic()
+            time.sleep(OUTAGE)
+            assert state_name(client.status(job.job_id)) == "RUNNING"
+            stage = start_probe_at(address, log, 0.0)
+            status = finished(client, job.job_id)
+            assert state_name(status) == "SUCCEEDED", status.error
+            assert time.monotonic() - killed >= OUTAGE
+            got = fetch_frames(client, job.job_id, tmp_path)
+        assert same_frames(got, reference_frames(tape, endpoint, tmp_path))
+    finally:
+        stop(stage)
+
+
+def test_a_stage_down_longer_than_the_outage_window_fails_the_job(tmp_path):
+    from orchestrator.pipeline.specs import StageSpec
+    from orchestrator.pipeline.stagerunners import ClipFailed, RemoteRunner
+    spec = StageSpec("denoise", "probe", {}, f"grpc://127.0.0.1:{free_port()}")
+    runner = RemoteRunner(spec, outage=2.0)
+    info, pictures = clip(2)
+    started = time.monotonic()
+    with pytest.raises(ClipFailed) as failed:
+        runner.run(info, iter(pictures))
+    assert failed.value.final and "no replica answers" in failed.value.reason
+    assert 2.0 <= time.monotonic() - started < 15
+
+
+def test_drained_stage_answers_not_serving_refuses_new_clips_finishes_the_one_in_flight(tmp_path):
+    log = tmp_path / "probe.log"
+    address = f"127.0.0.1:{free_port()}"
+    stage = start_probe_at(address, log, 0.1)
+    try:
+        in_flight = stream_in_background(address, 30)
+        wait_for(lambda: clips_logged(log), interval=0.02)
+        stage.send_signal(signal.SIGTERM)
+        wait_for(lambda: health(address) == health_pb2.HealthCheckResponse.NOT_SERVING, timeout=5)
+        refused = stream_in_background(address, 2, "clip00001")
+        refused["thread"].join(timeout=30)
+        assert refused.get("error") == grpc.StatusCode.UNAVAILABLE
+        in_flight["thread"].join(timeout=60)
+        assert len(in_flight.get("frames", [])) == 30, in_flight.get("error")
+        assert stage.wait(timeout=30) == 0
+        assert clips_logged(log) == ["clip00000"]
+    finally:
+        stop(stage)
+
+
+def test_health_answers_while_every_stream_is_busy(tmp_path):
+    log = tmp_path / "probe.log"
+    address = f"127.0.0.1:{free_port()}"
+    stage = start_probe_at(address, log, 0.1, "--workers", "2")
+    try:
+        busy = [stream_in_background(address, 25, f"clip{i:05d}") for i in range(2)]
+        wait_for(lambda: len(clips_logged(log)) == 2, interval=0.02)
+        clock = time.monotonic()
+        assert health(address, timeout=1.0) == health_pb2.HealthCheckResponse.SERVING
+        assert time.monotonic() - clock < 1.0
+        extra = stream_in_background(address, 2, "clip00002")
+        extra["thread"].join(timeout=30)
+        assert extra.get("error") == grpc.StatusCode.RESOURCE_EXHAUSTED
+        for stream in busy:
+            stream["thread"].join(timeout=60)
+            assert len(stream.get("frames", [])) == 25
+    finally:
+        stop(stage)
