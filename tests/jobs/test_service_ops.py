@@ -124,6 +124,7 @@ def test_cli_cancel_a_running_job(tmp_path, orchestrator):
             cancelled = run_cli("cancel", job.job_id, "--server", server.address)
             assert cancelled.returncode == 0, cancelled.stderr
             assert state_name(finished(client, job.job_id)) == "CANCELLED"
+            assert not (server.store / "jobs" / job.job_id / "clips").exists()
 
 
 def test_embedded_resume_after_a_kill(tmp_path):
@@ -142,7 +143,10 @@ def test_embedded_resume_after_a_kill(tmp_path):
         proc.wait()
         done_before = sorted(p.stem for p in clips.glob("clip*.json"))
         logged_before = len(clips_logged(log))
-        resumed = subprocess.run(cmd + ["--resume"], cwd=REPO, capture_output=True, text=True)
+        other = subprocess.run(cmd + ["--crf", "20"], cwd=REPO, capture_output=True, text=True)
+        assert other.returncode == 1 and "--restart discards them" in other.stderr, other.stderr
+        assert sorted(p.stem for p in clips.glob("clip*.json")) == done_before  # nothing lost
+        resumed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)  # the default
         assert resumed.returncode == 0, resumed.stderr
         assert "resuming:" in resumed.stderr
         assert not set(done_before) & set(clips_logged(log)[logged_before:])
