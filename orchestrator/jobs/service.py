@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import signal
@@ -622,7 +623,9 @@ def limits_from(args) -> Limits:
 
 
 def token_from(args) -> str | None:
+    """--token-file, --token, else $RESTORATION_TOKEN (how a container gets it from a
+    Kubernetes Secret or compose's environment); empty means none."""
     if args.token_file:
         return Path(args.token_file).read_text().strip() or None
-    return args.token or None
+    return args.token or os.environ.get("RESTORATION_TOKEN", "").strip() or None
 

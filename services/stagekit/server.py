@@ -7,7 +7,7 @@ client moves them to another replica), health answers NOT_SERVING, the clips in 
 finish within ``--drain-timeout``, then it exits. Health checks have threads of their own
 (streams beyond ``--workers`` are refused, never queued in front of them). Optional:
 TLS (``--tls-cert/--tls-key``, mutual with ``--tls-client-ca``) and a Prometheus endpoint
-(``--metrics-port``: frames, clip latency, errors, streams in flight).
+(``--metrics-port``: frames, clip latency, errors, clips in flight).
 """
 from __future__ import annotations
 
@@ -68,8 +68,9 @@ class StageMetrics:
         self.frames = Counter("stage_frames", "frames sent back", ["task", "model"], registry=r)
         self.clips = Counter("stage_clips", "clips processed", ["task", "model"], registry=r)
         self.errors = Counter("stage_errors", "requests failed", ["code"], registry=r)
-        self.in_flight = Gauge("stage_streams_in_flight", "clips being processed (queue depth)",
-                               registry=r)
+        # what each model's HorizontalPodAutoscaler reads (deploy/generate.py)
+        self.in_flight = Gauge("restoration_stage_inflight_clips",
+                               "clips being processed (queue depth)", registry=r)
         self.latency = Histogram("stage_clip_seconds", "wall time of one clip",
                                  buckets=(0.1, 0.5, 1, 5, 30, 120, 600, 3600), registry=r)
 

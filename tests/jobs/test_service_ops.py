@@ -55,7 +55,7 @@ def test_metrics_of_orchestrator_and_stage(tmp_path, orchestrator):
         text = metrics(stage_port)
         assert 'stage_frames_total{model="probe",task="denoise"} 16.0' in text
         # the stream's bookkeeping ends just after the client has its last frame
-        wait_for(lambda: "stage_streams_in_flight 0.0" in metrics(stage_port), timeout=10)
+        wait_for(lambda: "restoration_stage_inflight_clips 0.0" in metrics(stage_port), timeout=10)
         assert "stage_clip_seconds_count 2.0" in text
 
 
