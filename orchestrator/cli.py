@@ -194,7 +194,7 @@ def cmd_submit(args) -> int:
     try:
         path = run.run()
     except KeyboardInterrupt:
-        raise KeyboardInterrupt(checkpoints.resume_hint()) from None
+        raise KeyboardInterrupt(checkpoints.resume_hint() if checkpoints.done() else "") from None
     except UserError as exc:
         if not checkpoints.done():
             raise

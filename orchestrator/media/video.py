@@ -320,9 +320,9 @@ def join_segments(segments: list[tuple[Path, int]], spec: OutputSpec, fps: Fract
                     packet.time_base, packet.duration = frame_time, 1
                     packet.stream = stream
                     out.mux(packet)
+                    if audio is not None:   # interleaved as it goes, as VideoWriter does
+                        audio.copy_until(float(packet.dts * frame_time) + AUDIO_LEAD)
             offset += frames
-            if audio is not None:
-                audio.copy_until(float(offset * frame_time) + AUDIO_LEAD)
         if stream is None:
             raise MediaError("no frames came out of the pipeline")
         if audio is not None:

@@ -156,6 +156,8 @@ class StageServicer(pb_grpc.StageServiceServicer):
         except StageError as exc:
             self.metrics.errors.labels("invalid_argument").inc()
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except grpc.RpcError:  # the client went away (cancelled, timed out): nobody to answer
+            log.info("clip abandoned by its client")
         except Exception as exc:  # a stage bug must not take the server down: report it
             log.exception("stage failed")
             self.metrics.errors.labels("internal").inc()

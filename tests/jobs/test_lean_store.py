@@ -3,7 +3,9 @@ written; a job killed mid-way resumes to the output an uninterrupted run gives."
 from __future__ import annotations
 
 import av
+import grpc
 import numpy as np
+import pytest
 
 from orchestrator.jobs.client import JobClient, jobs_pb2, state_name
 
@@ -80,7 +82,7 @@ def test_killed_job_resumes_lean_to_the_uninterrupted_output(tmp_path, orchestra
 
 def test_cancelled_job_keeps_no_checkpoints_and_outputs_expire(tmp_path, orchestrator):
     tape = make_tape(tmp_path / "tape.mp4", scenes=3, frames=8)
-    with probe_service(delay=0.2) as stage:
+    with probe_service(delay=0.1) as stage:
         endpoint = f"grpc://{stage}"
         server = orchestrator("--keep-outputs", "0.00005")       # about 4 s
         with JobClient(server.address) as client:
@@ -95,7 +97,7 @@ def test_cancelled_job_keeps_no_checkpoints_and_outputs_expire(tmp_path, orchest
             assert state_name(finished(client, second.job_id)) == "SUCCEEDED"
             output = server.store / "jobs" / second.job_id / "output" / "tape.restored.mp4"
             wait_for(lambda: not output.exists(), timeout=30)
-            fetched = run_cli("fetch", second.job_id, "-o", tmp_path / "late.mp4",
-                              "--server", server.address)
-            assert fetched.returncode == 1 and "expired" in fetched.stderr
-            assert second.job_id in run_cli("list", "--server", server.address).stdout
+            with pytest.raises(grpc.RpcError) as late:
+                client.fetch(second.job_id, tmp_path / "late.mp4")
+            assert late.value.code() == grpc.StatusCode.NOT_FOUND and "expired" in late.value.details()
+            assert second.job_id in [j.job_id for j in client.list()]   # still listed
