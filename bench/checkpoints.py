@@ -39,20 +39,6 @@ def pictures(path: Path, size: tuple[int, int], seconds: float) -> tuple[list[np
     return frames, source.fps
 
 
-def lossless_bytes(frames: list[np.ndarray], fps: Fraction, path: Path) -> int:
-    """The old checkpoint: FFV1 over packed RGB."""
-    with av.open(str(path), "w", format="matroska") as out:
-        stream = out.add_stream("ffv1", rate=fps)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "bgr0"
-        for i, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="bgr0")
-            frame.pts = i
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    return path.stat().st_size
-
-
 def psnr(path: Path, truth: list[np.ndarray]) -> float:
     with av.open(str(path)) as container:
         got = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
@@ -96,7 +82,7 @@ def main(argv=None) -> int:
                 writer.write(frame)
             writer.commit()
             kept.append((writer.path, writer.count))
-            old = lossless_bytes(clip, fps, tmp / f"old{k}.mkv")
+            old = media.write_lossless(tmp / f"old{k}.mkv", clip, fps).stat().st_size  # the old checkpoint
             old_total += old
             new = writer.path.stat().st_size
             print(f"{k:<6} {old / 1e6:>12.1f} MB {new / 1e6:>11.2f} MB {new / old:>8.3f}")

@@ -77,6 +77,9 @@ class Orchestrator:
     image: str = f"{REGISTRY}/orchestrator:{VERSION}"
     dockerfile: Path = ROOT / "deploy" / "orchestrator.Dockerfile"
 
+    health_port: int = 50049    # gRPC health alone, plaintext (probes), beside a TLS job API
+    tls_dir: str = "/etc/restoration-tls"   # TLS when a certificate is there (a Secret)
+
     @property
     def metrics_port(self) -> int:
         return self.port + METRICS_OFFSET
@@ -85,7 +88,8 @@ class Orchestrator:
     def command(self) -> list[str]:
         return ["orchestrator", "serve", "--listen", f"0.0.0.0:{self.port}",
                 "--pipeline", PIPELINE, "--store", JOB_STORE,
-                "--metrics-port", str(self.metrics_port)]
+                "--metrics-port", str(self.metrics_port),
+                "--health-listen", f"0.0.0.0:{self.health_port}", "--tls-dir", self.tls_dir]
 
 
 ORCHESTRATOR = Orchestrator()

@@ -139,6 +139,12 @@ def add_service_parsers(sub) -> None:
     serve.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
     serve.add_argument("--tls-key", type=Path, help="the certificate's private key")
     serve.add_argument("--tls-client-ca", type=Path, help="require client certificates (mutual TLS)")
+    serve.add_argument("--tls-dir", type=Path, metavar="DIR",
+                       help="TLS from DIR/tls.crt and DIR/tls.key when present (a Kubernetes TLS "
+                            "Secret), mutual with DIR/ca.crt")
+    serve.add_argument("--health-listen", metavar="HOST:PORT",
+                       help="also serve gRPC health alone here, plaintext, on threads of its own "
+                            "(for probes)")
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     serve.add_argument("--allow-endpoint", action="append", default=[], metavar="PREFIX",
                        help="stage endpoints (by prefix) a job may name besides the pipeline's")
@@ -264,13 +270,14 @@ def cmd_serve(args) -> int:
         raise UserError("--max-running must be at least 1")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UserError("--tls-cert and --tls-key go together")
-    security = Security(token_from(args), args.tls_cert, args.tls_key, args.tls_client_ca)
+    security = Security(token_from(args), args.tls_cert, args.tls_key,
+                        args.tls_client_ca).from_folder(args.tls_dir)
     if args.http:
         from .web.server import start_beside
         web_dir = Path(args.store) / "web"
         config.input_roots = [*config.input_roots, web_dir / "uploads"]
         start_beside(args.http, args.listen, security.token, web_dir, args.device)
-    return serve(config, args.listen, security, args.metrics_port)
+    return serve(config, args.listen, security, args.metrics_port, args.health_listen)
 
 
 def _service_command(name: str):

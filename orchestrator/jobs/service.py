@@ -554,6 +554,16 @@ class Security:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
 
+    def from_folder(self, folder: Path | None) -> "Security":
+        """TLS from a folder laid out as a Kubernetes TLS Secret (tls.crt, tls.key, and
+        ca.crt to require client certificates), when it holds a certificate; else as is."""
+        if folder is None or not (Path(folder) / "tls.crt").is_file():
+            return self
+        folder = Path(folder)
+        ca = folder / "ca.crt"
+        return Security(self.token, folder / "tls.crt", folder / "tls.key",
+                        ca if ca.is_file() else self.tls_client_ca)
+
 
 def build_server(config: Config, listen: str, security: Security, metrics: Metrics):
     store = JobStore(config.store)
@@ -577,12 +587,25 @@ def build_server(config: Config, listen: str, security: Security, metrics: Metri
     return server, scheduler, health_servicer, store
 
 
-def serve(config: Config, listen: str, security: Security, metrics_port: int | None = None) -> int:
+def health_server(health_servicer, listen: str):
+    """The health service alone, plaintext, on threads of its own: what probes call when the
+    job API speaks TLS (kubelet's gRPC probes cannot) or holds its calls with watchers."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=SERVER_OPTIONS)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if server.add_insecure_port(listen) == 0:
+        raise OSError(f"cannot listen on {listen}")
+    return server
+
+
+def serve(config: Config, listen: str, security: Security, metrics_port: int | None = None,
+          health_listen: str | None = None) -> int:
     metrics = Metrics()
     server, scheduler, health_servicer, store = build_server(config, listen, security, metrics)
+    servers = [server] + ([health_server(health_servicer, health_listen)] if health_listen else [])
     if metrics_port:
         metrics.serve(metrics_port)
-    server.start()
+    for running in servers:
+        running.start()
     scheduler.start()
     metrics.update_queue(store)
     log.info("orchestrator serving jobs on %s (store %s, %d at a time)", listen, config.store,
@@ -598,7 +621,8 @@ def serve(config: Config, listen: str, security: Security, metrics_port: int | N
     log.info("shutting down: no new jobs; running jobs keep their checkpoints")
     health_servicer.enter_graceful_shutdown()
     scheduler.stop()
-    server.stop(grace=5).wait()
+    for running in servers:
+        running.stop(grace=5).wait()
     store.close()
     return 0
 

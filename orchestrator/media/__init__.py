@@ -10,7 +10,7 @@ The video I/O is the package's own API: ``media.probe(path)``, ``media.decode(in
 """
 from ..errors import MediaError
 from .video import (CODECS, CONTAINERS, OutputSpec, SourceInfo, VideoWriter, decode,
-                    join_segments, probe)
+                    join_segments, probe, write_lossless)
 
 __all__ = ["CODECS", "CONTAINERS", "MediaError", "OutputSpec", "SourceInfo", "VideoWriter",
-           "decode", "join_segments", "probe"]
+           "decode", "join_segments", "probe", "write_lossless"]

@@ -215,6 +215,23 @@ class OutputSpec:
 AUDIO_LEAD = 0.5  # seconds of audio muxed ahead of the video written so far
 
 
+def write_lossless(path: Path, frames, fps: Fraction) -> Path:
+    """RGB frames, bit-exact: FFV1 over packed RGB (bgr0 only reorders the bytes), Matroska."""
+    with av.open(str(path), "w", format="matroska") as out:
+        stream = None
+        for i, rgb in enumerate(frames):
+            if stream is None:
+                stream = out.add_stream("ffv1", rate=fps)
+                stream.height, stream.width = rgb.shape[:2]
+                stream.pix_fmt = "bgr0"
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="bgr0")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        if stream is not None:
+            out.mux(stream.encode(None))
+    return path
+
+
 def _part(path: Path) -> Path:
     """The hidden name a file is written under until it is whole."""
     return path.with_name(f".{path.name}.part")

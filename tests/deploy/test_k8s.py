@@ -163,6 +163,14 @@ def test_the_job_api_token_comes_from_a_secret_and_is_required():
     assert ref["name"] == "jobs-token" and ref["key"] == "token"
     assert not ref.get("optional", False), "a missing Secret must keep the job API down"
     assert "--metrics-port" in main["command"]
+    # TLS when its Secret is given; probes on the plaintext health port either way
+    pod = objects_of(objects, "Deployment")[ORCHESTRATOR.name]["spec"]["template"]["spec"]
+    (tls,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+    assert tls["secret"] == {"secretName": "jobs-tls", "optional": True}
+    mounted = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}
+    assert main["command"][main["command"].index("--tls-dir") + 1] == mounted["tls"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert main[probe]["grpc"]["port"] == ORCHESTRATOR.health_port
 
 
 def test_no_autoscaled_deployment_sets_replicas_and_every_metric_is_exported(overlay):
