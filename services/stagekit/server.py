@@ -40,12 +40,14 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StageService"].full_name
 GRPC_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE)]
 # Keepalive: a peer that vanished (a node lost, a pod killed without a FIN) is seen within
-# KEEPALIVE_S + KEEPALIVE_TIMEOUT_S instead of at a clip's deadline. Servers must accept the
-# clients' pings (gRPC's default answers frequent pings with GOAWAY "too_many_pings").
+# KEEPALIVE_S + KEEPALIVE_TIMEOUT_S instead of at a clip's deadline (gRPC waits for a ping's
+# answer for the longer of its keepalive and ping timeouts: both are set). Servers must
+# accept the clients' pings (by default they answer frequent ones with GOAWAY "too_many_pings").
 KEEPALIVE_S, KEEPALIVE_TIMEOUT_S = 10, 5
 _KEEPALIVE = [("grpc.keepalive_time_ms", KEEPALIVE_S * 1000),
               ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_S * 1000),
-              ("grpc.keepalive_permit_without_calls", 1)]
+              ("grpc.keepalive_permit_without_calls", 1),
+              ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_S * 1000)]
 SERVER_OPTIONS = GRPC_OPTIONS + _KEEPALIVE + [
     ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_S * 1000 // 2),
     ("grpc.http2.max_ping_strikes", 0)]

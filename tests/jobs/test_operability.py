@@ -47,7 +47,7 @@ def health(address: str, timeout: float = 2.0) -> int:
 
 
 def clip(frames: int, clip_id: str = "clip00000") -> tuple[ClipInfo, list[np.ndarray]]:
-    pictures = [np.full((24, 32, 3), i, np.uint8) for i in range(frames)]
+    pictures = [np.full((24, 32, 3), i % 256, np.uint8) for i in range(frames)]
     return ClipInfo(clip_id, width=32, height=24, fps=Fraction(25)), pictures
 
 
@@ -145,4 +145,27 @@ def test_health_answers_while_every_stream_is_busy(tmp_path):
             stream["thread"].join(timeout=60)
             assert len(stream.get("frames", [])) == 25
     finally:
+        stop(stage)
+
+
+@pytest.mark.slow
+def test_keepalive_sees_a_frozen_stage_in_seconds(tmp_path):
+    """A stage that stops answering mid-clip (SIGSTOP: a node gone without a word) fails
+    the clip within keepalive time + timeout, not at the clip's one-hour deadline."""
+    from services.stagekit.server import KEEPALIVE_S, KEEPALIVE_TIMEOUT_S
+    log = tmp_path / "probe.log"
+    address = f"127.0.0.1:{free_port()}"
+    stage = start_probe_at(address, log, 30.0)
+    try:
+        stream = stream_in_background(address, 2)   # sent at once, answered slowly
+        wait_for(lambda: clips_logged(log), interval=0.02)
+        time.sleep(1.0)
+        stage.send_signal(signal.SIGSTOP)
+        frozen = time.monotonic()
+        stream["thread"].join(timeout=KEEPALIVE_S + KEEPALIVE_TIMEOUT_S + 20)
+        assert not stream["thread"].is_alive(), "the client still waits on a frozen stage"
+        assert stream.get("error") == grpc.StatusCode.UNAVAILABLE
+        assert time.monotonic() - frozen < 2 * (KEEPALIVE_S + KEEPALIVE_TIMEOUT_S)
+    finally:
+        stage.send_signal(signal.SIGCONT)
         stop(stage)
