@@ -322,6 +322,7 @@ class Job:
 
 
 MAX_ATTEMPTS = 3          # tries of one clip (each on the next replica) before it fails
+OUTAGE_PAUSE = (0.5, 10.0)  # seconds before retrying a clip its stage refused: first, most
 
 
 class ResumableRun:
@@ -346,12 +347,15 @@ class ResumableRun:
         self.job: Job | None = None
         self.stopped = threading.Event()
         self.failures: dict[str, ClipFailed] = {}
+        self.outages: dict[str, int] = {}        # transient failures per clip (not attempts)
+        self.out_since: dict[str, float] = {}    # when a clip's stage first was out of reach
 
     def run(self) -> Path:
         while True:
+            tries = {c: self.attempts.get(c, 0) + self.outages.get(c, 0)
+                     for c in {*self.attempts, *self.outages}}   # each retry: the next replica
             self.job = Job(self.plan, self.output, self.device, self.show_progress,
-                           self.checkpoints, self.attempts, self.failed, self.on_clip,
-                           self.outage)
+                           self.checkpoints, tries, self.failed, self.on_clip, self.outage)
             if self.stopped.is_set():
                 raise Cancelled
             try:
@@ -379,6 +383,9 @@ class ResumableRun:
             self.job.cancel.set()
 
     def _count(self, exc: ClipFailed) -> None:
+        if exc.transient and not exc.final:
+            self._wait_out(exc)
+            return
         attempt = self.attempts.get(exc.clip_id, 0) + 1
         self.attempts[exc.clip_id] = attempt
         self.failures[exc.clip_id] = exc
@@ -391,3 +398,17 @@ class ResumableRun:
         if not self.keep_going:
             raise exc
         self.failed.add(exc.clip_id)
+
+    def _wait_out(self, exc: ClipFailed) -> None:
+        """The stage was out of reach or refused the clip (a restart, a drain, busy): not
+        an attempt; the clip is tried again after a pause, within the outage window."""
+        clip = exc.clip_id
+        since = self.out_since.setdefault(clip, time.monotonic())
+        if time.monotonic() - since > self.outage:
+            raise ClipFailed(exc.stage, clip, f"{exc.reason} (for {self.outage:.0f} s)",
+                             final=True)
+        self.outages[clip] = self.outages.get(clip, 0) + 1
+        pause = min(OUTAGE_PAUSE[0] * 2 ** (self.outages[clip] - 1), OUTAGE_PAUSE[1])
+        log.warning("%s; trying again in %.1f s", exc, pause)
+        if self.stopped.wait(pause):
+            raise Cancelled

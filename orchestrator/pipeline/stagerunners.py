@@ -30,11 +30,26 @@ class LocalRunner:
 
 class ClipFailed(UserError):
     """One clip could not go through one stage; a rerun may send it to another replica.
-    ``final``: retrying cannot help (the stage was out for the whole outage window)."""
+    ``transient``: the stage was out of reach or refused it (a restart, a drain, busy), not
+    the clip's fault; ``final``: retrying cannot help (out for the whole outage window)."""
 
-    def __init__(self, stage: str, clip_id: str, reason: str, final: bool = False):
+    def __init__(self, stage: str, clip_id: str, reason: str, final: bool = False,
+                 transient: bool = False):
         super().__init__(f"stage {stage}: {clip_id}: {reason}")
-        self.stage, self.clip_id, self.reason, self.final = stage, clip_id, reason, final
+        self.stage, self.clip_id, self.reason = stage, clip_id, reason
+        self.final, self.transient = final, transient
+
+    @classmethod
+    def of(cls, stage: str, clip_id: str, exc: Exception) -> "ClipFailed":
+        return cls(stage, clip_id, rpc_reason(exc), transient=_unreachable(exc))
+
+
+def _unreachable(exc: Exception) -> bool:
+    """A gRPC failure that says the replica was gone or refused new work, not that the clip
+    failed in it."""
+    import grpc
+    code = exc.code() if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)) else None
+    return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 STAGE_OUTAGE = 600.0      # seconds a stage no replica serves is waited for (a restart, a rollout)
@@ -70,7 +85,7 @@ class RemoteRunner:
             out_info, out_frames = client.process(info, frames, task=self.spec.task,
                                                   model=self.spec.model)
         except Exception as exc:
-            raise ClipFailed(name, info.clip_id, rpc_reason(exc)) from None
+            raise ClipFailed.of(name, info.clip_id, exc) from None
         return out_info, _failing_as(name, info.clip_id, out_frames)
 
     def _pick(self, clip_id: str) -> int:
@@ -98,16 +113,22 @@ class RemoteRunner:
 
 
 def _ready(client) -> bool:
-    """Whether the replica's channel connects within CONNECT_WAIT."""
+    """Whether the replica connects within CONNECT_WAIT and says it is SERVING (one that
+    drains answers NOT_SERVING: new clips go elsewhere or wait for its successor)."""
     import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
     channel = getattr(client, "channel", None)
     if channel is None:
         return True  # a client without a gRPC channel of its own reports failures in process()
     try:
         grpc.channel_ready_future(channel).result(timeout=CONNECT_WAIT)
-        return True
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                          timeout=CONNECT_WAIT)
     except grpc.FutureTimeoutError:
         return False
+    except grpc.RpcError as exc:
+        return exc.code() == grpc.StatusCode.UNIMPLEMENTED   # no health service: assume so
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def _clip_number(clip_id: str) -> int:
@@ -119,7 +140,7 @@ def _failing_as(name: str, clip_id: str, frames):
     try:
         yield from frames
     except Exception as exc:
-        raise ClipFailed(name, clip_id, rpc_reason(exc)) from None
+        raise ClipFailed.of(name, clip_id, exc) from None
 
 
 @dataclass

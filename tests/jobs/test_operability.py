@@ -169,3 +169,30 @@ def test_keepalive_sees_a_frozen_stage_in_seconds(tmp_path):
     finally:
         stage.send_signal(signal.SIGCONT)
         stop(stage)
+
+
+@pytest.mark.slow
+def test_a_rollout_of_the_only_replica_finishes_the_clip_in_flight_and_the_job(tmp_path, orchestrator):
+    """SIGTERM (a rollout): the clip in flight is finished, not redone; the next clips wait
+    for the new process on the same address."""
+    from collections import Counter
+    tape = make_tape(tmp_path / "tape.mp4", scenes=4)
+    log = tmp_path / "probe.log"
+    address = f"127.0.0.1:{free_port()}"
+    endpoint = f"grpc://{address}"
+    stage = start_probe_at(address, log, 0.1)
+    try:
+        server = orchestrator()
+        with JobClient(server.address) as client:
+            job = client.submit(tape, probe_options(endpoint))
+            wait_for(lambda: "clip00001" in clips_logged(log), interval=0.02)
+            stage.send_signal(signal.SIGTERM)
+            assert stage.wait(timeout=60) == 0
+            stage = start_probe_at(address, log, 0.0)
+            status = finished(client, job.job_id)
+            assert state_name(status) == "SUCCEEDED", status.error
+            got = fetch_frames(client, job.job_id, tmp_path)
+        assert Counter(clips_logged(log))["clip00001"] == 1, clips_logged(log)
+        assert same_frames(got, reference_frames(tape, endpoint, tmp_path))
+    finally:
+        stop(stage)
