@@ -127,7 +127,7 @@ def test_cli_cancel_a_running_job(tmp_path, orchestrator):
             assert not (server.store / "jobs" / job.job_id / "clips").exists()
 
 
-def test_embedded_resume_after_a_kill(tmp_path):
+def test_embedded_run_interrupted_says_how_to_resume_and_resumes(tmp_path):
     tape = make_tape(tmp_path / "tape.mp4", scenes=4)
     log = tmp_path / "probe.log"
     out = tmp_path / "out.mkv"
@@ -136,11 +136,13 @@ def test_embedded_resume_after_a_kill(tmp_path):
         cmd = [sys.executable, "-m", "orchestrator", "submit", str(tape), "-o", str(out),
                "--codec", "ffv1", "--native", "full", "-q", "--stages", "denoise",
                "--endpoint", f"denoise={endpoint}"]
-        proc = subprocess.Popen(cmd, cwd=REPO)
+        proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
         clips = tmp_path / ".out.mkv.clips"
-        wait_for(lambda: len(list(clips.glob("*.json"))) >= 2, interval=0.05)
-        proc.kill()
-        proc.wait()
+        wait_for(lambda: len(list(clips.glob("clip*.json"))) >= 2, interval=0.05)
+        proc.send_signal(signal.SIGINT)                       # Ctrl-C
+        interrupted = proc.communicate(timeout=60)[1]
+        assert proc.returncode == 130
+        assert "finished clip(s) kept" in interrupted and "run the same command again" in interrupted
         done_before = sorted(p.stem for p in clips.glob("clip*.json"))
         logged_before = len(clips_logged(log))
         other = subprocess.run(cmd + ["--crf", "20"], cwd=REPO, capture_output=True, text=True)
