@@ -141,7 +141,8 @@ class Scheduler:
             runs = list(self.active.values())
             self.wake.notify_all()
         for run in runs:
-            run.stop()
+            if run is not None:   # None: claimed, still being prepared (it checks `stopping`)
+                run.stop()
         for thread in self.threads:
             thread.join(timeout=30)
 
