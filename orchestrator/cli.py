@@ -244,7 +244,11 @@ def cmd_serve(args) -> int:
         raise UserError("--max-running must be at least 1")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UserError("--tls-cert and --tls-key go together")
+    for given in (args.tls_cert, args.tls_key, args.tls_client_ca, args.token_file):
+        if given and not given.is_file():
+            raise UserError(f"{given}: no such file")
     security = Security(token_from(args), args.tls_cert, args.tls_key, args.tls_client_ca)
+    page = None
     if args.http:
         from .web.guard import WebSecurity
         from .web.server import start_beside
@@ -252,8 +256,10 @@ def cmd_serve(args) -> int:
         config.input_roots = [*config.input_roots, web_dir / "uploads"]
         web = WebSecurity(args.tls_cert, args.tls_key, _beside_credentials(args),
                           args.allow_host, config.limits)
-        start_beside(args.http, args.listen, security.token, web_dir, args.device, web)
-    return serve(config, args.listen, security, args.metrics_port)
+
+        def page():
+            start_beside(args.http, args.listen, security.token, web_dir, args.device, web)
+    return serve(config, args.listen, security, args.metrics_port, page)
 
 
 def _beside_credentials(args):

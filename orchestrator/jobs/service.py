@@ -177,7 +177,7 @@ class Scheduler:
             state, error = "CANCELLED", "cancelled"
         self.store.set_state(job_id, state, error, failed_stage)
         self.metrics.jobs_ended.labels(state.lower()).inc()
-        log.info("job %s: %s%s", job_id, state.lower(), f" ({error})" if error else "")
+        log.info("job %s: %s%s", job_id, state.lower(), f" ({printable(error)})" if error else "")
 
     def _prepare(self, row: dict) -> ResumableRun:
         job_id = row["id"]
@@ -302,7 +302,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
 
     def _check_endpoint(self, endpoint: str) -> None:
         """A job may send frames only where the operator allows: the endpoints of the
-        server's own pipeline and the prefixes given with --allow-endpoint."""
+        server's own pipeline and those given with --allow-endpoint (scheme, host, port)."""
         if endpoint == "local":
             return
         allowed = [r for s in pipeline_specs.build(self.config.pipeline_file)
@@ -528,7 +528,10 @@ def build_server(config: Config, listen: str, security: Security, metrics: Metri
     return server, scheduler, health_servicer, store
 
 
-def serve(config: Config, listen: str, security: Security, metrics_port: int | None = None) -> int:
+def serve(config: Config, listen: str, security: Security, metrics_port: int | None = None,
+          on_started=None) -> int:
+    """Serve until SIGTERM; ``on_started`` runs once the job API answers (the web page
+    beside it starts then, so that it never answers 'cannot be reached' meanwhile)."""
     metrics = Metrics()
     server, scheduler, health_servicer, store = build_server(config, listen, security, metrics)
     if metrics_port:
@@ -536,6 +539,14 @@ def serve(config: Config, listen: str, security: Security, metrics_port: int | N
     server.start()
     scheduler.start()
     metrics.update_queue(store)
+    if on_started:
+        try:
+            on_started()
+        except BaseException:
+            scheduler.stop()
+            server.stop(grace=None)
+            store.close()
+            raise
     log.info("orchestrator serving jobs on %s (store %s, %d at a time)", listen, config.store,
              config.max_running)
     stopping = threading.Event()
