@@ -45,6 +45,7 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,199}")
 SERVICE_NAME = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 WATCH_INTERVAL = 0.5
 MAX_CALLS = 64            # calls served at once besides the watchers
+MAX_PROBES = 2            # uploads probed at once (each decodes a frame up to the limit)
 MAX_WATCHES = 64          # Watch streams open at once: their own pool, so that
                           # status, list and submit are answered however many watch
 
@@ -235,6 +236,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     def __init__(self, config: Config, store: JobStore, scheduler: Scheduler, metrics):
         self.config, self.store, self.scheduler, self.metrics = config, store, scheduler, metrics
         self.watchers = threading.BoundedSemaphore(MAX_WATCHES)
+        self.probing = threading.BoundedSemaphore(MAX_PROBES)
 
     def Submit(self, request_iterator, context):
         if self.scheduler.stopping.is_set():
@@ -271,7 +273,8 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             name = path.name
         else:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "no input: give an upload or a server path")
-        source = self._probe(path)
+        with self.probing:
+            source = self._probe(path)
         output = options["output_name"] or default_output(name, options["codec"])
         self.store.add(job_id, options, name, path, output, source.frame_count or 0)
         log.info("job %s: queued %s (%dx%d, %.1fs)", job_id, printable(name), source.width,
