@@ -124,6 +124,7 @@ def test_inputs_over_the_limits_are_refused_before_decoding_on_every_route(page,
             status, reply = page.call("POST", route, body)
             assert status == 400 and reason in one_line(reply), (route, reply)
     assert page.call("GET", "/api/jobs")[0] == 200
+    print(f"job service + web page peak RSS {page.peak_rss_mib():.0f} MiB")
     assert page.peak_rss_mib() < PEAK_MIB, f"peak {page.peak_rss_mib():.0f} MiB"
 
 
