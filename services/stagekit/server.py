@@ -5,9 +5,13 @@ limits sized for large frames. A bad request is answered INVALID_ARGUMENT with t
 and the server keeps serving. SIGTERM drains: new streams are refused (UNAVAILABLE, so a
 client moves them to another replica), health answers NOT_SERVING, the clips in flight
 finish within ``--drain-timeout``, then it exits. Health checks have threads of their own
-(streams beyond ``--workers`` are refused, never queued in front of them). Optional:
-TLS (``--tls-cert/--tls-key``, mutual with ``--tls-client-ca``) and a Prometheus endpoint
-(``--metrics-port``: frames, clip latency, errors, clips in flight).
+(streams beyond ``--workers`` are refused, never queued in front of them). A clip
+whose frames are larger than ``--max-frame-pixels`` is refused from its header, before any
+frame is received; a parameter naming a file (a colour reference) is honoured only inside
+an ``--input-root``. Optional: a bearer token (``--token``/``--token-file``; clients send
+``$RESTORATION_STAGE_TOKEN``), TLS (``--tls-cert/--tls-key``, mutual with
+``--tls-client-ca``) and a Prometheus endpoint (``--metrics-port``: frames, clip latency,
+errors, clips in flight).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from . import codec
+from .auth import TokenCheck, read_token
 from .protos import stage_pb2 as pb
 from .protos import stage_pb2_grpc as pb_grpc
 from .stage import Stage, StageError
@@ -59,6 +64,9 @@ CLIENT_OPTIONS = GRPC_OPTIONS + _KEEPALIVE + [
     ("grpc.max_reconnect_backoff_ms", 5000)]
 DRAIN_FLUSH = 5.0         # seconds the last replies of drained streams have to reach clients
 HEALTH_THREADS = 4        # threads kept free of streams, for health checks and Describe
+# 8K UHD: a 4K input, or a 1080p one after 4x super-resolution (as interpolation gets it).
+MAX_FRAME_PIXELS = 7680 * 4320
+FILE_PARAMS = ("reference",)  # stage parameters that name a file on the host running it
 
 
 class StageMetrics:
@@ -92,13 +100,29 @@ class _NoMetrics:
 
 
 class StageServicer(pb_grpc.StageServiceServicer):
-    def __init__(self, stages: Iterable[Stage], metrics=None, streams: int = 16):
+    def __init__(self, stages: Iterable[Stage], metrics=None,
+                 max_frame_pixels: int = MAX_FRAME_PIXELS, input_roots: Iterable[Path] = (),
+                 streams: int = 16):
         self.stages = list(stages)
         self.metrics = metrics or _NoMetrics()
+        self.max_frame_pixels = max_frame_pixels
+        self.input_roots = [Path(root).resolve() for root in input_roots]
         self.capacity = streams
         self.in_flight = 0
         self.draining = False
         self.idle = threading.Condition()
+
+    def admit(self, info) -> None:
+        """What a client may ask, checked on the header before any frame is received."""
+        if info.width * info.height > self.max_frame_pixels:
+            raise StageError(f"frames of {info.width}x{info.height} are over this service's "
+                             f"limit of {self.max_frame_pixels} pixels (--max-frame-pixels)")
+        for param in FILE_PARAMS:
+            for given in filter(None, (p.strip() for p in info.params.get(param, "").split(","))):
+                path = Path(given).resolve()
+                if not any(path.is_relative_to(root) for root in self.input_roots):
+                    raise StageError(f"{param}: not allowed (this service reads files only "
+                                     "inside its --input-root)")
 
     def drain(self, timeout: float) -> bool:
         """Refuse new streams from now on; wait up to ``timeout`` seconds for those in
@@ -107,7 +131,7 @@ class StageServicer(pb_grpc.StageServiceServicer):
             self.draining = True
             return self.idle.wait_for(lambda: self.in_flight == 0, timeout)
 
-    def _admit(self, context) -> None:
+    def _enter(self, context) -> None:
         with self.idle:
             if self.draining:
                 refusal = (grpc.StatusCode.UNAVAILABLE, "draining: this replica is shutting down")
@@ -138,11 +162,12 @@ class StageServicer(pb_grpc.StageServiceServicer):
         return found[0]
 
     def Process(self, request_iterator, context):
-        self._admit(context)
+        self._enter(context)
         self.metrics.in_flight.inc()
         clock = time.monotonic()
         try:
             header, info, frames = codec.decode_clip(request_iterator)
+            self.admit(info)
             stage = self.pick(header.task, header.model)
             out_info, out_frames = stage.run(info, frames)
             yield codec.header_message(out_info, stage.task, stage.model)
@@ -189,12 +214,14 @@ def server_credentials(cert: Path, key: Path, client_ca: Path | None = None):
 
 
 def build_server(stages: list[Stage], listen: str, workers: int = 16, credentials=None,
-                 metrics=None):
+                 metrics=None, max_frame_pixels: int = MAX_FRAME_PIXELS,
+                 token: str | None = None, input_roots: Iterable[Path] = ()):
     """The server, its health servicer and its stage servicer: ``workers`` streams at once,
     and HEALTH_THREADS more threads that no stream can take."""
+    interceptors = [TokenCheck(token, SERVICE_NAME)] if token else []
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers + HEALTH_THREADS),
-                         options=SERVER_OPTIONS)
-    servicer = StageServicer(stages, metrics, workers)
+                         options=SERVER_OPTIONS, interceptors=interceptors)
+    servicer = StageServicer(stages, metrics, max_frame_pixels, input_roots, workers)
     pb_grpc.add_StageServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -224,6 +251,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tls-client-ca", type=Path,
                         help="require client certificates signed by this CA (mutual TLS)")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    parser.add_argument("--max-frame-pixels", type=int, default=MAX_FRAME_PIXELS,
+                        help="largest frame (width x height) a clip may have "
+                             f"(default {MAX_FRAME_PIXELS}: 7680x4320)")
+    parser.add_argument("--token", help="bearer token every StageService call must carry")
+    parser.add_argument("--token-file", type=Path, help="file holding the bearer token")
+    parser.add_argument("--input-root", type=Path, action="append", default=[],
+                        help="folder whose files clips may name (colour references); none "
+                             "by default")
     parser.add_argument("--drain-timeout", "--grace", type=float, default=30.0, dest="drain",
                         help="seconds SIGTERM waits for the clips in flight to finish")
     return parser.parse_args(argv)
@@ -239,8 +274,9 @@ def main(create_stage: Callable[..., Stage | list[Stage]], argv=None) -> None:
         credentials = (server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
                        if args.tls_cert else None)
         metrics = StageMetrics() if args.metrics_port else None
-        server, health_servicer, servicer = build_server(stages, args.listen, args.workers,
-                                                         credentials, metrics)
+        server, health_servicer, servicer = build_server(
+            stages, args.listen, args.workers, credentials, metrics, args.max_frame_pixels,
+            read_token(args.token, args.token_file), args.input_root)
         if metrics:
             metrics.serve(args.metrics_port)
     except (WeightsError, StageError, OSError, ValueError) as exc:
