@@ -61,7 +61,15 @@ class Orchestrator:
 
     def restart(self) -> "Orchestrator":
         self.stop()
-        return Orchestrator(self.store, *self.args, port=self.port)
+        self.successor = Orchestrator(self.store, *self.args, port=self.port)
+        return self.successor
+
+    def stop_all(self) -> None:
+        """This one and every one restarted from it."""
+        server = self
+        while server is not None:
+            server.stop()
+            server = getattr(server, "successor", None)
 
     def peak_rss_mib(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -82,7 +90,7 @@ def orchestrator(tmp_path):
 
     yield start
     for server in started:
-        server.stop()
+        server.stop_all()
 
 
 @contextlib.contextmanager
