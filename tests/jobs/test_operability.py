@@ -69,30 +69,41 @@ def stream_in_background(address: str, frames: int, clip_id: str = "clip00000") 
     return result
 
 
-def test_stage_killed_mid_job_and_back_20s_later_the_job_completes(tmp_path, orchestrator):
+def job_across(tmp_path, orchestrator, delay: float, interrupt, *serve_args) -> list[str]:
+    """A job on one probe stage at a fixed address; ``interrupt(stage, restart, client, job)``
+    runs once clip00001 has started and returns the stage process serving afterwards
+    (``restart()`` starts one on the same address). The job must succeed with the frames of
+    an uninterrupted run. Returns the clips the job's stage processes logged, in order."""
     tape = make_tape(tmp_path / "tape.mp4", scenes=4)
     log = tmp_path / "probe.log"
     address = f"127.0.0.1:{free_port()}"
     endpoint = f"grpc://{address}"
-    stage = start_probe_at(address, log, 0.05)
+    stage = start_probe_at(address, log, delay)
     try:
-        server = orchestrator("--stage-outage", "90")
+        server = orchestrator(*serve_args)
         with JobClient(server.address) as client:
             job = client.submit(tape, probe_options(endpoint))
             wait_for(lambda: "clip00001" in clips_logged(log), interval=0.02)
-            stage.send_signal(signal.SIGKILL)
-            stage.wait()
-            killed = time.monotonic()
-            time.sleep(OUTAGE)
-            assert state_name(client.status(job.job_id)) == "RUNNING"
-            stage = start_probe_at(address, log, 0.0)
+            stage = interrupt(stage, lambda: start_probe_at(address, log, 0.0), client, job)
             status = finished(client, job.job_id)
             assert state_name(status) == "SUCCEEDED", status.error
-            assert time.monotonic() - killed >= OUTAGE
             got = fetch_frames(client, job.job_id, tmp_path)
+        logged = clips_logged(log)   # before the reference run adds its own
         assert same_frames(got, reference_frames(tape, endpoint, tmp_path))
+        return logged
     finally:
         stop(stage)
+
+
+def test_stage_killed_mid_job_and_back_20s_later_the_job_completes(tmp_path, orchestrator):
+    def outage(stage, restart, client, job):
+        stage.send_signal(signal.SIGKILL)
+        stage.wait()
+        time.sleep(OUTAGE)
+        assert state_name(client.status(job.job_id)) == "RUNNING"   # waiting, not failed
+        return restart()
+
+    job_across(tmp_path, orchestrator, 0.05, outage, "--stage-outage", "90")
 
 
 def test_a_stage_down_longer_than_the_outage_window_fails_the_job(tmp_path):
@@ -176,23 +187,11 @@ def test_a_rollout_of_the_only_replica_finishes_the_clip_in_flight_and_the_job(t
     """SIGTERM (a rollout): the clip in flight is finished, not redone; the next clips wait
     for the new process on the same address."""
     from collections import Counter
-    tape = make_tape(tmp_path / "tape.mp4", scenes=4)
-    log = tmp_path / "probe.log"
-    address = f"127.0.0.1:{free_port()}"
-    endpoint = f"grpc://{address}"
-    stage = start_probe_at(address, log, 0.1)
-    try:
-        server = orchestrator()
-        with JobClient(server.address) as client:
-            job = client.submit(tape, probe_options(endpoint))
-            wait_for(lambda: "clip00001" in clips_logged(log), interval=0.02)
-            stage.send_signal(signal.SIGTERM)
-            assert stage.wait(timeout=60) == 0
-            stage = start_probe_at(address, log, 0.0)
-            status = finished(client, job.job_id)
-            assert state_name(status) == "SUCCEEDED", status.error
-            got = fetch_frames(client, job.job_id, tmp_path)
-        assert Counter(clips_logged(log))["clip00001"] == 1, clips_logged(log)
-        assert same_frames(got, reference_frames(tape, endpoint, tmp_path))
-    finally:
-        stop(stage)
+
+    def rollout(stage, restart, client, job):
+        stage.send_signal(signal.SIGTERM)
+        assert stage.wait(timeout=60) == 0
+        return restart()
+
+    logged = job_across(tmp_path, orchestrator, 0.1, rollout)
+    assert Counter(logged)["clip00001"] == 1, logged
