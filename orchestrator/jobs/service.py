@@ -597,6 +597,14 @@ def serve(config: Config, listen: str, security: Security, metrics_port: int | N
     servers = [server] + ([health_server(health_servicer, health_listen)] if health_listen else [])
     if metrics_port:
         metrics.serve(metrics_port)
+    stopping = threading.Event()
+
+    def drain(signum, frame):
+        stopping.set()
+
+    # before it answers SERVING: a SIGTERM from then on stops cleanly, never kills
+    signal.signal(signal.SIGTERM, drain)
+    signal.signal(signal.SIGINT, drain)
     for running in servers:
         running.start()
     scheduler.start()
@@ -612,13 +620,6 @@ def serve(config: Config, listen: str, security: Security, metrics_port: int | N
             raise
     log.info("orchestrator serving jobs on %s (store %s, %d at a time)", listen, config.store,
              config.max_running)
-    stopping = threading.Event()
-
-    def drain(signum, frame):
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, drain)
-    signal.signal(signal.SIGINT, drain)
     stopping.wait()
     log.info("shutting down: no new jobs; running jobs keep their checkpoints")
     health_servicer.enter_graceful_shutdown()

@@ -281,16 +281,17 @@ def main(create_stage: Callable[..., Stage | list[Stage]], argv=None) -> None:
             metrics.serve(args.metrics_port)
     except (WeightsError, StageError, OSError, ValueError) as exc:
         sys.exit(f"error: {exc}")
-    server.start()
-    log.info("serving %s on %s", ", ".join(f"{s.task}/{s.model}" for s in stages), args.listen)
     stopping = threading.Event()
 
     def drain(signum, frame):
         health_servicer.enter_graceful_shutdown()
         stopping.set()
 
+    # before it answers SERVING: a SIGTERM from then on drains, never kills
     signal.signal(signal.SIGTERM, drain)
     signal.signal(signal.SIGINT, drain)
+    server.start()
+    log.info("serving %s on %s", ", ".join(f"{s.task}/{s.model}" for s in stages), args.listen)
     stopping.wait()
     log.info("draining: new streams refused, %d clip(s) in flight", servicer.in_flight)
     if not servicer.drain(args.drain):

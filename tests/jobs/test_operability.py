@@ -127,7 +127,7 @@ def test_drained_stage_answers_not_serving_refuses_new_clips_finishes_the_one_in
         in_flight = stream_in_background(address, 30)
         wait_for(lambda: clips_logged(log), interval=0.02)
         stage.send_signal(signal.SIGTERM)
-        wait_for(lambda: health(address) == health_pb2.HealthCheckResponse.NOT_SERVING, timeout=5)
+        wait_for(lambda: health(address) == health_pb2.HealthCheckResponse.NOT_SERVING, timeout=15)
         refused = stream_in_background(address, 2, "clip00001")
         refused["thread"].join(timeout=30)
         assert refused.get("error") == grpc.StatusCode.UNAVAILABLE
