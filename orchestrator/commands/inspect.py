@@ -11,7 +11,7 @@ from pathlib import Path
 import av
 
 from .. import media
-from ..media.shots import ShotDetector
+from ..media.shots import find_shots
 from ..pipeline.plan import make_plan
 from ..pipeline.specs import StageSpec
 
@@ -46,19 +46,12 @@ def inspect(path: Path, specs: list[StageSpec], native: str = "auto") -> dict:
 
 
 def _scan(source: media.SourceInfo) -> tuple[list, list]:
-    """Shots as (start, end) seconds, and the black-and-white ones among them."""
+    """Shots as (start, end) seconds, and the black-and-white ones among them: the same
+    scan a job makes, so the shots here are the clips it streams."""
     fps = float(source.fps)
-    detector = ShotDetector(fps)
-    starts, grey_counts, count = [0], [0], 0
-    for index, frame in enumerate(media.decode(source)):
-        if detector.is_cut(frame):
-            starts.append(index)
-            grey_counts.append(0)
-        grey_counts[-1] += detector.grey
-        count = index + 1
-    ends = starts[1:] + [count]
-    shots = [(a / fps, b / fps) for a, b in zip(starts, ends)]
-    grey = [shot for shot, n, a, b in zip(shots, grey_counts, starts, ends) if n > 0.9 * (b - a)]
+    found = find_shots(source)
+    shots = [(shot.start / fps, shot.stop / fps) for shot in found]
+    grey = [span for span, shot in zip(shots, found) if shot.grey]
     return shots, _merge(grey)
 
 

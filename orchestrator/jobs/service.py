@@ -170,8 +170,10 @@ class Scheduler:
                 if self.stopping.is_set() or job_id in self.cancelled:
                     raise Cancelled
                 self.active[job_id] = run
-            run.run()
-            self.store.set_clips_total(job_id, self.store.clips_done(job_id))
+            try:
+                run.run()
+            finally:
+                self._keep_rates(job_id, run)
             self._finish(job_id, "SUCCEEDED")
             self.metrics.job_seconds.observe(time.monotonic() - started)
         except Cancelled:
@@ -183,6 +185,15 @@ class Scheduler:
         except Exception as exc:  # a bug fails this job, never the service
             log.exception("job %s", job_id)
             self._finish(job_id, "FAILED", f"internal: {type(exc).__name__}: {exc}")
+
+    def _keep_rates(self, job_id: str, run: ResumableRun) -> None:
+        """What a finished (or stopped) job's page still shows: its clips and stage rates."""
+        if run.job is None:
+            return
+        progress = run.job.progress
+        if progress.clips_total is not None:
+            self.store.set_clips_total(job_id, progress.clips_total)
+        self.store.save_progress(job_id, progress.decoded, stage_rates(progress))
 
     def _stopped(self, job_id: str) -> None:
         if job_id in self.cancelled:
@@ -297,7 +308,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         for stage in stages:
             self._check_endpoint(stage["endpoint"])
         try:
-            job_specs(self.config, {"stages": stages})
+            pipeline_specs.check_runnable(job_specs(self.config, {"stages": stages}))
         except UserError as exc:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         return {"stages": stages, "codec": codec, "crf": opts.crf or 18,
@@ -417,25 +428,35 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             clips_done=self.store.clips_done(job_id), clips_total=row["clips_total"],
             frames_total=row["frames_total"], eta_seconds=-1, error=row["error"],
             failed_stage=row["failed_stage"], input_name=row["input_name"],
-            output_name=row["output_name"], created=row["created"], updated=row["updated"])
-        if row["state"] == "SUCCEEDED":
-            status.frames_done = row["frames_total"]
+            output_name=row["output_name"], created=row["created"], updated=row["updated"],
+            queue_position=self.store.queue_position(job_id) if row["state"] == "QUEUED" else 0)
         run = self.scheduler.active.get(job_id)
         if run is not None and run.job is not None:
             _live(status, run.job.progress)
+            return status
+        last = self.store.progress(job_id)
+        status.frames_done = row["frames_total"] if row["state"] == "SUCCEEDED" else last["frames_done"]
+        for rate in last["stages"]:
+            status.stages.add(**rate)
         return status
 
 
-def _live(status, progress) -> None:
-    """What the running job's progress adds: frames, per-stage rates, ETA."""
+def stage_rates(progress) -> list[dict]:
+    """Each stage's frames and rate over the run so far, as StageRate fields."""
     elapsed = max(time.monotonic() - progress.started, 1e-6)
+    return [{"name": name, "frames": counter.frames, "frames_per_second": counter.frames / elapsed}
+            for name, counter in list(progress.stages.items())]
+
+
+def _live(status, progress) -> None:
+    """What the running job's progress adds: frames, clips found, per-stage rates, ETA."""
     status.frames_done = progress.decoded
-    if progress.total_frames and progress.decoded >= progress.total_frames:
-        status.clips_total = progress.clips_seen
+    if progress.clips_total is not None:
+        status.clips_total = progress.clips_total
     eta = progress.eta()
     status.eta_seconds = eta if eta is not None else -1
-    for name, counter in list(progress.stages.items()):
-        status.stages.add(name=name, frames=counter.frames, frames_per_second=counter.frames / elapsed)
+    for rate in stage_rates(progress):
+        status.stages.add(**rate)
 
 
 def default_output(input_name: str, codec: str) -> str:

@@ -9,7 +9,8 @@ The video I/O is the package's own API: ``media.probe(path)``, ``media.decode(in
 ``media.VideoWriter``.
 """
 from ..errors import MediaError
-from .video import CODECS, CONTAINERS, OutputSpec, SourceInfo, VideoWriter, decode, probe
+from .video import (CODECS, CONTAINERS, OutputSpec, SourceInfo, VideoWriter, decode, probe,
+                    quality)
 
 __all__ = ["CODECS", "CONTAINERS", "MediaError", "OutputSpec", "SourceInfo", "VideoWriter",
-           "decode", "probe"]
+           "decode", "probe", "quality"]

@@ -130,8 +130,9 @@ def _duration(container, stream) -> float:
     return 0.0
 
 
-def decode(info: SourceInfo) -> Iterator[np.ndarray]:
-    """RGB24 frames at the constant rate ``info.fps``, upright.
+def decode(info: SourceInfo, size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+    """RGB24 frames at the constant rate ``info.fps``, upright (scaled to ``size``, WxH
+    before rotation, when given: a cheap pass for frame statistics).
 
     Variable-rate input is resampled to the nominal rate by repeating or dropping frames
     at their presentation times (as ffmpeg's -fps_mode cfr), so every later stage can
@@ -147,7 +148,9 @@ def decode(info: SourceInfo) -> Iterator[np.ndarray]:
                 if frame.is_corrupt:
                     raise MediaError(f"{info.path}: corrupt video frame at "
                                      f"{frame.time or 0:.2f}s (the file is damaged)")
-                rgb = _upright(frame.to_ndarray(format="rgb24"), info.rotation)
+                scaled = {} if size is None else {"width": size[0], "height": size[1],
+                                                  "interpolation": "AREA"}
+                rgb = _upright(frame.to_ndarray(format="rgb24", **scaled), info.rotation)
                 when = frame.time if frame.time is not None else next_slot / float(info.fps)
                 start = when if start is None else start
                 slot = round((when - start) * info.fps)
@@ -181,6 +184,21 @@ CODECS = {  # --codec name: (encoder, pixel format, options)
     "ffv1": ("ffv1", "yuv444p", {"level": "3", "slices": "4"}),
 }
 CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+CRF_RANGE = {"h264": (0, 51), "h265": (0, 51)}   # as x264 and x265 take it; ffv1 is lossless
+DEFAULT_CRF = 18
+
+
+def quality(codec: str, crf: int | None) -> int:
+    """The CRF to encode ``codec`` with: ``crf`` checked against the encoder's range, or
+    the default when none is given."""
+    if crf is None:
+        return DEFAULT_CRF
+    if codec not in CRF_RANGE:
+        raise MediaError(f"--crf: {codec} is lossless and takes no quality setting")
+    low, high = CRF_RANGE[codec]
+    if not low <= crf <= high:
+        raise MediaError(f"--crf {crf}: out of range for {codec} ({low}-{high}, lower is better)")
+    return crf
 MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}
 
 

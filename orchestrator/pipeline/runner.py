@@ -20,7 +20,7 @@ from services.stagekit import ClipInfo, StageError
 
 from .. import media
 from ..errors import UserError
-from ..media.shots import ShotDetector
+from ..media.shots import Shot, find_shots
 from .plan import Plan
 from .progress import Display, Progress
 from .stagerunners import ClipFailed, Step, build_steps
@@ -98,7 +98,7 @@ class Job:
     def __init__(self, plan: Plan, output: media.OutputSpec, device: str = "auto",
                  show_progress: bool = True, checkpoints=None,
                  attempts: dict[str, int] | None = None, skip: set[str] | None = None,
-                 on_clip=None):
+                 on_clip=None, shots: list[Shot] | None = None):
         self.plan = plan
         self.output = output
         self.cancel = threading.Event()
@@ -111,8 +111,16 @@ class Job:
         self.show_progress = show_progress
         self.grey_scenes: list[tuple[float, float]] = []
         self.writer: media.VideoWriter | None = None
+        self.shots = shots   # found by the first run's scan when not given
 
     def run(self):
+        if self.show_progress:
+            with Display(self.progress):
+                return self._run()
+        return self._run()
+
+    def _run(self):
+        self._find_shots()
         channels = [Channel(self.cancel) for _ in range(len(self.steps) + 1)]
         threads = [threading.Thread(target=self._guard, args=(self._source, channels[0]),
                                     name="decode", daemon=True)]
@@ -122,11 +130,7 @@ class Job:
         for thread in threads:
             thread.start()
         try:
-            if self.show_progress:
-                with Display(self.progress):
-                    self._sink(channels[-1])
-            else:
-                self._sink(channels[-1])
+            self._sink(channels[-1])
             self._raise_failure()
             if self.skip:
                 raise UserError(f"{len(self.skip)} clip(s) failed: {', '.join(sorted(self.skip))}")
@@ -159,31 +163,23 @@ class Job:
             self.cancel.set()
 
     def _source(self, out: Channel):
+        """Frames in clips, cut where the shot scan found the shots."""
         src = self.plan.source
-        detector = ShotDetector(float(src.fps))
-        clip = 0
-        start = 0
-        grey = 0
-        count = 0
+        starts = {shot.start: number for number, shot in enumerate(self.shots)}
         kept = None       # this clip is already done (or left out): no frames go on
         for index, frame in enumerate(media.decode(src)):
-            cut = detector.is_cut(frame)  # every frame feeds the detector, the first too
-            if index == 0 or cut:
+            if index in starts:
                 if index:
-                    self._end_clip(out, clip, start, index, grey, kept)
-                    clip += 1
-                start, grey = index, 0
-                self.progress.clips_seen += 1
-                info = ClipInfo(clip_id=f"clip{clip:05d}", width=src.width, height=src.height,
-                                fps=src.fps, sar=src.sar, start_time=index / float(src.fps))
+                    self._end_clip(out, kept)
+                info = ClipInfo(clip_id=f"clip{starts[index]:05d}", width=src.width,
+                                height=src.height, fps=src.fps, sar=src.sar,
+                                start_time=index / float(src.fps))
                 kept = self._kept(info.clip_id)
                 out.put((kept or "start", info))
-            grey += detector.grey
             if not kept:
                 out.put(("frame", frame))
             self.progress.frame_decoded()
-            count = index + 1
-        self._end_clip(out, clip, start, count, grey, kept)
+        self._end_clip(out, kept)
         out.put(("stop", None))
 
     def _kept(self, clip_id: str) -> str | None:
@@ -194,13 +190,20 @@ class Job:
             return "done"
         return None
 
-    def _end_clip(self, out: Channel, clip: int, start: int, stop: int, grey: int, kept):
-        fps = float(self.plan.source.fps)
-        if grey > 0.9 * (stop - start):
-            self.grey_scenes.append((start / fps, stop / fps))
-            log.info("black-and-white scene: %.2fs-%.2fs (clip %d)", start / fps, stop / fps, clip)
+    def _end_clip(self, out: Channel, kept) -> None:
         if not kept:
             out.put(("end", None))
+
+    def _find_shots(self) -> None:
+        if self.shots is None:
+            self.shots = find_shots(self.plan.source, self.progress.frame_scanned)
+        self.progress.clips_total = len(self.shots)
+        fps = float(self.plan.source.fps)
+        for number, shot in enumerate(self.shots):
+            if shot.grey:
+                self.grey_scenes.append((shot.start / fps, shot.stop / fps))
+                log.info("black-and-white scene: %.2fs-%.2fs (clip %d)",
+                         shot.start / fps, shot.stop / fps, number)
 
     def _stage(self, step: Step, inbox: Channel, outbox: Channel):
         """A clip that fails here travels on as a 'fail' marker behind the clips finished
@@ -232,8 +235,9 @@ class Job:
         else:
             try:
                 out_info, out_frames = step.runner.run(info, iter(frames))
-            except StageError as exc:
-                raise UserError(f"stage {step.name}: {exc}") from None
+            except StageError as exc:  # its message may already name the stage
+                reason = str(exc).removeprefix(f"{step.name}: ")
+                raise UserError(f"stage {step.name}: {reason}") from None
         outbox.put(("start", out_info))
         clock, waited = time.monotonic(), frames.waited
         for frame in out_frames:
@@ -336,8 +340,9 @@ class ResumableRun:
 
     def run(self) -> Path:
         while True:
+            shots = self.job.shots if self.job is not None else None  # one scan per run
             self.job = Job(self.plan, self.output, self.device, self.show_progress,
-                           self.checkpoints, self.attempts, self.failed, self.on_clip)
+                           self.checkpoints, self.attempts, self.failed, self.on_clip, shots)
             if self.stopped.is_set():
                 raise Cancelled
             try:

@@ -10,7 +10,7 @@ import grpc
 
 from services.stagekit.server import GRPC_OPTIONS
 
-from ..jobs.client import jobs_pb2, jobs_pb2_grpc, state_name
+from ..jobs.client import CODE_WORDS, jobs_pb2, jobs_pb2_grpc, state_name
 
 CHUNK = 1024 * 1024
 
@@ -34,7 +34,8 @@ def _translate(exc: grpc.RpcError) -> JobServiceError:
     code = exc.code()
     if code == grpc.StatusCode.UNAVAILABLE:
         return JobServiceError(502, "the job service cannot be reached")
-    return JobServiceError(HTTP_STATUS.get(code, 500), exc.details() or code.name.lower())
+    return JobServiceError(HTTP_STATUS.get(code, 500),
+                           exc.details() or CODE_WORDS.get(code, "the job service failed the request"))
 
 
 class Gateway:

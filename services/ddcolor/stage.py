@@ -157,6 +157,7 @@ def to_frame(bgr: np.ndarray, pixel_format: str) -> np.ndarray:
 class DDColorStage(Stage):
     task = TASK
     model = MODEL
+    params = PARAMS
     accepts = ("rgb24", "rgbf16")
     backend = "pytorch"
     window = (0, 0)
