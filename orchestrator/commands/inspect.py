@@ -108,6 +108,7 @@ def render(report: dict, as_json: bool = False) -> str:
     native = report["native_resolution"]
     grey = report["black_and_white"]
     bands = report["damaged_bands"]
+    stages, working = report["pipeline"]["stages"], report["pipeline"]["working_size"]
     lines = [
         f"{report['file']}: {report['container']}, {v['codec']} {v['width']}x{v['height']} "
         f"{v['pixel_format']}, {v['duration_s']:.2f}s, {float(_fraction(v['frame_rate'])):.3f} fps"
@@ -119,11 +120,13 @@ def render(report: dict, as_json: bool = False) -> str:
         f"  shots: {report['shots']['count']} (starting at "
         + ", ".join(f"{s:.2f}s" for s in report["shots"]["starts_s"]) + ")",
         "  black-and-white: " + (", ".join(f"{g['from_s']:.2f}s-{g['to_s']:.2f}s" for g in grey) or "none"),
-        "  damaged bands: " + (", ".join(f"{k} {n} px" for k, n in bands.items()) or "none"),
+        "  damaged bands: " + (", ".join(f"{k} {n} px" for k, n in bands.items())
+                               + f" (of the {v['width']}x{v['height']} frame)" if bands else "none"),
         "  audio: " + (", ".join(f"{a['codec']} {a['sample_rate']} Hz {a['channels']} ch" for a in report["audio"]) or "none"),
-        "  would run: " + " -> ".join(f"{s['task']}={s['model']}" for s in report["pipeline"]["stages"])
-        + f", output {report['pipeline']['working_size'][0]}x{report['pipeline']['working_size'][1]} before superres"
-        + f" at {float(_fraction(report['pipeline']['output_fps'])):.3f} fps",
+        "  would run: " + " -> ".join(f"{s['task']}={s['model']}" for s in stages)
+        + f", working at {working[0]}x{working[1]}"
+        + (" (then enlarged by superres)" if any(s["task"] == "superres" for s in stages) else "")
+        + f", output at {float(_fraction(report['pipeline']['output_fps'])):.3f} fps",
     ]
     return "\n".join(lines)
 

@@ -207,6 +207,8 @@ class OutputSpec:
     path: Path
     codec: str = "h264"
     crf: int = 18
+    # A working file of ours the user never sees: nothing to warn about what it records.
+    intermediate: bool = False
 
     def check(self) -> None:
         """Fail before any work when the output cannot be written as asked."""
@@ -258,7 +260,8 @@ class VideoWriter:
             opts["crf"] = str(spec.crf)
         ctx.options = opts
         self.frames = 0
-        if spec.codec == "ffv1" and self.container.format.name == "matroska" and sar != 1:
+        if (spec.codec == "ffv1" and self.container.format.name == "matroska" and sar != 1
+                and not spec.intermediate):
             # PyAV's Matroska muxer drops the aspect ratio and FFV1 has no field for it.
             log.warning("%s: Matroska/FFV1 cannot record the pixel aspect ratio %s here; "
                         "play it with that aspect ratio or use --codec h264/h265",

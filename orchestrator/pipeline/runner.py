@@ -98,7 +98,7 @@ class Job:
     def __init__(self, plan: Plan, output: media.OutputSpec, device: str = "auto",
                  show_progress: bool = True, checkpoints=None,
                  attempts: dict[str, int] | None = None, skip: set[str] | None = None,
-                 on_clip=None, shots: list[Shot] | None = None):
+                 on_clip=None, shots: list[Shot] | None = None, time_offset: float = 0.0):
         self.plan = plan
         self.output = output
         self.cancel = threading.Event()
@@ -112,6 +112,7 @@ class Job:
         self.grey_scenes: list[tuple[float, float]] = []
         self.writer: media.VideoWriter | None = None
         self.shots = shots   # found by the first run's scan when not given
+        self.time_offset = time_offset   # where the source starts in the user's video (s)
 
     def run(self):
         if self.show_progress:
@@ -201,9 +202,10 @@ class Job:
         fps = float(self.plan.source.fps)
         for number, shot in enumerate(self.shots):
             if shot.grey:
-                self.grey_scenes.append((shot.start / fps, shot.stop / fps))
-                log.info("black-and-white scene: %.2fs-%.2fs (clip %d)",
-                         shot.start / fps, shot.stop / fps, number)
+                start, stop = shot.start / fps, shot.stop / fps
+                self.grey_scenes.append((start, stop))
+                log.info("black-and-white scene: %.2fs-%.2fs (clip %d)", start + self.time_offset,
+                         stop + self.time_offset, number)
 
     def _stage(self, step: Step, inbox: Channel, outbox: Channel):
         """A clip that fails here travels on as a 'fail' marker behind the clips finished
