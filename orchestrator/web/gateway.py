@@ -130,6 +130,7 @@ def status_json(status) -> dict:
         "error": status.error, "failed_stage": status.failed_stage,
         "input_name": status.input_name, "output_name": status.output_name,
         "created": status.created, "updated": status.updated,
+        "queue_position": status.queue_position,
     }
 
 

@@ -15,6 +15,7 @@ import secrets
 import shutil
 import sys
 import threading
+from contextlib import contextmanager
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,7 +32,8 @@ log = logging.getLogger("restoration.web")
 
 STATIC = Path(__file__).with_name("static")
 STATIC_FILES = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js",
-                "/style.css": "style.css"}
+                "/style.css": "style.css", "/favicon.svg": "favicon.svg",
+                "/favicon.ico": "favicon.svg"}
 MAX_JSON_BODY = 64 * 1024
 MAX_PREVIEW_SECONDS = 10.0
 JOB_ID = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
@@ -39,12 +41,16 @@ DEFAULT_MAX_UPLOAD = 64 * 1024 ** 3
 # Small enough that a dropped connection loses little, large enough to keep requests few.
 DEFAULT_CHUNK = 8 * 1024 * 1024
 
+# The first is the default: the command line's own pipeline, every task.
 PRESETS = {
-    "clean": {"label": "Quick clean-up (tape noise and artefacts)", "tasks": ["analog", "denoise"]},
-    "sharp": {"label": "Clean, sharpen and enlarge",
+    "full": {"label": "Everything: the full restoration (as the command line does)",
+             "tasks": list(registry.TASKS)},
+    "sharp": {"label": "Clean, sharpen and enlarge (no colour, no smoother motion)",
               "tasks": ["analog", "deblur", "denoise", "superres"]},
-    "full": {"label": "Everything (slowest)", "tasks": list(registry.TASKS)},
+    "clean": {"label": "Quick clean-up only (tape noise and artefacts, size kept small)",
+              "tasks": ["analog", "denoise"]},
 }
+DEFAULT_PRESET = next(iter(PRESETS))
 TASK_LABELS = {
     "analog": "Remove tape artefacts and deinterlace", "outpaint": "Rebuild damaged borders",
     "colorize": "Colour black-and-white scenes", "deblur": "Sharpen blur",
@@ -87,7 +93,7 @@ class WebApp:
 
     def config(self) -> dict:
         return {"token_required": bool(self.token), "tasks": list(registry.TASKS),
-                "task_labels": TASK_LABELS, "presets": PRESETS,
+                "task_labels": TASK_LABELS, "presets": PRESETS, "default_preset": DEFAULT_PRESET,
                 "max_upload_bytes": self.uploads.max_bytes,
                 "chunk_bytes": min(self.chunk_bytes, self.uploads.max_chunk),
                 "thumbnail_from_service": has_thumbnail_field()}
@@ -113,7 +119,7 @@ class WebApp:
         upload = self.uploads.complete(upload_id)
         tasks = _tasks(body)
         key = (upload_id, tuple(tasks))
-        with self.heavy:
+        with self.heavy, _named_as(upload):
             if key not in self.inspected:
                 report = inspect(upload.path, _specs(tasks))
                 report["file"] = upload.name
@@ -130,7 +136,7 @@ class WebApp:
         folder.mkdir()
         video, still = folder / "compare.mp4", folder / "compare.png"
         try:
-            with self.heavy:
+            with self.heavy, _named_as(upload):
                 preview(upload.path, video, at, seconds, _specs(_tasks(body)), "auto",
                         self.device, "side", still, show_progress=False)
         except BaseException:
@@ -219,6 +225,19 @@ def _tasks(body: dict) -> list[str]:
     if unknown:
         raise HttpError(400, f"unknown task(s): {', '.join(map(str, unknown))}")
     return [t for t in registry.TASKS if t in tasks]
+
+
+@contextmanager
+def _named_as(upload):
+    """A failure about the upload's file names it as the person did, never by the
+    server's path."""
+    try:
+        yield
+    except UserError as exc:
+        message = str(exc)
+        for path in (upload.path, upload.folder):
+            message = message.replace(str(path), upload.name)
+        raise UserError(message) from None
 
 
 def _specs(tasks: list[str]) -> list:
