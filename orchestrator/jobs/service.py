@@ -34,6 +34,7 @@ from ..pipeline.plan import make_plan
 from ..pipeline.runner import Cancelled, ResumableRun
 from ..pipeline.stagerunners import ClipFailed
 from .client import CHUNK, jobs_pb2, jobs_pb2_grpc
+from .latest import LatestClips
 from .store import ENDED, JobStore
 
 log = logging.getLogger("restoration.service")
@@ -106,6 +107,7 @@ class Scheduler:
         self.active: dict[str, ResumableRun] = {}
         self.cancelled: set[str] = set()
         self.stopping = threading.Event()
+        self.latest = LatestClips(store)
         self.threads = [threading.Thread(target=self._worker, name=f"jobs-{i}", daemon=True)
                         for i in range(config.max_running)]
 
@@ -216,10 +218,11 @@ class Scheduler:
         plan = make_plan(source, specs, options.get("native") or "auto")
         output = media.OutputSpec(self.store.output_path(job_id), options.get("codec") or "h264",
                                   options.get("crf") or 18)
-        store, metrics = self.store, self.metrics
+        store, metrics, latest = self.store, self.metrics, self.latest
 
         def clip_done(clip_id: str, frames: int) -> None:
             store.clip_done(job_id, clip_id, frames)
+            latest.clip_finished(job_id, clip_id)
             metrics.clips.inc()
             metrics.frames.inc(frames)
 
@@ -409,11 +412,14 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"job {request.job_id} is {row['state'].lower()}, not succeeded")
         path = self.store.output_path(request.job_id)
-        yield jobs_pb2.FetchChunk(info=jobs_pb2.FetchInfo(
-            file_name=path.name, size=path.stat().st_size, sha256=_file_sha256(path)))
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(CHUNK), b""):
-                yield jobs_pb2.FetchChunk(data=block)
+        yield from _file_chunks(path, path.name)
+
+    def FetchLatestClip(self, request, context):
+        self._known(request.job_id, context)
+        shown = self.scheduler.latest.shown(request.job_id)
+        if shown is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no clip of this job has finished yet")
+        yield from _bytes_chunks(shown[1].read_bytes(), f"{shown[0]}.mp4")
 
     def _known(self, job_id: str, context) -> dict:
         row = self.store.get(job_id)
@@ -429,7 +435,11 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             frames_total=row["frames_total"], eta_seconds=-1, error=row["error"],
             failed_stage=row["failed_stage"], input_name=row["input_name"],
             output_name=row["output_name"], created=row["created"], updated=row["updated"],
-            queue_position=self.store.queue_position(job_id) if row["state"] == "QUEUED" else 0)
+            queue_position=self.store.queue_position(job_id) if row["state"] == "QUEUED" else 0,
+            thumbnail=self.scheduler.latest.thumbnail(job_id))
+        shown = self.scheduler.latest.shown(job_id)
+        if shown is not None:
+            status.latest_clip = shown[0]
         run = self.scheduler.active.get(job_id)
         if run is not None and run.job is not None:
             _live(status, run.job.progress)
@@ -439,6 +449,23 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         for rate in last["stages"]:
             status.stages.add(**rate)
         return status
+
+
+def _file_chunks(path: Path, name: str):
+    """A file as FetchChunks: its name, size and checksum first, then its bytes."""
+    yield jobs_pb2.FetchChunk(info=jobs_pb2.FetchInfo(
+        file_name=name, size=path.stat().st_size, sha256=_file_sha256(path)))
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            yield jobs_pb2.FetchChunk(data=block)
+
+
+def _bytes_chunks(data: bytes, name: str):
+    """Bytes read at once (a file that may be replaced meanwhile) as FetchChunks."""
+    yield jobs_pb2.FetchChunk(info=jobs_pb2.FetchInfo(
+        file_name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest()))
+    for start in range(0, len(data), CHUNK):
+        yield jobs_pb2.FetchChunk(data=data[start:start + CHUNK])
 
 
 def stage_rates(progress) -> list[dict]:

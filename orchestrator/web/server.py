@@ -5,6 +5,7 @@ orchestrator's JobService over gRPC with the caller's token.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -90,6 +91,7 @@ class WebApp:
         self.heavy = threading.Lock()
         self.inspected: dict[tuple, dict] = {}
         self.fetching: dict[str, threading.Lock] = {}
+        self.thumbnails: dict[str, tuple[str, str]] = {}   # job -> (picture digest, its link)
 
     def config(self) -> dict:
         return {"token_required": bool(self.token), "tasks": list(registry.TASKS),
@@ -167,6 +169,15 @@ class WebApp:
     def cancel(self, job_id: str, token: str | None) -> dict:
         return self._job_json(self.gateway.cancel(_job_id(job_id), token))
 
+    def latest(self, job_id: str, token: str | None) -> dict:
+        """The latest finished clip of a job, viewable while the job still runs."""
+        job_id = _job_id(job_id)
+        folder = self.results / job_id
+        folder.mkdir(parents=True, exist_ok=True)
+        with self.fetching.setdefault(f"{job_id}/latest", threading.Lock()):
+            path, name = self.gateway.fetch_latest_clip(job_id, folder / "latest-clip.mp4", token)
+        return {"url": self.tickets.issue(path, _download_name(name)), "clip": Path(name).stem}
+
     def download(self, job_id: str, token: str | None) -> dict:
         """Fetch the result once into the server's folder; hand out a link and a thumbnail."""
         job_id = _job_id(job_id)
@@ -208,13 +219,22 @@ class WebApp:
     def _service_thumbnail(self, status) -> str | None:
         if not has_thumbnail_field() or not status.thumbnail or not JOB_ID.match(status.job_id):
             return None
+        # Each picture once, under its own name: pages poll, and a link stays valid.
+        digest = hashlib.sha256(status.thumbnail).hexdigest()[:16]
+        known = self.thumbnails.get(status.job_id)
+        if known is not None and known[0] == digest:
+            return known[1]
         folder = self.results / status.job_id
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "latest.jpg"
+        path = folder / f"latest-{digest}.jpg"
         part = folder / f".latest-{secrets.token_hex(4)}.jpg"
         part.write_bytes(status.thumbnail)
         os.replace(part, path)
-        return self.tickets.issue(path, "latest.jpg")
+        if known is not None:
+            (folder / f"latest-{known[0]}.jpg").unlink(missing_ok=True)
+        url = self.tickets.issue(path, "latest.jpg")
+        self.thumbnails[status.job_id] = (digest, url)
+        return url
 
 
 def _tasks(body: dict) -> list[str]:
@@ -276,6 +296,7 @@ ROUTES = [
     ("GET", re.compile(r"^/api/jobs/([^/]+)$"), "job", True),
     ("POST", re.compile(r"^/api/jobs/([^/]+)/cancel$"), "cancel", True),
     ("POST", re.compile(r"^/api/jobs/([^/]+)/download$"), "download", True),
+    ("POST", re.compile(r"^/api/jobs/([^/]+)/latest$"), "latest", True),
 ]
 
 

@@ -238,6 +238,8 @@ function follow(jobId) {
   $("job").hidden = false;
   $("download").hidden = true;
   $("thumb-figure").hidden = true;
+  $("latest-figure").hidden = true;
+  state.latestClip = null;
   $("stage-table").tBodies[0].replaceChildren();
   $("stage-table").hidden = true;
   poll();
@@ -271,6 +273,22 @@ function showJob(job) {
   $("stage-table").hidden = !$("stage-table").tBodies[0].rows.length;
   $("cancel-button").hidden = job.finished;
   showThumbnail(job);
+  if (job.latest_clip && job.latest_clip !== state.latestClip && job.state !== "SUCCEEDED") showLatestClip(job);
+}
+
+// While the job runs, its latest finished scene can be watched (a small, short video).
+async function showLatestClip(job) {
+  state.latestClip = job.latest_clip;
+  try {
+    const latest = await api("POST", `/api/jobs/${encodeURIComponent(job.id)}/latest`);
+    if (job.id !== state.jobId) return;
+    $("latest-video").src = latest.url;
+    const number = Number(latest.clip.replace(/\D/g, "")) + 1;
+    $("latest-caption").textContent = `The latest finished scene (${number} of ${job.clips_total || "?"}), as restored`;
+    $("latest-figure").hidden = false;
+  } catch (error) {
+    state.latestClip = null;  // tried again at the next poll
+  }
 }
 
 function stageRow(stage) {
@@ -282,7 +300,7 @@ function stageRow(stage) {
 function showThumbnail(job) {
   // The job service may not send frames while it works; the preview shows what to expect.
   let src = job.thumbnail, caption = "Latest restored frame";
-  if (!src && state.preview && !job.finished) { src = state.preview.after; caption = "From your preview (frames of the full job appear when it finishes)"; }
+  if (!src && state.preview && !job.finished) { src = state.preview.after; caption = "From your preview (the job's own frames appear when its first scene is done)"; }
   if (!src) { $("thumb-figure").hidden = true; return; }
   if ($("thumb").getAttribute("src") !== src) $("thumb").src = src;
   $("thumb-caption").textContent = caption;
@@ -304,6 +322,7 @@ async function finished(job) {
     $("result-video").poster = download.thumbnail || "";
     $("result-video").src = download.url;
     $("download").hidden = false;
+    $("latest-figure").hidden = true;
     showJob({ ...job, thumbnail: download.thumbnail || job.thumbnail });
   } catch (error) {
     say(`The result could not be fetched: ${error.message}`);
