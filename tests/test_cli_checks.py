@@ -134,3 +134,14 @@ def test_progress_bar_fits_the_terminal_and_keeps_logs_apart(two_shot_clip, tmp_
     logs = [s for s in screens if s.startswith(("input:", "stages:", "working resolution"))]
     assert len(logs) == 3, screens
     assert out.exists()
+
+
+def test_an_unreachable_stage_service_is_named_in_words(tmp_path):
+    from services.stagekit.testing import free_port
+    endpoint = f"grpc://127.0.0.1:{free_port()}"
+    tape = write_video(tmp_path / "tape.mp4", textured(3, (64, 48), 4))
+    result = run_cli("submit", tape, "--stages", "denoise", "--endpoint", f"denoise={endpoint}",
+                     timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"error: stage denoise: cannot reach {endpoint} "
+                                     "(no answer: connection refused)")
