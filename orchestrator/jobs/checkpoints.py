@@ -26,6 +26,7 @@ from services.stagekit import ClipInfo
 
 from .. import media
 from ..errors import UserError
+from ..media.shots import SCAN_SIZE
 
 log = logging.getLogger("restoration.orchestrator")
 
@@ -147,6 +148,8 @@ def embedded_checkpoints(plan, output: media.OutputSpec, resume: bool) -> Embedd
 
 def _identity(plan, output: media.OutputSpec) -> str:
     src = plan.source.path.stat()
+    # The shot scan's size stands for how clips are cut: another cut, other clips.
     text = json.dumps([str(plan.source.path.resolve()), src.st_size, src.st_mtime_ns,
-                       plan.lines(), [s.describe() for s in plan.stages], output.codec, output.crf])
+                       plan.lines(), [s.describe() for s in plan.stages], output.codec, output.crf,
+                       list(SCAN_SIZE)])
     return hashlib.sha256(text.encode()).hexdigest()
