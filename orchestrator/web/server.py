@@ -252,15 +252,15 @@ class WebApp:
         # Each picture once, under its own name: pages poll, and a link stays valid.
         digest = hashlib.sha256(status.thumbnail).hexdigest()[:16]
         known = self.thumbnails.get(status.job_id)
-        if known is not None and known[0] == digest:
-            return known[1]
         folder = self.results / status.job_id
-        folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"latest-{digest}.jpg"
+        if known is not None and known[0] == digest and path.exists():  # a download clears the folder
+            return known[1]
+        folder.mkdir(parents=True, exist_ok=True)
         part = folder / f".latest-{secrets.token_hex(4)}.jpg"
         part.write_bytes(status.thumbnail)
         os.replace(part, path)
-        if known is not None:
+        if known is not None and known[0] != digest:
             (folder / f"latest-{known[0]}.jpg").unlink(missing_ok=True)
         url = self.tickets.issue(path, "latest.jpg")
         self.thumbnails[status.job_id] = (digest, url)

@@ -139,6 +139,9 @@ def test_restore_a_tape_in_the_browser(stack, tape, browser, shots, tmp_path):
     finished_row.locator("button").click()
     page.wait_for_selector("#stage-table tbody tr")
     assert page.locator("#stage-table tbody tr").count() >= 2
+    # The finished job's picture in the list comes from the job service (its last scene).
+    page.wait_for_function("() => [...document.querySelectorAll('#jobs-table img.job-thumb')]"
+                           ".some((i) => i.complete && i.naturalWidth > 0)")
     page.set_viewport_size({"width": 390, "height": 844})
     snap("09-phone")
     assert not errors, errors

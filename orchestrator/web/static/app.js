@@ -263,7 +263,7 @@ function showJob(job) {
   const percent = job.fraction === null ? null : Math.round(job.fraction * 100);
   const parts = [`${job.input_name}: ${words(job.state)}${job.queue_position ? ` (${queueWords(job.queue_position)})` : ""}`];
   if (percent !== null) parts.push(`${percent}% (${job.frames_done} of ${job.frames_total} frames)`);
-  if (job.clips_total) parts.push(`scene ${Math.min(job.clips_done + 1, job.clips_total)} of ${job.clips_total}`);
+  if (job.clips_total && job.state === "RUNNING") parts.push(`scene ${Math.min(job.clips_done + 1, job.clips_total)} of ${job.clips_total}`);
   if (job.eta_seconds !== null && !job.finished) parts.push(`about ${clock(job.eta_seconds)} left`);
   if (job.error && job.state === "FAILED") parts.push(`error: ${job.error}`);
   $("job-text").textContent = parts.join(" · ");
