@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("-y", "--overwrite", action="store_true", help="replace an existing output")
     add_pipeline_flags(submit)
     submit.add_argument("--codec", default="h264", choices=sorted(media.CODECS))
-    submit.add_argument("--crf", type=int, default=18, help="quality for h264/h265 (lower is better)")
+    submit.add_argument("--crf", type=int, help="quality for h264/h265, 0-51 (lower is better; default 18)")
     submit.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     submit.add_argument("--stats", type=Path, metavar="FILE",
                         help="write the run's figures (frames, times, CPU use per stage) as JSON")
@@ -178,18 +178,20 @@ def cmd_submit(args) -> int:
     if args.server:
         from .jobs.cli import submit_remote
         return submit_remote(args)
+    # Every flag is checked before the input is opened: a typo costs nothing.
+    crf = media.quality(args.codec, args.crf)
+    specs = pipeline_specs.from_args(args)
     output = args.output or args.input.with_name(f"{args.input.stem}.restored.mp4")
     if output.suffix.lower() not in media.CONTAINERS:
         raise UserError(f"{output}: unsupported output container (use {', '.join(media.CONTAINERS)})")
     if args.codec == "ffv1" and args.output is None:
         output = output.with_suffix(".mkv")
-    spec = media.OutputSpec(output, args.codec, args.crf)
+    spec = media.OutputSpec(output, args.codec, crf)
     spec.check()
     if output.exists() and output.resolve() == args.input.resolve():
         raise UserError(f"{output}: the output would overwrite the input")
     if output.exists() and not args.overwrite:
         raise UserError(f"{output}: already exists (use -y to replace it)")
-    specs = pipeline_specs.from_args(args)
     source = media.probe(args.input)
     from .jobs.checkpoints import embedded_checkpoints
     from .pipeline.plan import make_plan

@@ -14,6 +14,7 @@ import shutil
 
 from .. import media
 from ..errors import UserError
+from ..media.shots import SCAN_SIZE
 from ..pipeline.segments import ClipSegments
 
 log = logging.getLogger("restoration.orchestrator")
@@ -56,7 +57,8 @@ def embedded_checkpoints(plan, output: media.OutputSpec, resume: bool = False,
 
 def _identity(plan, output: media.OutputSpec) -> str:
     src = plan.source.path.stat()
+    # The shot scan's size stands for how clips are cut: another cut, other clips.
     text = json.dumps([str(plan.source.path.resolve()), src.st_size, src.st_mtime_ns,
                        plan.lines(), [s.describe() for s in plan.stages], output.codec, output.crf,
-                       output.path.suffix.lower()])
+                       output.path.suffix.lower(), list(SCAN_SIZE)])
     return hashlib.sha256(text.encode()).hexdigest()

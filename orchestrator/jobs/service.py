@@ -40,6 +40,7 @@ from ..pipeline.plan import make_plan
 from ..pipeline.runner import Cancelled, ResumableRun
 from ..pipeline.stagerunners import STAGE_OUTAGE, ClipFailed
 from .client import CHUNK, jobs_pb2, jobs_pb2_grpc
+from .latest import LatestClips
 from .store import ENDED, JobStore
 
 log = logging.getLogger("restoration.service")
@@ -95,6 +96,7 @@ class Scheduler:
         self.cancelled: set[str] = set()
         self.stopping = threading.Event()
         self.sweeper = Sweeper(store, config.keep_outputs_days * 86400.0)
+        self.latest = LatestClips(store)
         self.threads = [threading.Thread(target=self._worker, name=f"jobs-{i}", daemon=True)
                         for i in range(config.max_running)]
 
@@ -161,7 +163,10 @@ class Scheduler:
                 if self.stopping.is_set() or job_id in self.cancelled:
                     raise Cancelled
                 self.active[job_id] = run
-            run.run()
+            try:
+                run.run()
+            finally:
+                self._keep_rates(job_id, run)
             self.store.set_clips_total(job_id, self.store.clips_done(job_id))
             self.store.written(job_id)
             self._finish(job_id, "SUCCEEDED")
@@ -175,6 +180,15 @@ class Scheduler:
         except Exception as exc:  # a bug fails this job, never the service
             log.exception("job %s", job_id)
             self._finish(job_id, "FAILED", f"internal: {type(exc).__name__}: {exc}")
+
+    def _keep_rates(self, job_id: str, run: ResumableRun) -> None:
+        """What a finished (or stopped) job's page still shows: its clips and stage rates."""
+        if run.job is None:
+            return
+        progress = run.job.progress
+        if progress.clips_total is not None:
+            self.store.set_clips_total(job_id, progress.clips_total)
+        self.store.save_progress(job_id, progress.decoded, stage_rates(progress))
 
     def _stopped(self, job_id: str) -> None:
         if job_id in self.cancelled:
@@ -198,10 +212,11 @@ class Scheduler:
         plan = make_plan(source, specs, options.get("native") or "auto")
         output = media.OutputSpec(self.store.output_path(job_id), options.get("codec") or "h264",
                                   options.get("crf") or 18)
-        store, metrics = self.store, self.metrics
+        store, metrics, latest = self.store, self.metrics, self.latest
 
         def clip_done(clip_id: str, frames: int) -> None:
             store.clip_done(job_id, clip_id, frames)
+            latest.clip_finished(job_id, clip_id)
             metrics.clips.inc()
             metrics.frames.inc(frames)
 
@@ -327,7 +342,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             self._check_endpoint(stage["endpoint"])
             self._check_files(stage)
         try:
-            job_specs(self.config, {"stages": stages})
+            pipeline_specs.check_runnable(job_specs(self.config, {"stages": stages}))
         except UserError as exc:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         return {"stages": stages, "codec": codec, "crf": opts.crf or 18,
@@ -456,11 +471,14 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             context.abort(grpc.StatusCode.NOT_FOUND,
                           f"job {request.job_id}: its output expired (outputs are kept "
                           f"{self.config.keep_outputs_days:g} days)")
-        yield jobs_pb2.FetchChunk(info=jobs_pb2.FetchInfo(
-            file_name=path.name, size=path.stat().st_size, sha256=_file_sha256(path)))
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(CHUNK), b""):
-                yield jobs_pb2.FetchChunk(data=block)
+        yield from _file_chunks(path, path.name)
+
+    def FetchLatestClip(self, request, context):
+        self._known(request.job_id, context)
+        shown = self.scheduler.latest.shown(request.job_id)
+        if shown is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no clip of this job has finished yet")
+        yield from _bytes_chunks(shown[1].read_bytes(), f"{shown[0]}.mp4")
 
     def _known(self, job_id: str, context) -> dict:
         row = self.store.get(job_id)
@@ -475,25 +493,56 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             clips_done=self.store.clips_done(job_id), clips_total=row["clips_total"],
             frames_total=row["frames_total"], eta_seconds=-1, error=row["error"],
             failed_stage=row["failed_stage"], input_name=row["input_name"],
-            output_name=row["output_name"], created=row["created"], updated=row["updated"])
-        if row["state"] == "SUCCEEDED":
-            status.frames_done = row["frames_total"]
+            output_name=row["output_name"], created=row["created"], updated=row["updated"],
+            queue_position=self.store.queue_position(job_id) if row["state"] == "QUEUED" else 0,
+            thumbnail=self.scheduler.latest.thumbnail(job_id))
+        shown = self.scheduler.latest.shown(job_id)
+        if shown is not None:
+            status.latest_clip = shown[0]
         run = self.scheduler.active.get(job_id)
         if run is not None and run.job is not None:
             _live(status, run.job.progress)
+            return status
+        last = self.store.progress(job_id)
+        status.frames_done = row["frames_total"] if row["state"] == "SUCCEEDED" else last["frames_done"]
+        for rate in last["stages"]:
+            status.stages.add(**rate)
         return status
 
 
-def _live(status, progress) -> None:
-    """What the running job's progress adds: frames, per-stage rates, ETA."""
+def _file_chunks(path: Path, name: str):
+    """A file as FetchChunks: its name, size and checksum first, then its bytes."""
+    yield jobs_pb2.FetchChunk(info=jobs_pb2.FetchInfo(
+        file_name=name, size=path.stat().st_size, sha256=_file_sha256(path)))
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            yield jobs_pb2.FetchChunk(data=block)
+
+
+def _bytes_chunks(data: bytes, name: str):
+    """Bytes read at once (a file that may be replaced meanwhile) as FetchChunks."""
+    yield jobs_pb2.FetchChunk(info=jobs_pb2.FetchInfo(
+        file_name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest()))
+    for start in range(0, len(data), CHUNK):
+        yield jobs_pb2.FetchChunk(data=data[start:start + CHUNK])
+
+
+def stage_rates(progress) -> list[dict]:
+    """Each stage's frames and rate over the run so far, as StageRate fields."""
     elapsed = max(time.monotonic() - progress.started, 1e-6)
+    return [{"name": name, "frames": counter.frames, "frames_per_second": counter.frames / elapsed}
+            for name, counter in list(progress.stages.items())]
+
+
+def _live(status, progress) -> None:
+    """What the running job's progress adds: frames, clips found, per-stage rates, ETA."""
     status.frames_done = progress.decoded
-    if progress.total_frames and progress.decoded >= progress.total_frames:
-        status.clips_total = progress.clips_seen
+    if progress.clips_total is not None:
+        status.clips_total = progress.clips_total
     eta = progress.eta()
     status.eta_seconds = eta if eta is not None else -1
-    for name, counter in list(progress.stages.items()):
-        status.stages.add(name=name, frames=counter.frames, frames_per_second=counter.frames / elapsed)
+    for rate in stage_rates(progress):
+        status.stages.add(**rate)
 
 
 def default_output(input_name: str, codec: str) -> str:

@@ -102,6 +102,22 @@ class JobStore:
     def set_clips_total(self, job_id: str, total: int) -> None:
         self._run("UPDATE jobs SET clips_total=?, updated=? WHERE id=?", total, time.time(), job_id)
 
+    def save_progress(self, job_id: str, frames_done: int, rates: list[dict]) -> None:
+        """Where a job's last run got to (frames, per-stage figures): shown after it ended."""
+        (self.folder(job_id) / "progress.json").write_text(
+            json.dumps({"frames_done": frames_done, "stages": rates}))
+
+    def progress(self, job_id: str) -> dict:
+        try:
+            return json.loads((self.folder(job_id) / "progress.json").read_text())
+        except (OSError, ValueError):
+            return {"frames_done": 0, "stages": []}
+
+    def queue_position(self, job_id: str) -> int:
+        """1 for the queued job that starts next, 2 for the one after; 0 when not queued."""
+        queued = [j["id"] for j in self.unfinished() if j["state"] == "QUEUED"]
+        return queued.index(job_id) + 1 if job_id in queued else 0
+
     def clip_done(self, job_id: str, clip_id: str, frames: int) -> None:
         self._run("INSERT INTO clips (job_id, clip_id, state, frames) VALUES (?, ?, 'done', ?) "
                   "ON CONFLICT (job_id, clip_id) DO UPDATE SET state='done', frames=excluded.frames, "

@@ -12,7 +12,7 @@ The video I/O is the package's own API: ``media.probe(path)``, ``media.decode(in
 from ..errors import MediaError
 from .open import Limits, open_input
 from .video import (CODECS, CONTAINERS, OutputSpec, SourceInfo, VideoWriter, decode,
-                    join_segments, probe, write_lossless)
+                    join_segments, probe, quality, write_lossless)
 
 __all__ = ["CODECS", "CONTAINERS", "Limits", "MediaError", "OutputSpec", "SourceInfo", "VideoWriter",
-           "decode", "join_segments", "open_input", "probe", "write_lossless"]
+           "decode", "join_segments", "open_input", "probe", "quality", "write_lossless"]

@@ -109,8 +109,9 @@ def _duration(container, stream) -> float:
     return header_duration(container, stream) or 0.0
 
 
-def decode(info: SourceInfo) -> Iterator[np.ndarray]:
-    """RGB24 frames at the constant rate ``info.fps``, upright.
+def decode(info: SourceInfo, size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+    """RGB24 frames at the constant rate ``info.fps``, upright (scaled to ``size``, WxH
+    before rotation, when given: a cheap pass for frame statistics).
 
     Variable-rate input is resampled to the nominal rate by repeating or dropping frames
     at their presentation times (as ffmpeg's -fps_mode cfr), so every later stage can
@@ -126,7 +127,9 @@ def decode(info: SourceInfo) -> Iterator[np.ndarray]:
                 if frame.is_corrupt:
                     raise MediaError(f"{info.path}: corrupt video frame at "
                                      f"{frame.time or 0:.2f}s (the file is damaged)")
-                rgb = _upright(frame.to_ndarray(format="rgb24"), info.rotation)
+                scaled = {} if size is None else {"width": size[0], "height": size[1],
+                                                  "interpolation": "AREA"}
+                rgb = _upright(frame.to_ndarray(format="rgb24", **scaled), info.rotation)
                 when = frame.time if frame.time is not None else next_slot / float(info.fps)
                 start = when if start is None else start
                 slot = round((when - start) * info.fps)
@@ -160,6 +163,21 @@ CODECS = {  # --codec name: (encoder, pixel format, options)
     "ffv1": ("ffv1", "yuv444p", {"level": "3", "slices": "4"}),
 }
 CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+CRF_RANGE = {"h264": (0, 51), "h265": (0, 51)}   # as x264 and x265 take it; ffv1 is lossless
+DEFAULT_CRF = 18
+
+
+def quality(codec: str, crf: int | None) -> int:
+    """The CRF to encode ``codec`` with: ``crf`` checked against the encoder's range, or
+    the default when none is given."""
+    if crf is None:
+        return DEFAULT_CRF
+    if codec not in CRF_RANGE:
+        raise MediaError(f"--crf: {codec} is lossless and takes no quality setting")
+    low, high = CRF_RANGE[codec]
+    if not low <= crf <= high:
+        raise MediaError(f"--crf {crf}: out of range for {codec} ({low}-{high}, lower is better)")
+    return crf
 MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}
 
 
@@ -168,6 +186,8 @@ class OutputSpec:
     path: Path
     codec: str = "h264"
     crf: int = 18
+    # A working file of ours the user never sees: nothing to warn about what it records.
+    intermediate: bool = False
 
     def check(self) -> None:
         """Fail before any work when the output cannot be written as asked."""
@@ -242,7 +262,8 @@ class VideoWriter:
             opts["crf"] = str(spec.crf)
         ctx.options = opts
         self.frames = 0
-        if spec.codec == "ffv1" and self.container.format.name == "matroska" and sar != 1:
+        if (spec.codec == "ffv1" and self.container.format.name == "matroska" and sar != 1
+                and not spec.intermediate):
             # PyAV's Matroska muxer drops the aspect ratio and FFV1 has no field for it.
             log.warning("%s: Matroska/FFV1 cannot record the pixel aspect ratio %s here; "
                         "play it with that aspect ratio or use --codec h264/h265",

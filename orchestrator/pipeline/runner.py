@@ -22,7 +22,7 @@ from services.stagekit import ClipInfo, StageError
 
 from .. import media
 from ..errors import UserError
-from ..media.shots import ShotDetector
+from ..media.shots import Shot, find_shots
 from .plan import Plan
 from .progress import Display, Progress
 from .segments import ClipSegments
@@ -104,7 +104,8 @@ class Job:
     def __init__(self, plan: Plan, output: media.OutputSpec, device: str = "auto",
                  show_progress: bool = True, checkpoints=None,
                  attempts: dict[str, int] | None = None, skip: set[str] | None = None,
-                 on_clip=None, outage: float = STAGE_OUTAGE):
+                 on_clip=None, outage: float = STAGE_OUTAGE, shots: list[Shot] | None = None,
+                 time_offset: float = 0.0):
         self.plan = plan
         self.output = output
         self.cancel = threading.Event()
@@ -118,19 +119,26 @@ class Job:
         self.grey_scenes: list[tuple[float, float]] = []
         self.geometry: tuple[int, int, Fraction] | None = None
         self.finished: list[tuple[Path, int]] = []   # every clip's segment, in order
+        self.shots = shots   # found by the first run's scan when not given
+        self.time_offset = time_offset   # where the source starts in the user's video (s)
 
     def run(self):
         scratch = None
         if self.checkpoints is None:
-            scratch = Path(tempfile.mkdtemp(prefix=f".{self.output.path.name}.", dir=self.output.path.parent))
+            scratch = Path(tempfile.mkdtemp(prefix=f".{self.output.path.name}.",
+                                            dir=self.output.path.parent))
             self.checkpoints = ClipSegments(scratch)
         try:
+            if self.show_progress:
+                with Display(self.progress):
+                    return self._run()
             return self._run()
         finally:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
 
     def _run(self):
+        self._find_shots()
         channels = [Channel(self.cancel) for _ in range(len(self.steps) + 1)]
         threads = [threading.Thread(target=self._guard, args=(self._source, channels[0]),
                                     name="decode", daemon=True)]
@@ -140,11 +148,7 @@ class Job:
         for thread in threads:
             thread.start()
         try:
-            if self.show_progress:
-                with Display(self.progress):
-                    self._sink(channels[-1])
-            else:
-                self._sink(channels[-1])
+            self._sink(channels[-1])
             self._raise_failure()
             if self.skip:
                 raise UserError(f"{len(self.skip)} clip(s) failed: {', '.join(sorted(self.skip))}")
@@ -177,31 +181,23 @@ class Job:
             self.cancel.set()
 
     def _source(self, out: Channel):
+        """Frames in clips, cut where the shot scan found the shots."""
         src = self.plan.source
-        detector = ShotDetector(float(src.fps))
-        clip = 0
-        start = 0
-        grey = 0
-        count = 0
+        starts = {shot.start: number for number, shot in enumerate(self.shots)}
         kept = None       # this clip is already done (or left out): no frames go on
         for index, frame in enumerate(media.decode(src)):
-            cut = detector.is_cut(frame)  # every frame feeds the detector, the first too
-            if index == 0 or cut:
+            if index in starts:
                 if index:
-                    self._end_clip(out, clip, start, index, grey, kept)
-                    clip += 1
-                start, grey = index, 0
-                self.progress.clips_seen += 1
-                info = ClipInfo(clip_id=f"clip{clip:05d}", width=src.width, height=src.height,
-                                fps=src.fps, sar=src.sar, start_time=index / float(src.fps))
+                    self._end_clip(out, kept)
+                info = ClipInfo(clip_id=f"clip{starts[index]:05d}", width=src.width,
+                                height=src.height, fps=src.fps, sar=src.sar,
+                                start_time=index / float(src.fps))
                 kept = self._kept(info.clip_id)
                 out.put((kept or "start", info))
-            grey += detector.grey
             if not kept:
                 out.put(("frame", frame))
             self.progress.frame_decoded()
-            count = index + 1
-        self._end_clip(out, clip, start, count, grey, kept)
+        self._end_clip(out, kept)
         out.put(("stop", None))
 
     def _kept(self, clip_id: str) -> str | None:
@@ -212,13 +208,21 @@ class Job:
             return "done"
         return None
 
-    def _end_clip(self, out: Channel, clip: int, start: int, stop: int, grey: int, kept):
-        fps = float(self.plan.source.fps)
-        if grey > 0.9 * (stop - start):
-            self.grey_scenes.append((start / fps, stop / fps))
-            log.info("black-and-white scene: %.2fs-%.2fs (clip %d)", start / fps, stop / fps, clip)
+    def _end_clip(self, out: Channel, kept) -> None:
         if not kept:
             out.put(("end", None))
+
+    def _find_shots(self) -> None:
+        if self.shots is None:
+            self.shots = find_shots(self.plan.source, self.progress.frame_scanned)
+        self.progress.clips_total = len(self.shots)
+        fps = float(self.plan.source.fps)
+        for number, shot in enumerate(self.shots):
+            if shot.grey:
+                start, stop = shot.start / fps, shot.stop / fps
+                self.grey_scenes.append((start, stop))
+                log.info("black-and-white scene: %.2fs-%.2fs (clip %d)", start + self.time_offset,
+                         stop + self.time_offset, number)
 
     def _stage(self, step: Step, inbox: Channel, outbox: Channel):
         """A clip that fails here travels on as a 'fail' marker behind the clips finished
@@ -250,8 +254,9 @@ class Job:
         else:
             try:
                 out_info, out_frames = step.runner.run(info, iter(frames))
-            except StageError as exc:
-                raise UserError(f"stage {step.name}: {exc}") from None
+            except StageError as exc:  # its message may already name the stage
+                reason = str(exc).removeprefix(f"{step.name}: ")
+                raise UserError(f"stage {step.name}: {reason}") from None
         outbox.put(("start", out_info))
         clock, waited = time.monotonic(), frames.waited
         for frame in out_frames:
@@ -354,8 +359,9 @@ class ResumableRun:
         while True:
             tries = {c: self.attempts.get(c, 0) + self.outages.get(c, 0)
                      for c in {*self.attempts, *self.outages}}   # each retry: the next replica
+            shots = self.job.shots if self.job is not None else None  # one scan per run
             self.job = Job(self.plan, self.output, self.device, self.show_progress,
-                           self.checkpoints, tries, self.failed, self.on_clip, self.outage)
+                           self.checkpoints, tries, self.failed, self.on_clip, self.outage, shots)
             if self.stopped.is_set():
                 raise Cancelled
             try:

@@ -16,7 +16,9 @@ import os
 import shutil
 from fractions import Fraction
 from pathlib import Path
+from typing import Iterator
 
+import av
 import numpy as np
 
 from services.stagekit import ClipInfo
@@ -46,6 +48,14 @@ class ClipSegments:
         meta = json.loads(self._meta(clip_id).read_text())
         return {**meta, "fps": Fraction(meta["fps"]), "path": self.folder / meta["file"]}
 
+    def read(self, clip_id: str) -> tuple[ClipInfo, Iterator[np.ndarray]]:
+        """A finished clip's geometry, and its frames decoded from its segment."""
+        meta = self.meta(clip_id)
+        info = ClipInfo(clip_id, meta["width"], meta["height"], meta["fps"],
+                        sar=Fraction(meta.get("sar", "1")), frame_count=meta["frames"],
+                        start_time=meta["start_time"])
+        return info, _decode(meta["path"])
+
     def writer(self, info: ClipInfo, output: media.OutputSpec, sar: Fraction) -> "SegmentWriter":
         return SegmentWriter(self.folder, info, output, sar)
 
@@ -61,7 +71,7 @@ class SegmentWriter:
     """One clip's frames, encoded as the output encodes them, into its segment."""
 
     def __init__(self, folder: Path, info: ClipInfo, output: media.OutputSpec, sar: Fraction):
-        self.info = info
+        self.info, self.sar = info, sar
         self.path = folder / f"{info.clip_id}{output.path.suffix.lower()}"
         self.meta_path = folder / f"{info.clip_id}.json"
         self.video = media.VideoWriter(media.OutputSpec(self.path, output.codec, output.crf),
@@ -77,11 +87,18 @@ class SegmentWriter:
         _fsync(self.path)
         info = self.info
         meta = {"width": info.width, "height": info.height, "fps": str(info.fps),
-                "frames": self.count, "start_time": info.start_time, "file": self.path.name}
+                "frames": self.count, "start_time": info.start_time, "file": self.path.name,
+                "sar": str(self.sar)}
         _write_atomic(self.meta_path, json.dumps(meta))
 
     def abort(self) -> None:
         self.video.abort()
+
+
+def _decode(path: Path) -> Iterator[np.ndarray]:
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            yield frame.to_ndarray(format="rgb24")
 
 
 def _fsync(path: Path) -> None:
