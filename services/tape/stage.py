@@ -485,6 +485,18 @@ def load_network(model: str, state: dict, kwargs: dict, missing_ok: list[str]) -
     return load_into(network, state, missing_ok=keys_matching(network, missing_ok)).eval()
 
 
+def verify_checkpoint(name: str, path: Path, arch: Path | None = None) -> None:
+    """Load ``path``, the manifest's file ``name``, as the service does: strictly, on the
+    CPU (``arch``: the network configuration, None for the released one)."""
+    if name == CLIP_FILE:
+        ClipScorer.load_model(path, torch.device("cpu"))
+        return
+    model = next(model for model, file in CHECKPOINTS.items() if file == name)
+    kwargs, missing_ok = read_arch(arch)
+    load_network(model, unwrap_checkpoint(model, load_checkpoint(path)), kwargs.get(model, {}),
+                 missing_ok)
+
+
 def create_stage(weights: Path | None = None, device: str = "auto", arch: Path | None = None,
                  half: bool | None = None) -> list[Stage]:
     """The service's stages: ``tape`` first (the task's default), then ``swinunet``, for
