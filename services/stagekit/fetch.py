@@ -336,8 +336,11 @@ def add(model: str, source: Path, root: Path | None = None, arch=None) -> tuple[
             try:
                 return entry, install(model, entry, source, root, arch)
             except Refused as exc:
-                reasons.append(f"{entry.loaded}: {exc}" if not named else str(exc))
-    reason = reasons[0] if len(reasons) == 1 else "it is none of its files (" + "; ".join(reasons) + ")"
+                reasons.append(f"as {entry.loaded}: {exc}")
+    if len(reasons) == 1:
+        reason = reasons[0].split(": ", 1)[1]
+    else:
+        reason = "it is none of its files (" + "; ".join(reasons) + ")"
     raise Refused(f"not a {model} checkpoint: {reason}" if not named else reason)
 
 
