@@ -95,8 +95,8 @@ def dockerfile(service: Service) -> str:
 
 def orchestrator_dockerfile() -> str:
     lines = [
-        "# The orchestrator: job service, `orchestrator weights pull` (compose's weights service and",
-        "# the Kubernetes init containers), classical stages in-process. Build from the repository root:",
+        "# The orchestrator: job service, `orchestrator weights list`, classical stages in-process",
+        "# (each model's own image pulls its weights). Build from the repository root:",
         f"#   docker build -f deploy/orchestrator.Dockerfile -t {ORCHESTRATOR.image} .",
         *_common_head(False, "deploy/orchestrator.requirements.lock"),
         "COPY pyproject.toml ./",
@@ -131,6 +131,29 @@ def _has_weights(service: Service) -> bool:
     return (ROOT / "services" / service.model / "weights.json").is_file()
 
 
+# --- pulling weights: each model in its own image (where torch and its loader are), so a
+# file is verified by loading it, MAT's is converted, and one model's missing weights keep
+# only that model from starting.
+
+def pull_name(service: Service) -> str:
+    return f"weights-{service.model}"
+
+
+def pull_command(service: Service) -> list[str]:
+    return ["python", "-m", "services.stagekit.fetch", service.model]
+
+
+def _compose_pull(service: Service) -> dict:
+    return {
+        "image": service.image,
+        "build": {"context": ".", "dockerfile": str(service.dockerfile.relative_to(ROOT))},
+        "command": pull_command(service),
+        "environment": {"RESTORATION_WEIGHTS": WEIGHTS},
+        "volumes": [f"weights:{WEIGHTS}"],
+        "restart": "no",
+    }
+
+
 def _compose_service(service: Service) -> dict:
     entry = {
         "image": service.image,
@@ -145,7 +168,8 @@ def _compose_service(service: Service) -> dict:
     }
     if service.gpu:
         entry["volumes"] = [f"weights:{WEIGHTS}:ro"]
-        entry["depends_on"] = {"weights": {"condition": "service_completed_successfully"}}
+        if _has_weights(service):
+            entry["depends_on"] = {pull_name(service): {"condition": "service_completed_successfully"}}
         variable = f"RESTORATION_GPU_{service.model.upper()}"
         entry["deploy"] = {"resources": {"reservations": {"devices": [
             {"driver": "nvidia", "device_ids": [f"${{{variable}:-0}}"], "capabilities": ["gpu"]}]}}}
@@ -153,15 +177,7 @@ def _compose_service(service: Service) -> dict:
 
 
 def compose() -> str:
-    services = {"weights": {
-        "image": ORCHESTRATOR.image,
-        "build": {"context": ".", "dockerfile": str(ORCHESTRATOR.dockerfile.relative_to(ROOT))},
-        "command": ["orchestrator", "weights", "pull",
-                    *[s.model for s in stack.neural() if _has_weights(s)]],
-        "environment": {"RESTORATION_WEIGHTS": WEIGHTS},
-        "volumes": [f"weights:{WEIGHTS}"],
-        "restart": "no",
-    }}
+    services = {pull_name(s): _compose_pull(s) for s in stack.neural() if _has_weights(s)}
     for service in stack.deployed():
         services[service.name] = _compose_service(service)
     services[ORCHESTRATOR.name] = {
@@ -172,7 +188,9 @@ def compose() -> str:
         "ports": [f"{ORCHESTRATOR.port}:{ORCHESTRATOR.port}"],
         "volumes": [f"jobs:{stack.JOB_STORE}",
                     f"./{GPU_PIPELINE.relative_to(ROOT)}:{stack.PIPELINE}:ro"],
-        "depends_on": {s.name: {"condition": "service_healthy"} for s in stack.deployed()},
+        # a model kept down by its weights does not keep the orchestrator down
+        "depends_on": {s.name: {"condition": "service_healthy", **({"required": False} if s.gpu else {})}
+                       for s in stack.deployed()},
         "restart": "unless-stopped",
         "stop_grace_period": DRAIN,
     }
@@ -213,13 +231,15 @@ def _probes(port: int, gpu: bool) -> dict:
 
 
 def _weights_init(service: Service) -> dict:
+    # verifying loads the checkpoint into its network: the memory the model itself asks for
     return {
         "name": "weights",
-        "image": ORCHESTRATOR.image,
-        "command": ["orchestrator", "weights", "pull", service.model],
+        "image": service.image,
+        "command": pull_command(service),
         "env": [{"name": "RESTORATION_WEIGHTS", "value": WEIGHTS}, {"name": "HOME", "value": "/tmp"}],
         "volumeMounts": [{"name": "weights", "mountPath": WEIGHTS}, {"name": "tmp", "mountPath": "/tmp"}],
-        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "resources": {"requests": {"cpu": "1", "memory": service.memory},
+                      "limits": {"memory": service.memory}},
         "securityContext": _container_security(),
     }
 

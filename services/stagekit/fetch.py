@@ -206,7 +206,8 @@ def pull(model: str, root: Path | None = None, mirror: str | None = None, say=pr
                 say(f"{model}/{entry.loaded}: verified (sha256 {state.detail})")
                 outcome.present.append(entry.loaded)
                 continue
-            if entry.by_hand and not mirror:
+            copied_in = entry.convert and (folder / entry.name).is_file()
+            if entry.by_hand and not mirror and state.state != "unverified" and not copied_in:
                 say(f"{model}/{entry.name}: fetch by hand from {entry.where}, "
                     f"then: orchestrator weights add {model} FILE")
                 outcome.by_hand.append(entry)
@@ -229,6 +230,10 @@ def _pull_file(model, entry, folder, root, mirror, say, arch, state: str) -> Non
     if state == "unverified":       # put there by hand or by an older version: prove it
         say(f"{model}/{entry.loaded}: verifying the file already in the store")
         install(model, entry, target, root, arch, move=True)
+        return
+    if (folder / entry.name).is_file() and entry.convert:   # the authors' form, copied in
+        say(f"{model}/{entry.name}: converting and verifying the file already in the store")
+        install(model, entry, folder / entry.name, root, arch, move=True)
         return
     if state == "altered":
         say(f"{model}/{entry.loaded}: changed since it was verified; fetching it again")
