@@ -134,8 +134,9 @@ def test_a_valid_checkpoint_is_installed_listed_verified_and_picked_by_auto(mirr
     assert re.search(rf"{MODEL} +{FILE} +verified +{digest}", listed)
     assert re.search(r"licence: none stated: Go-MinSeong/SF-AdaCoF", listed)
     assert registry.resolve("interpolate", "auto") == MODEL
-    again = run_cli("weights", "pull", MODEL, "--mirror", base)
-    assert f"{MODEL}/{FILE}: verified (sha256 {digest})" in again.stdout
+    again = []
+    weights.pull([MODEL], mirror=base, say=again.append)
+    assert f"{MODEL}/{FILE}: verified (sha256 {digest})" in again
 
 
 def test_an_interrupted_download_resumes_where_it_stopped(mirror, valid, weights_store):
