@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import http.server
 import re
+import subprocess
+import sys
 import threading
 from functools import partial
 from pathlib import Path
@@ -20,6 +22,7 @@ from orchestrator.errors import UserError
 from orchestrator.pipeline import registry
 from services.stagekit import fetch
 from services.stagekit import weights as store
+from services.stagekit.testing import free_port
 
 from .helpers import run_cli
 from .weights_files import official_file
@@ -181,6 +184,12 @@ def test_a_file_changed_after_verification_is_reported_and_not_loaded(mirror, va
     assert registry.resolve("interpolate", "auto") == "classical"
     with pytest.raises(store.WeightsError, match=rf"{FILE}: changed since it was verified.*not loaded"):
         create_stage(device="cpu")
+    service = subprocess.run([sys.executable, "-m", f"services.{MODEL}", "--listen",
+                              f"127.0.0.1:{free_port()}", "--device", "cpu"],
+                             capture_output=True, text=True, timeout=120)
+    assert service.returncode == 1
+    [line] = service.stderr.strip().splitlines()
+    assert line.startswith(f"error: {installed}: changed since it was verified") and "not loaded" in line
 
 
 def test_a_file_never_verified_does_not_count(weights_store):

@@ -158,12 +158,14 @@ def checkpoint_file(model: str, weights: Path | None = None) -> Path:
     for entry in entries:
         for path in places(entry.name) if entry.convert else ():
             if path.is_file():
-                raise WeightsError(f"{path} is not converted yet: run "
-                                   f"'python -m {entry.convert} {path}'")
+                raise WeightsError(f"{path} is not converted yet: run 'orchestrator weights "
+                                   f"add {model} {path}' (converts and verifies it into the "
+                                   f"store), or 'python -m {entry.convert} {path}'")
     where = places(entries[0].loaded)[0] if entries else (root or weights_dir()) / model
-    then = f", then python -m {entries[0].convert}" if entries and entries[0].convert else ""
-    raise WeightsError(f"{model} weights not found at {where} "
-                       f"(run: orchestrator weights pull {model}{then})")
+    how = (f"fetch {entries[0].name} by hand from {entries[0].where}, then: orchestrator "
+           f"weights add {model} FILE" if entries and entries[0].by_hand
+           else f"run: orchestrator weights pull {model}")
+    raise WeightsError(f"{model} weights not found at {where} ({how})")
 
 
 # --- the lock: what was verified -----------------------------------------------------------

@@ -44,8 +44,8 @@ from services.stagekit.device import pick_device
 from services.stagekit.neural import (NeuralStage, config_missing_ok, default_batch,
                                       keys_matching, load_into, read_config, tiny_kwargs)
 from services.stagekit.stage import ClipInfo, Stage, StageError
-from services.stagekit.weights import (WeightsError, load_checkpoint, sha256_file, unwrap,
-                                       weights_dir)
+from services.stagekit.weights import (WeightsError, load_checkpoint, refuse_unverified,
+                                       sha256_file, unwrap, weights_dir)
 
 from . import MODEL, SWINUNET, TASK
 from .network import build_swinunet, build_tape
@@ -526,5 +526,8 @@ def _scorer(weights: Path | None, device: torch.device) -> ClipScorer | None:
     if folder.is_file():
         folder = folder.parent
     clip_file = folder / CLIP_FILE
-    return ClipScorer(clip_file, device) if clip_file.is_file() else None
+    if not clip_file.is_file():
+        return None
+    refuse_unverified(clip_file)     # open_clip reads it itself: the store's check first
+    return ClipScorer(clip_file, device)
 
