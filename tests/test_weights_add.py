@@ -56,7 +56,7 @@ def test_add_imports_each_models_files_at_their_released_size(model, tmp_path):
     add_every_required_file(model, tmp_path, None)
 
 
-def test_add_identifies_a_file_by_its_contents_and_converts_mats_pickle(tmp_path):
+def test_add_identifies_a_renamed_file_by_the_network_it_loads_into(tmp_path):
     arch = parity_config("tcvc")
     if arch is None:
         pytest.skip("parity fixtures not found (../shared)")
