@@ -222,3 +222,13 @@ def test_every_manifest_says_where_each_file_comes_from():
             assert bool(folder_page) == bool(entry.by_hand), (model, entry.name)
             drive = "drive.google.com" in entry.url
             assert not drive or folder_page or fetch.DRIVE_FILE.search(entry.url), (model, entry.name)
+
+
+def test_pull_without_torch_says_where_to_run_it_before_downloading(mirror, weights_store, monkeypatch):
+    import importlib.util
+    _, base, server = mirror
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    with pytest.raises(UserError, match="needs torch: run this where torch is"):
+        weights.pull([MODEL], mirror=base, say=lambda _: None)
+    assert server.requests == []

@@ -35,7 +35,10 @@ def pull(names: list[str], root: Path | None = None, mirror: str | None = None, 
     file is not installed."""
     from services.stagekit import fetch
 
-    outcomes = [fetch.pull(model, root, mirror, say, optional) for model in _models(names)]
+    try:
+        outcomes = [fetch.pull(model, root, mirror, say, optional) for model in _models(names)]
+    except WeightsError as exc:
+        raise UserError(str(exc)) from None
     for line in fetch.summary(outcomes):
         say(line)
     incomplete = [o.model for o in outcomes if not o.complete]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import importlib
+import importlib.util
 import os
 import re
 import shutil
@@ -64,6 +65,14 @@ class Outcome:
 def verifier(model: str) -> Callable[..., None]:
     """The model's ``verify_checkpoint(name, path, arch=None)``."""
     return importlib.import_module(f"services.{model}.stage").verify_checkpoint
+
+
+def need_torch() -> None:
+    """Refuse before downloading anything where nothing could be verified."""
+    if importlib.util.find_spec("torch") is None:
+        raise WeightsError("verifying weights loads them into their network, which needs torch: "
+                           "run this where torch is (each model's image runs "
+                           "'python -m services.stagekit.fetch MODEL')")
 
 
 def sniff(path: Path) -> str | None:
@@ -198,6 +207,7 @@ def pull(model: str, root: Path | None = None, mirror: str | None = None, say=pr
     files = [f for f in manifest(model) if optional or not f.optional]
     if not files:
         raise WeightsError(f"no weights manifest for '{model}'")
+    need_torch()
     outcome = Outcome(model)
     with model_locked(model, root) as folder:
         for entry in files:
@@ -332,6 +342,7 @@ def add(model: str, source: Path, root: Path | None = None, arch=None) -> tuple[
     entries = manifest(model)
     if not entries:
         raise WeightsError(f"no weights manifest for '{model}'")
+    need_torch()
     named = [e for e in entries if source.name in (e.name, e.loaded)]
     candidates = named or [e for e in entries if not e.convert or source.suffix in
                            (Path(e.name).suffix, Path(e.converted).suffix)]
