@@ -32,7 +32,8 @@ def header_message(info: ClipInfo, task: str = "", model: str = "") -> "pb.ClipC
         clip_id=info.clip_id, task=task, model=model, width=info.width, height=info.height,
         pixel_format=FORMAT_TO_PB[info.pixel_format], fps=_rational(info.fps),
         sample_aspect_ratio=_rational(info.sar), params=dict(info.params),
-        frame_count=info.frame_count or 0, start_time=info.start_time)
+        frame_count=info.frame_count or 0, start_time=info.start_time,
+        references=list(info.references))
     return pb.ClipChunk(header=header)
 
 
@@ -48,7 +49,8 @@ def header_info(header) -> ClipInfo:
         clip_id=header.clip_id, width=header.width, height=header.height,
         fps=fps, pixel_format=PB_TO_FORMAT[header.pixel_format],
         sar=_fraction(header.sample_aspect_ratio, Fraction(1)), params=dict(header.params),
-        frame_count=header.frame_count or None, start_time=header.start_time)
+        frame_count=header.frame_count or None, start_time=header.start_time,
+        references=tuple(header.references))
 
 
 def frame_bytes(info: ClipInfo) -> int:
