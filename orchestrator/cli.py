@@ -176,7 +176,7 @@ def cmd_submit(args) -> int:
                        keep_going=args.keep_going)
     path = run.run()
     checkpoints.remove()
-    for line in run.job.progress.summary():
+    for line in run.job.progress.summary() + run.job.colour_notes():
         log.info("%s", line)
     if args.stats:
         try:

@@ -11,7 +11,7 @@ from pathlib import Path
 import av
 
 from .. import media
-from ..media.shots import ShotDetector
+from ..media.references import Scan, scan
 from ..pipeline.plan import make_plan
 from ..pipeline.specs import StageSpec
 
@@ -21,7 +21,8 @@ BAND_SAMPLE = 16  # frames the border detector looks at, as the outpaint stage d
 def inspect(path: Path, specs: list[StageSpec], native: str = "auto") -> dict:
     source = media.probe(path)
     plan = make_plan(source, specs, native)
-    shots, grey = _scan(source)
+    found = scan(media.decode(source), float(source.fps), plan.working_size, source.interlaced)
+    shots, grey = _spans(found)
     return {
         "file": str(path),
         "container": _container(path),
@@ -36,6 +37,7 @@ def inspect(path: Path, specs: list[StageSpec], native: str = "auto") -> dict:
         "native_resolution": {"width": plan.working_size[0], "height": plan.working_size[1]},
         "shots": {"count": len(shots), "starts_s": [round(s, 3) for s, _ in shots]},
         "black_and_white": [{"from_s": round(a, 3), "to_s": round(b, 3)} for a, b in grey],
+        "grey_scenes": _grey_scenes(found, plan),
         "damaged_bands": _bands(source),
         "audio": _audio(path),
         "pipeline": {
@@ -45,21 +47,34 @@ def inspect(path: Path, specs: list[StageSpec], native: str = "auto") -> dict:
     }
 
 
-def _scan(source: media.SourceInfo) -> tuple[list, list]:
-    """Shots as (start, end) seconds, and the black-and-white ones among them."""
-    fps = float(source.fps)
-    detector = ShotDetector(fps)
-    starts, grey_counts, count = [0], [0], 0
-    for index, frame in enumerate(media.decode(source)):
-        if detector.is_cut(frame):
-            starts.append(index)
-            grey_counts.append(0)
-        grey_counts[-1] += detector.grey
-        count = index + 1
-    ends = starts[1:] + [count]
-    shots = [(a / fps, b / fps) for a, b in zip(starts, ends)]
-    grey = [shot for shot, n, a, b in zip(shots, grey_counts, starts, ends) if n > 0.9 * (b - a)]
-    return shots, _merge(grey)
+def _spans(found: Scan) -> tuple[list, list]:
+    """Shots as (start, end) seconds, and the black-and-white ones among them, merged."""
+    shots = [(a / found.fps, b / found.fps) for a, b in found.shots]
+    return shots, _merge([shot for shot, grey in zip(shots, found.grey) if grey])
+
+
+def _grey_scenes(found: Scan, plan) -> list[dict]:
+    """Per grey scene: the references the job would send its colorizer, and in plain
+    words where its colour will come from."""
+    colorize = next((s for s in plan.stages if s.task == "colorize"), None)
+    user = colorize.params.get("reference", "").strip() if colorize else ""
+    scenes = []
+    for scene in found.scenes:
+        refs = [] if user else scene.references
+        if colorize is None:
+            colour = "stays grey: the colorize stage is not in the pipeline"
+        elif user:
+            colour = f"colour from your reference image(s): {user}"
+        elif refs or colorize.model == "classical":
+            colour = scene.describe().split(": ", 1)[1]
+        else:
+            colour = f"colour from {colorize.model} (no colour frame in the tape to take colour from)"
+        scenes.append({"from_s": round(scene.start / found.fps, 3),
+                       "to_s": round(scene.stop / found.fps, 3),
+                       "references": [{"at_s": round(r.time_s, 3), "side": r.side,
+                                       "match": r.score} for r in refs],
+                       "colour": colour})
+    return scenes
 
 
 def _merge(spans: list) -> list:
@@ -126,6 +141,7 @@ def render(report: dict, as_json: bool = False) -> str:
         f"  shots: {report['shots']['count']} (starting at "
         + ", ".join(f"{s:.2f}s" for s in report["shots"]["starts_s"]) + ")",
         "  black-and-white: " + (", ".join(f"{g['from_s']:.2f}s-{g['to_s']:.2f}s" for g in grey) or "none"),
+        *(f"    {g['from_s']:.2f}s-{g['to_s']:.2f}s: {g['colour']}" for g in report["grey_scenes"]),
         "  damaged bands: " + (", ".join(f"{k} {n} px" for k, n in bands.items()) or "none"),
         "  audio: " + (", ".join(f"{a['codec']} {a['sample_rate']} Hz {a['channels']} ch" for a in report["audio"]) or "none"),
         "  would run: " + " -> ".join(f"{s['task']}={s['model']}" for s in report["pipeline"]["stages"])

@@ -20,6 +20,7 @@ from services.stagekit import ClipInfo, StageError
 
 from .. import media
 from ..errors import UserError
+from ..media.references import Scan, scan
 from ..media.shots import ShotDetector
 from .plan import Plan
 from .progress import Display, Progress
@@ -98,7 +99,7 @@ class Job:
     def __init__(self, plan: Plan, output: media.OutputSpec, device: str = "auto",
                  show_progress: bool = True, checkpoints=None,
                  attempts: dict[str, int] | None = None, skip: set[str] | None = None,
-                 on_clip=None):
+                 on_clip=None, scenes: Scan | None = None):
         self.plan = plan
         self.output = output
         self.cancel = threading.Event()
@@ -111,6 +112,8 @@ class Job:
         self.show_progress = show_progress
         self.grey_scenes: list[tuple[float, float]] = []
         self.writer: media.VideoWriter | None = None
+        self.scenes = scenes if scenes is not None else colour_scan(plan)
+        self.references = self.scenes.references() if self.scenes is not None else {}
 
     def run(self):
         channels = [Channel(self.cancel) for _ in range(len(self.steps) + 1)]
@@ -227,6 +230,8 @@ class Job:
 
     def _stage_clip(self, step: Step, info: ClipInfo, frames: ClipFrames, outbox: Channel):
         info = info.replace(params=step.clip_params(info, self.plan))
+        if step.spec is not None and step.spec.task == "colorize":
+            info = info.replace(references=self.references.get(info.clip_id, ()))
         if step.passes_through(info.params):
             out_info, out_frames = info, iter(frames)
         else:
@@ -305,9 +310,26 @@ class Job:
             self._write(frame)
         self.progress.clips_done += 1
 
+    def colour_notes(self) -> list[str]:
+        """Per grey scene, where its colour came from (or why it stayed grey)."""
+        if self.scenes is None:
+            return []
+        return ["black-and-white scene " + scene.describe() for scene in self.scenes.scenes]
+
     def _output_sar(self, info: ClipInfo) -> Fraction:
         """Keep the source's display aspect ratio whatever the stages did to the size."""
         return self.plan.source.dar * Fraction(info.height, info.width)
+
+
+def colour_scan(plan: Plan) -> Scan | None:
+    """The grey scenes and their references, found in a pass over the input before the
+    job (a grey scene's references lie on both sides of it), when a colorize stage runs
+    without the user's own references."""
+    colorize = [s for s in plan.stages if s.task == "colorize"]
+    if not colorize or any(s.params.get("reference", "").strip() for s in colorize):
+        return None
+    src = plan.source
+    return scan(media.decode(src), float(src.fps), plan.working_size, src.interlaced)
 
 
 MAX_ATTEMPTS = 3          # tries of one clip (each on the next replica) before it fails
@@ -333,11 +355,15 @@ class ResumableRun:
         self.job: Job | None = None
         self.stopped = threading.Event()
         self.failures: dict[str, ClipFailed] = {}
+        self.scenes: Scan | None = None
 
     def run(self) -> Path:
         while True:
+            if self.scenes is None:
+                self.scenes = colour_scan(self.plan)
             self.job = Job(self.plan, self.output, self.device, self.show_progress,
-                           self.checkpoints, self.attempts, self.failed, self.on_clip)
+                           self.checkpoints, self.attempts, self.failed, self.on_clip,
+                           self.scenes)
             if self.stopped.is_set():
                 raise Cancelled
             try:
