@@ -25,6 +25,7 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
+from services.stagekit.codec import decode_reference
 from services.stagekit.monochrome import is_monochrome
 from services.stagekit.stage import ClipInfo, StageError
 
@@ -89,7 +90,7 @@ class ColorizeStage(ClassicalStage):
             image = to_work(frame)
             if colourist is None:
                 references = ([read_reference(p) for p in paths] if paths
-                              else [decode_reference(d) for d in info.references])
+                              else [decode_reference(d).astype(np.float32) for d in info.references])
                 colourist = Colourist(references, image.shape[:2])
                 log.info("%s clip %s: colouring grey frames from %d %s", self.name,
                          info.clip_id, len(references),
@@ -128,15 +129,6 @@ def _read(path: str, mtime: float) -> np.ndarray:
 
 def read_reference(path: Path) -> np.ndarray:
     return _read(str(path), path.stat().st_mtime)
-
-
-def decode_reference(data: bytes) -> np.ndarray:
-    """A reference sent in the clip header (an encoded image), as float32 RGB."""
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
-    if image is None:
-        raise StageError("colorize/classical: a reference in the clip header is not an "
-                         "image OpenCV can read")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB).astype(np.float32)
 
 
 def local_contrast(y: np.ndarray) -> np.ndarray:

@@ -53,6 +53,15 @@ def header_info(header) -> ClipInfo:
         references=tuple(header.references))
 
 
+def decode_reference(data: bytes) -> np.ndarray:
+    """A reference image sent in a clip header (PNG or JPEG), as uint8 RGB."""
+    import cv2
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    if image is None:
+        raise StageError("a reference in the clip header is not an image (PNG or JPEG)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
 def frame_bytes(info: ClipInfo) -> int:
     return info.width * info.height * 3 * np.dtype(PIXEL_FORMATS[info.pixel_format]).itemsize
 
