@@ -16,6 +16,15 @@ def upload(stack, name: str, data: bytes) -> str:
     return info["id"]
 
 
+def finished(stack, job: dict, seconds: float) -> dict:
+    """The job's status once it has finished (or the time is up)."""
+    deadline = time.monotonic() + seconds
+    while not job["finished"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+        job = stack.request("GET", f"/api/jobs/{job['id']}")[1]
+    return job
+
+
 def test_token_is_asked_for_and_checked(stack):
     status, config = stack.request("GET", "/api/config", token=None)
     assert status == 200 and config["token_required"]
@@ -75,10 +84,7 @@ def test_cancel_a_running_job(stack, tape):
     assert job["input_name"] == "wedding_tape.mp4"
     status, job = stack.request("POST", f"/api/jobs/{job['id']}/cancel")
     assert status == 200, job
-    deadline = time.monotonic() + 60
-    while not job["finished"] and time.monotonic() < deadline:
-        time.sleep(0.5)
-        job = stack.request("GET", f"/api/jobs/{job['id']}")[1]
+    job = finished(stack, job, 60)
     assert job["state"] == "CANCELLED", job
     status, reply = stack.request("POST", f"/api/jobs/{job['id']}/download")
     assert status == 409, reply
@@ -159,10 +165,7 @@ def test_uploaded_reference_images_colour_the_grey_scene(stack, tape, tmp_path):
     status, job = stack.request("POST", "/api/jobs", {"upload": video, "tasks": ["colorize"],
                                                       "references": [reference]})
     assert status == 200, job
-    deadline = time.monotonic() + 300
-    while not job["finished"] and time.monotonic() < deadline:
-        time.sleep(0.5)
-        job = stack.request("GET", f"/api/jobs/{job['id']}")[1]
+    job = finished(stack, job, 300)
     assert job["state"] == "SUCCEEDED", job
     status, result = stack.request("POST", f"/api/jobs/{job['id']}/download")
     assert status == 200, result
