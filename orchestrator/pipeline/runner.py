@@ -329,6 +329,7 @@ def colour_scan(plan: Plan) -> Scan | None:
     if not colorize or any(s.params.get("reference", "").strip() for s in colorize):
         return None
     src = plan.source
+    log.info("looking for grey scenes and the colour frames around them (one pass over the input)")
     return scan(media.decode(src), float(src.fps), plan.working_size, src.interlaced)
 
 
