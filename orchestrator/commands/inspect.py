@@ -13,6 +13,7 @@ import av
 from .. import media
 from ..media.references import Scan, scan
 from ..pipeline.plan import make_plan
+from ..pipeline.runner import colour_source
 from ..pipeline.specs import StageSpec
 
 BAND_SAMPLE = 16  # frames the border detector looks at, as the outpaint stage does
@@ -57,24 +58,11 @@ def _grey_scenes(found: Scan, plan) -> list[dict]:
     """Per grey scene: the references the job would send its colorizer, and in plain
     words where its colour will come from."""
     colorize = next((s for s in plan.stages if s.task == "colorize"), None)
-    user = colorize.params.get("reference", "").strip() if colorize else ""
-    scenes = []
-    for scene in found.scenes:
-        refs = [] if user else scene.references
-        if colorize is None:
-            colour = "stays grey: the colorize stage is not in the pipeline"
-        elif user:
-            colour = f"colour from your reference image(s): {user}"
-        elif refs or colorize.model == "classical":
-            colour = scene.describe().split(": ", 1)[1]
-        else:
-            colour = f"colour from {colorize.model} (no colour frame in the tape to take colour from)"
-        scenes.append({"from_s": round(scene.start / found.fps, 3),
-                       "to_s": round(scene.stop / found.fps, 3),
-                       "references": [{"at_s": round(r.time_s, 3), "side": r.side,
-                                       "match": r.score} for r in refs],
-                       "colour": colour})
-    return scenes
+    user = colorize is not None and colorize.params.get("reference", "").strip()
+    return [{"from_s": round(scene.start / found.fps, 3), "to_s": round(scene.stop / found.fps, 3),
+             "references": [] if user else [{"at_s": round(r.time_s, 3), "side": r.side,
+                                             "match": r.score} for r in scene.references],
+             "colour": colour_source(scene, colorize)} for scene in found.scenes]
 
 
 def _merge(spans: list) -> list:

@@ -68,14 +68,16 @@ class GreyScene:
     def clip_id(self) -> str:
         return f"clip{self.clip:05d}"
 
+    def span(self) -> str:
+        return f"{self.start / self.fps:.2f}s-{self.stop / self.fps:.2f}s"
+
     def describe(self) -> str:
         """Where this scene's colour comes from, in plain words."""
-        span = f"{self.start / self.fps:.2f}s-{self.stop / self.fps:.2f}s"
         if not self.references:
-            return (f"{span}: no colour frame to take colour from: it stays grey unless "
-                    f"you give references (--set colorize.reference=IMAGE,...) or install "
-                    f"TCVC weights (orchestrator weights pull tcvc)")
-        return (f"{span}: colour from {len(self.references)} frame(s) of the tape's colour "
+            return ("no colour frame to take colour from: it stays grey unless you give "
+                    "references (--set colorize.reference=IMAGE,...) or install TCVC "
+                    "weights (orchestrator weights pull tcvc)")
+        return (f"colour from {len(self.references)} frame(s) of the tape's colour "
                 f"shots at " + ", ".join(f"{r.time_s:.2f}s ({r.side}, match {r.score:.2f})"
                                          for r in self.references))
 

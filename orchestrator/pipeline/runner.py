@@ -20,10 +20,11 @@ from services.stagekit import ClipInfo, StageError
 
 from .. import media
 from ..errors import UserError
-from ..media.references import Scan, scan
+from ..media.references import GreyScene, Scan, scan
 from ..media.shots import ShotDetector
 from .plan import Plan
 from .progress import Display, Progress
+from .specs import StageSpec
 from .stagerunners import ClipFailed, Step, build_steps
 
 log = logging.getLogger("restoration.orchestrator")
@@ -314,7 +315,9 @@ class Job:
         """Per grey scene, where its colour came from (or why it stayed grey)."""
         if self.scenes is None:
             return []
-        return ["black-and-white scene " + scene.describe() for scene in self.scenes.scenes]
+        colorize = next(s for s in self.plan.stages if s.task == "colorize")
+        return [f"black-and-white scene {scene.span()}: {colour_source(scene, colorize)}"
+                for scene in self.scenes.scenes]
 
     def _output_sar(self, info: ClipInfo) -> Fraction:
         """Keep the source's display aspect ratio whatever the stages did to the size."""
@@ -331,6 +334,18 @@ def colour_scan(plan: Plan) -> Scan | None:
     src = plan.source
     log.info("looking for grey scenes and the colour frames around them (one pass over the input)")
     return scan(media.decode(src), float(src.fps), plan.working_size, src.interlaced)
+
+
+def colour_source(scene: GreyScene, colorize: StageSpec | None) -> str:
+    """Where a grey scene's colour comes from, in plain words."""
+    user = colorize.params.get("reference", "").strip() if colorize else ""
+    if colorize is None:
+        return "stays grey: the colorize stage is not in the pipeline"
+    if user:
+        return f"colour from your reference image(s): {user}"
+    if scene.references or colorize.model == "classical":
+        return scene.describe()
+    return f"colour from {colorize.model} (no colour frame in the tape to take colour from)"
 
 
 MAX_ATTEMPTS = 3          # tries of one clip (each on the next replica) before it fails
