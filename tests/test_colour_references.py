@@ -19,7 +19,7 @@ from orchestrator.commands.inspect import inspect, render
 from orchestrator.media.references import scan
 from orchestrator.pipeline.specs import build
 from orchestrator.media.simulate import read_clip
-from services.stagekit import ClipInfo
+from services.stagekit import ClipInfo, StageError
 from services.stagekit.client import StageClient
 from services.stagekit.testing import running_service
 
@@ -118,6 +118,14 @@ def test_references_travel_in_the_clip_header_over_grpc():
         with StageClient(address, timeout=120) as client:
             out_info, out = client.process(info, frames, task="colorize")
             remote = list(out)
+            # A small file that would decode to gigapixels, or too many references: refused
+            # from the header alone, and the service goes on serving.
+            bomb = cv2.imencode(".png", np.zeros((5000, 5000, 3), np.uint8))[1].tobytes()
+            for references in [(bomb,), info.references * 3]:
+                with pytest.raises(StageError, match="limit|at most"):
+                    list(client.process(info.replace(references=references), frames[:2],
+                                        task="colorize")[1])
+            assert len(list(client.process(info, frames[:2], task="colorize")[1])) == 2
     from services.classical.colorize import ColorizeStage
     _, local = ColorizeStage().run(info, iter(frames))
     assert out_info.references == ()

@@ -191,9 +191,12 @@ class Colourist:
         self.shape = shape
         self.work = (max(8, round(height * scale)), max(8, round(width * scale)))
         self.flow = FlowEstimator("medium")
+        # References of any size are brought to the work size once: the table and the
+        # matching then cost the same whatever the user's photos measure.
+        references = [cv2.resize(r, self.work[::-1], interpolation=cv2.INTER_AREA)
+                      for r in references]
         self.exemplars = []
-        for reference in references:
-            small = cv2.resize(reference, self.work[::-1], interpolation=cv2.INTER_AREA)
+        for small in references:
             y = luma_of(small)
             self.exemplars.append((self.flow.prepare(_eight(y)), _soft(y),
                                    chroma_of(small).astype(np.float32)))
