@@ -145,3 +145,20 @@ def test_a_job_colours_the_grey_scene_and_says_where_from(tmp_path):
     assert "colour from" in result.stderr and "colour shots" in result.stderr
     out = read_frames(output)
     assert chroma_error(out, clean, 10, 26) < 0.6 * chroma_error(grey, clean, 10, 26)
+
+
+@pytest.mark.slow
+def test_a_preview_of_a_grey_stretch_is_coloured_as_the_job_would(tmp_path, caplog):
+    """The stretch alone holds no colour frame: its references come from the whole tape."""
+    from orchestrator.commands.preview import preview
+    tape = cockatoo().with_name("tape_sim.mp4")
+    still = tmp_path / "compare.png"
+    with caplog.at_level("INFO", logger="restoration.classical"):
+        preview(tape, tmp_path / "compare.mp4", 4.0, 0.3, build(stages="colorize"), "full",
+                "cpu", "side", still, show_progress=False)
+    assert "colouring grey frames from 4 frame(s) of the tape's colour shots" in caplog.text
+    image = cv2.cvtColor(cv2.imread(str(still)), cv2.COLOR_BGR2YCrCb).astype(float)
+    upper = image[:image.shape[0] * 3 // 4]          # above the yellow date stamp
+    half = upper.shape[1] // 2
+    spread = lambda part: np.abs(part[..., 1:] - 128).mean()
+    assert spread(upper[:, half:]) > spread(upper[:, :half]) + 0.05

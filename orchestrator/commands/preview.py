@@ -14,7 +14,8 @@ import numpy as np
 from .. import media
 from ..errors import UserError
 from ..pipeline.plan import make_plan
-from ..pipeline.runner import Job
+from ..media.references import borrowed
+from ..pipeline.runner import Job, colour_scan
 from ..pipeline.specs import StageSpec
 
 MAX_HEIGHT = 720  # each half of the comparison, in display pixels
@@ -28,13 +29,19 @@ def preview(path: Path, output: Path, at: float, seconds: float, specs: list[Sta
         raise UserError(f"--seconds must be positive, not {seconds}")
     if not 0 <= at < source.duration:
         raise UserError(f"--at {at}: the video is {source.duration:.2f}s long")
-    # The native size is measured on the whole input, as the full job would.
-    working = make_plan(source, specs, native).working_size
+    # The native size is measured on the whole input, and grey scenes take their
+    # references from it, as the full job would.
+    whole = make_plan(source, specs, native)
+    working = whole.working_size
     with tempfile.TemporaryDirectory(prefix="preview-", dir=output.parent) as tmp:
         stretch = _cut(source, at, seconds, Path(tmp) / "stretch.mkv")
         restored = Path(tmp) / "restored.mkv"
         plan = make_plan(stretch, specs, "%dx%d" % working)
-        Job(plan, media.OutputSpec(restored, "ffv1"), device, show_progress).run()
+        scenes = colour_scan(plan)
+        if scenes is not None:
+            scenes = borrowed(scenes, colour_scan(whole), at)
+        Job(plan, media.OutputSpec(restored, "ffv1"), device, show_progress,
+            scenes=scenes).run()
         return _compare(stretch, restored, plan.source.dar, output, layout, still)
 
 

@@ -127,6 +127,19 @@ class Scan:
         return {s.clip_id: tuple(r.encoded() for r in s.references) for s in self.scenes}
 
 
+def borrowed(stretch: Scan, whole: Scan, offset_s: float) -> Scan:
+    """``stretch`` (a scan of a part of the input starting at ``offset_s``) with each of
+    its grey scenes given the references of the whole input's grey scene it lies in: a
+    preview of a grey stretch is coloured as the full job would colour it."""
+    for scene in stretch.scenes:
+        middle = offset_s + (scene.start + scene.stop) / 2 / stretch.fps
+        home = next((s for s in whole.scenes
+                     if s.start / whole.fps <= middle < s.stop / whole.fps), None)
+        if home is not None:
+            scene.references = home.references
+    return stretch
+
+
 def scan(frames: Iterable[np.ndarray], fps: float, size: tuple[int, int] | None = None,
          interlaced: bool = False, keep_images: bool = True) -> Scan:
     """Shots, grey scenes and their references. ``size`` (W, H) is the size references
