@@ -56,10 +56,9 @@ def _grey_scenes(found: Scan, plan) -> list[dict]:
     """Per grey scene: the references the job would send its colorizer, and in plain
     words where its colour will come from."""
     colorize = next((s for s in plan.stages if s.task == "colorize"), None)
-    user = colorize is not None and colorize.params.get("reference", "").strip()
     return [{"from_s": round(scene.start / found.fps, 3), "to_s": round(scene.stop / found.fps, 3),
-             "references": [] if user else [{"at_s": round(r.time_s, 3), "side": r.side,
-                                             "match": r.score} for r in scene.references],
+             "references": [{"at_s": round(r.time_s, 3), "side": r.side, "match": r.score}
+                            for r in scene.references],
              "colour": colour_source(scene, colorize)} for scene in found.scenes]
 
 

@@ -326,10 +326,8 @@ class Job:
 
 def colour_scan(plan: Plan) -> Scan | None:
     """The grey scenes and their references, found in a pass over the input before the
-    job (a grey scene's references lie on both sides of it), when a colorize stage runs
-    without the user's own references."""
-    colorize = [s for s in plan.stages if s.task == "colorize"]
-    if not colorize or any(s.params.get("reference", "").strip() for s in colorize):
+    job (a grey scene's references lie on both sides of it), when a colorize stage runs."""
+    if not any(s.task == "colorize" for s in plan.stages):
         return None
     src = plan.source
     log.info("looking for grey scenes and the colour frames around them (one pass over the input)")
@@ -342,7 +340,9 @@ def colour_source(scene: GreyScene, colorize: StageSpec | None) -> str:
     if colorize is None:
         return "stays grey: the colorize stage is not in the pipeline"
     if user:
-        return f"colour from your reference image(s): {user}"
+        tape = f", then {len(scene.references)} of the tape's colour frames" \
+            if scene.references and colorize.model == "classical" else ""
+        return f"colour from your reference image(s) {user}{tape}"
     if scene.references or colorize.model == "classical":
         return scene.describe()
     return f"colour from {colorize.model} (no colour frame in the tape to take colour from)"

@@ -3,9 +3,11 @@
 A frame is black-and-white when its chroma is about zero everywhere (a little is allowed
 for compression). Colour frames pass through untouched, bit for bit.
 
-References are the user's images (``reference`` = comma-separated paths) or, without
-them, those the orchestrator sends in the clip header: frames of the tape's own colour
-shots around the grey scene, nearest first (``orchestrator.media.references``). A grey
+References are the user's images (``reference`` = comma-separated paths), first, and
+those the orchestrator sends in the clip header: frames of the tape's own colour shots
+around the grey scene, nearest first (``orchestrator.media.references``); the user's are
+matched first and the tape's fill in where they do not match, so giving references never
+takes colour away. A grey
 frame is coloured by exemplar-based colour transfer (see ``Colourist``): every reference
 is matched to it densely (DIS optical flow on luma) and lends its chroma where its luma
 agrees; the previous coloured frame, carried along the motion, does the same, so colour
@@ -90,12 +92,16 @@ class ColorizeStage(ClassicalStage):
                 continue
             image = to_work(frame)
             if colourist is None:
-                references = ([read_reference(p) for p in paths] if paths
-                              else [decode_reference(d).astype(np.float32) for d in info.references])
+                # The user's images first; the tape's own colour frames still help where
+                # the user's do not match, so giving references never takes colour away.
+                references = ([read_reference(p) for p in paths]
+                              + [decode_reference(d).astype(np.float32) for d in info.references])
                 colourist = Colourist(references, image.shape[:2])
                 log.info("%s clip %s: colouring grey frames from %d %s", self.name,
                          info.clip_id, len(references),
-                         "reference image(s)" if paths else "frame(s) of the tape's colour shots")
+                         "reference image(s)" if paths and not info.references else
+                         "of your reference image(s) and the tape's colour frames" if paths else
+                         "frame(s) of the tape's colour shots")
             yield from_work(colourist.colour(image), info.pixel_format)
         log.info("%s clip %s: %d of %d frames black-and-white%s", self.name, info.clip_id,
                  grey_count, total, " (coloured)" if colourist is not None else "")
