@@ -7,7 +7,6 @@ import tempfile
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 
@@ -54,16 +53,7 @@ def _cut(source: media.SourceInfo, at: float, seconds: float, path: Path) -> med
             break
         if t >= at:
             frames.append(frame)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("ffv1", rate=source.fps)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "bgr0"
-        for i, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="bgr0")
-            frame.pts = i
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    cut = media.probe(path)
+    cut = media.probe(media.write_lossless(path, frames, source.fps))
     return dataclasses.replace(cut, field_order=source.field_order, sar=source.sar,
                                rotation=0, audio_codec=None, audio_duration=None)
 

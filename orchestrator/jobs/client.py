@@ -16,7 +16,7 @@ from typing import Iterator
 import grpc
 
 import services.stagekit.protos  # noqa: F401  (puts proto/ on the import path)
-from services.stagekit.server import GRPC_OPTIONS
+from services.stagekit.server import CLIENT_OPTIONS
 
 jobs_pb2, jobs_pb2_grpc = grpc.protos_and_services("restoration/v1/jobs.proto")
 
@@ -37,8 +37,8 @@ class JobClient:
         self.address = address
         self.timeout = timeout
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self.channel = (grpc.secure_channel(address, credentials, options=GRPC_OPTIONS)
-                        if credentials else grpc.insecure_channel(address, options=GRPC_OPTIONS))
+        self.channel = (grpc.secure_channel(address, credentials, options=CLIENT_OPTIONS)
+                        if credentials else grpc.insecure_channel(address, options=CLIENT_OPTIONS))
         self.stub = jobs_pb2_grpc.JobServiceStub(self.channel)
 
     def close(self) -> None:

@@ -2,7 +2,7 @@
 
     STORE/jobs.db                      jobs, clips (state, attempts, failure reason)
     STORE/jobs/JOB/input/NAME          the uploaded tape (never outside the store)
-    STORE/jobs/JOB/clips/CLIP.mkv      a finished clip's output frames, lossless (FFV1, RGB)
+    STORE/jobs/JOB/clips/CLIP.EXT      a finished clip, encoded as the output (until it is written)
     STORE/jobs/JOB/clips/CLIP.json     its geometry; written last, so it marks the clip done
     STORE/jobs/JOB/output/NAME         the result
 
@@ -11,6 +11,7 @@ The clip checkpoints themselves are `checkpoints.py`'s.
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import threading
 import time
@@ -66,6 +67,21 @@ class JobStore:
 
     def checkpoints(self, job_id: str) -> ClipCheckpoints:
         return ClipCheckpoints(self.folder(job_id) / "clips")
+
+    def written(self, job_id: str) -> None:
+        """The job's output is whole: its checkpoints and its upload are no longer needed."""
+        self.checkpoints(job_id).remove()
+        shutil.rmtree(self.folder(job_id) / "input", ignore_errors=True)
+
+    def expire(self, ended_before: float) -> list[str]:
+        """Delete the files of jobs that ended before ``ended_before`` (a time.time());
+        returns their ids."""
+        rows = self._query("SELECT id FROM jobs WHERE state IN ('SUCCEEDED', 'FAILED', "
+                           "'CANCELLED') AND updated < ?", ended_before)
+        gone = [r["id"] for r in rows if self.folder(r["id"]).exists()]
+        for job_id in gone:
+            shutil.rmtree(self.folder(job_id), ignore_errors=True)
+        return gone
 
     def output_path(self, job_id: str) -> Path:
         return self.folder(job_id) / "output" / self.get(job_id)["output_name"]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import queue
+import shutil
+import tempfile
 import threading
 import time
 from fractions import Fraction
@@ -24,8 +26,9 @@ from ..media.references import GreyScene, Scan, scan
 from ..media.shots import ShotDetector
 from .plan import Plan
 from .progress import Display, Progress
+from .segments import ClipSegments
 from .specs import StageSpec
-from .stagerunners import ClipFailed, Step, build_steps
+from .stagerunners import STAGE_OUTAGE, ClipFailed, Step, build_steps
 
 log = logging.getLogger("restoration.orchestrator")
 
@@ -91,16 +94,19 @@ class ClipFrames:
 class Job:
     """One run of a plan from the source file to the output file.
 
-    With ``checkpoints`` every finished clip is kept, and a clip already kept is not
-    processed again: its frames come from the checkpoint (shot detection still decodes
-    it, so clips are the same every run). Clips in ``skip`` are left out of this run's
-    work; the output is then not written. ``attempts`` counts earlier failures per clip,
-    which moves a retried clip to the next replica of a remote stage."""
+    Every finished clip is encoded as its segment of the output and the output is the
+    segments joined. With ``checkpoints`` (a ClipSegments) the segments are kept there, and
+    a clip already kept is not processed again (shot detection still decodes it, so clips
+    are the same every run); without, they go to a scratch folder beside the output. Clips
+    in ``skip`` are left out of this run's work; the output is then not written.
+    ``attempts`` counts earlier failures per clip, which moves a retried clip to the next
+    replica of a remote stage; ``outage`` is how long a stage no replica serves is waited
+    for."""
 
     def __init__(self, plan: Plan, output: media.OutputSpec, device: str = "auto",
                  show_progress: bool = True, checkpoints=None,
                  attempts: dict[str, int] | None = None, skip: set[str] | None = None,
-                 on_clip=None, scenes: Scan | None = None):
+                 on_clip=None, outage: float = STAGE_OUTAGE, scenes: Scan | None = None):
         self.plan = plan
         self.output = output
         self.cancel = threading.Event()
@@ -108,15 +114,27 @@ class Job:
         self.checkpoints = checkpoints
         self.skip = skip or set()
         self.on_clip = on_clip or (lambda clip_id, frames: None)
-        self.steps = build_steps(plan, device, attempts)
+        self.steps = build_steps(plan, device, attempts, outage, self.cancel)
         self.progress = Progress([s.name for s in self.steps], plan.source.frame_count)
         self.show_progress = show_progress
         self.grey_scenes: list[tuple[float, float]] = []
-        self.writer: media.VideoWriter | None = None
+        self.geometry: tuple[int, int, Fraction] | None = None
+        self.finished: list[tuple[Path, int]] = []   # every clip's segment, in order
         self.scenes = scenes if scenes is not None else colour_scan(plan)
         self.references = self.scenes.references() if self.scenes is not None else {}
 
     def run(self):
+        scratch = None
+        if self.checkpoints is None:
+            scratch = Path(tempfile.mkdtemp(prefix=f".{self.output.path.name}.", dir=self.output.path.parent))
+            self.checkpoints = ClipSegments(scratch)
+        try:
+            return self._run()
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+    def _run(self):
         channels = [Channel(self.cancel) for _ in range(len(self.steps) + 1)]
         threads = [threading.Thread(target=self._guard, args=(self._source, channels[0]),
                                     name="decode", daemon=True)]
@@ -134,13 +152,13 @@ class Job:
             self._raise_failure()
             if self.skip:
                 raise UserError(f"{len(self.skip)} clip(s) failed: {', '.join(sorted(self.skip))}")
-            path = self.writer.finish()
+            width, height, fps = self.geometry
+            path = media.join_segments(self.finished, self.output, fps,
+                                       self._output_sar(width, height), self.plan.source)
             self.progress.encoding_finished()
             return path
         except BaseException as exc:
             self.cancel.set()
-            if self.writer is not None:
-                self.writer.abort()
             for thread in threads:
                 thread.join(timeout=5)
             if isinstance(exc, Cancelled):
@@ -255,60 +273,53 @@ class Job:
         outbox.put(("end", None))
 
     def _sink(self, inbox: Channel) -> None:
-        self.geometry = None
         keeper = None
-        while True:
-            kind, value = inbox.get()
-            if kind == "stop":
-                break
-            if kind == "start":
-                self._open_writer(value)
-                keeper = self.checkpoints.writer(value) if self.checkpoints is not None else None
-            elif kind == "frame":
-                self._write(value)
-                if keeper is not None:
+        try:
+            while True:
+                kind, value = inbox.get()
+                if kind == "stop":
+                    break
+                if kind == "start":
+                    self._check_geometry(value.clip_id, value.width, value.height, value.fps)
+                    keeper = self.checkpoints.writer(
+                        value, self.output, self._output_sar(value.width, value.height))
+                elif kind == "frame":
                     keeper.write(value)
-            elif kind == "end":
-                self._clip_finished(keeper)
-                keeper = None
-            elif kind == "done":
-                self._copy_checkpoint(value.clip_id)
-            elif kind == "fail":
-                if keeper is not None:
-                    keeper.abort()
-                raise value
-        if self.writer is None and not self.skip:
+                    self.progress.written += 1
+                elif kind == "end":
+                    self._clip_finished(keeper)
+                    keeper = None
+                elif kind == "done":
+                    self._reuse(value.clip_id)
+                elif kind == "fail":
+                    raise value
+        finally:
+            if keeper is not None:   # a clip cut off: its part file goes
+                keeper.abort()
+        if not self.finished and not self.skip:
             raise UserError("no frames came out of the pipeline")
 
-    def _open_writer(self, info: ClipInfo) -> None:
-        this = (info.width, info.height, info.fps)
-        if self.skip:
-            return  # an incomplete output is never written: only checkpoints are kept
-        if self.writer is None:
+    def _check_geometry(self, clip_id: str, width: int, height: int, fps: Fraction) -> None:
+        this = (width, height, Fraction(fps))
+        if self.geometry is None:
             self.geometry = this
-            self.writer = media.VideoWriter(self.output, info.width, info.height, info.fps,
-                                            self._output_sar(info), self.plan.source)
         elif this != self.geometry:
-            raise UserError(f"{info.clip_id} came out {this[0]}x{this[1]} at "
+            raise UserError(f"{clip_id} came out {this[0]}x{this[1]} at "
                             f"{float(this[2]):.3f} fps, earlier clips "
                             f"{self.geometry[0]}x{self.geometry[1]} at {float(self.geometry[2]):.3f}")
 
-    def _write(self, frame: np.ndarray) -> None:
-        if self.writer is not None:
-            self.writer.write(frame)
-        self.progress.written += 1
-
     def _clip_finished(self, keeper) -> None:
+        keeper.commit()
+        self.finished.append((keeper.path, keeper.count))
         self.progress.clips_done += 1
-        if keeper is not None:
-            keeper.commit()
-            self.on_clip(keeper.info.clip_id, keeper.count)
+        self.on_clip(keeper.info.clip_id, keeper.count)
 
-    def _copy_checkpoint(self, clip_id: str) -> None:
-        info, frames = self.checkpoints.read(clip_id)
-        self._open_writer(info)
-        for frame in frames:
-            self._write(frame)
+    def _reuse(self, clip_id: str) -> None:
+        """A clip finished in an earlier run: its segment goes into the output as it is."""
+        meta = self.checkpoints.meta(clip_id)
+        self._check_geometry(clip_id, meta["width"], meta["height"], meta["fps"])
+        self.finished.append((meta["path"], meta["frames"]))
+        self.progress.written += meta["frames"]
         self.progress.clips_done += 1
 
     def colour_notes(self) -> list[str]:
@@ -319,9 +330,9 @@ class Job:
         return [f"black-and-white scene {scene.span()}: {colour_source(scene, colorize)}"
                 for scene in self.scenes.scenes]
 
-    def _output_sar(self, info: ClipInfo) -> Fraction:
+    def _output_sar(self, width: int, height: int) -> Fraction:
         """Keep the source's display aspect ratio whatever the stages did to the size."""
-        return self.plan.source.dar * Fraction(info.height, info.width)
+        return self.plan.source.dar * Fraction(height, width)
 
 
 def colour_scan(plan: Plan) -> Scan | None:
@@ -349,19 +360,22 @@ def colour_source(scene: GreyScene, colorize: StageSpec | None) -> str:
 
 
 MAX_ATTEMPTS = 3          # tries of one clip (each on the next replica) before it fails
+OUTAGE_PAUSE = (0.5, 10.0)  # seconds before retrying a clip its stage refused: first, most
 
 
 class ResumableRun:
     """Runs a plan to its output through checkpoints: a clip that fails is tried again
     (the job rerun from its checkpoints, the clip on the next replica) up to
     ``max_attempts``; then it fails the job, or with ``keep_going`` the other clips are
-    still finished and kept before the job fails. ``job`` is the run in progress."""
+    still finished and kept before the job fails. A stage out for longer than ``outage``
+    seconds fails the job at once. ``job`` is the run in progress."""
 
     def __init__(self, plan: Plan, output: media.OutputSpec, checkpoints, device: str = "auto",
                  show_progress: bool = True, max_attempts: int = MAX_ATTEMPTS,
                  keep_going: bool = False, attempts: dict[str, int] | None = None,
-                 on_clip=None, on_failure=None):
+                 on_clip=None, on_failure=None, outage: float = STAGE_OUTAGE):
         self.plan, self.output, self.checkpoints = plan, output, checkpoints
+        self.outage = outage
         self.device, self.show_progress = device, show_progress
         self.max_attempts, self.keep_going = max_attempts, keep_going
         self.attempts = dict(attempts or {})
@@ -371,14 +385,18 @@ class ResumableRun:
         self.job: Job | None = None
         self.stopped = threading.Event()
         self.failures: dict[str, ClipFailed] = {}
+        self.outages: dict[str, int] = {}        # transient failures per clip (not attempts)
+        self.out_since: dict[str, float] = {}    # when a clip's stage first was out of reach
         self.scenes: Scan | None = None
 
     def run(self) -> Path:
         while True:
+            tries = {c: self.attempts.get(c, 0) + self.outages.get(c, 0)
+                     for c in {*self.attempts, *self.outages}}   # each retry: the next replica
             if self.scenes is None:
                 self.scenes = colour_scan(self.plan)
             self.job = Job(self.plan, self.output, self.device, self.show_progress,
-                           self.checkpoints, self.attempts, self.failed, self.on_clip,
+                           self.checkpoints, tries, self.failed, self.on_clip, self.outage,
                            self.scenes)
             if self.stopped.is_set():
                 raise Cancelled
@@ -407,13 +425,32 @@ class ResumableRun:
             self.job.cancel.set()
 
     def _count(self, exc: ClipFailed) -> None:
+        if exc.transient and not exc.final:
+            self._wait_out(exc)
+            return
         attempt = self.attempts.get(exc.clip_id, 0) + 1
         self.attempts[exc.clip_id] = attempt
         self.failures[exc.clip_id] = exc
         self.on_failure(exc, attempt)
         log.warning("%s (attempt %d of %d)", exc, attempt, self.max_attempts)
+        if exc.final:
+            raise exc
         if attempt < self.max_attempts:
             return
         if not self.keep_going:
             raise exc
         self.failed.add(exc.clip_id)
+
+    def _wait_out(self, exc: ClipFailed) -> None:
+        """The stage was out of reach or refused the clip (a restart, a drain, busy): not
+        an attempt; the clip is tried again after a pause, within the outage window."""
+        clip = exc.clip_id
+        since = self.out_since.setdefault(clip, time.monotonic())
+        if time.monotonic() - since > self.outage:
+            raise ClipFailed(exc.stage, clip, f"{exc.reason} (for {self.outage:.0f} s)",
+                             final=True)
+        self.outages[clip] = self.outages.get(clip, 0) + 1
+        pause = min(OUTAGE_PAUSE[0] * 2 ** (self.outages[clip] - 1), OUTAGE_PAUSE[1])
+        log.warning("%s; trying again in %.1f s", exc, pause)
+        if self.stopped.wait(pause):
+            raise Cancelled

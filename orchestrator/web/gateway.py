@@ -8,7 +8,7 @@ from pathlib import Path
 
 import grpc
 
-from services.stagekit.server import GRPC_OPTIONS
+from services.stagekit.server import CLIENT_OPTIONS
 
 from ..jobs.client import jobs_pb2, jobs_pb2_grpc, state_name
 
@@ -42,8 +42,8 @@ class Gateway:
         """``credentials``: TLS to the job API (grpc.ChannelCredentials), None for plain."""
         self.address = address
         self.timeout = timeout
-        self.channel = (grpc.secure_channel(address, credentials, options=GRPC_OPTIONS)
-                        if credentials else grpc.insecure_channel(address, options=GRPC_OPTIONS))
+        self.channel = (grpc.secure_channel(address, credentials, options=CLIENT_OPTIONS)
+                        if credentials else grpc.insecure_channel(address, options=CLIENT_OPTIONS))
         self.stub = jobs_pb2_grpc.JobServiceStub(self.channel)
 
     def close(self) -> None:
