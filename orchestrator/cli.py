@@ -216,7 +216,7 @@ def cmd_submit(args) -> int:
             raise
         raise UserError(f"{exc}; {checkpoints.resume_hint()}") from None
     checkpoints.remove()
-    for line in run.job.progress.summary():
+    for line in run.job.progress.summary() + run.job.colour_notes():
         log.info("%s", line)
     if args.stats:
         try:

@@ -7,6 +7,7 @@ import os
 from fractions import Fraction
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -59,6 +60,17 @@ def test_tape_sim_restores_end_to_end(shared, tmp_path):
     frames = read_frames(out)
     assert_band_rebuilt(frames, side="left", width=7 * 4)   # 7 px of the real 360
     assert_band_rebuilt(frames, side="bottom", width=5 * 4)  # 5 rows of the real 240
+    # The grey scene (3-6 s) is coloured from the tape's own colour shots around it:
+    # 0.3 levels of chroma left grey, 1.7 coloured.
+    assert "colour from 4 frame(s) of the tape's colour shots" in result.stderr
+    assert middle_colour(frames) > 1.0
+
+
+def middle_colour(frames) -> float:
+    """Mean |Cr|, |Cb| (8-bit levels) of frames in the middle scene, above the date stamp."""
+    picked = [frames[i] for i in range(len(frames) * 7 // 16, len(frames) * 11 // 16, 20)]
+    return float(np.mean([np.abs(cv2.cvtColor(f[:f.shape[0] * 4 // 5], cv2.COLOR_RGB2YCrCb)
+                                 [..., 1:].astype(float) - 128).mean() for f in picked]))
 
 
 def assert_band_rebuilt(frames, side: str, width: int) -> None:

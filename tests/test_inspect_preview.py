@@ -27,6 +27,14 @@ def test_inspect_tape(shared):
     assert abs(report["native_resolution"]["height"] - 240) <= 8
     [grey] = report["black_and_white"]
     assert abs(grey["from_s"] - 3) < 0.2 and abs(grey["to_s"] - 6) < 0.2
+    # Its colour will come from the colour shots on both sides, the nearest frames first.
+    [scene] = report["grey_scenes"]
+    sides = [r["side"] for r in scene["references"]]
+    assert {"before", "after"} <= set(sides)
+    nearest = {side: min(abs(r["at_s"] - (scene["from_s"] if side == "before" else scene["to_s"]))
+                         for r in scene["references"] if r["side"] == side) for side in sides}
+    assert max(nearest.values()) < 0.1
+    assert "colour shots" in scene["colour"]
     bands = report["damaged_bands"]
     assert bands.get("left", 0) >= 10 and bands.get("bottom", 0) >= 6
     assert len(report["audio"]) == 1
@@ -47,6 +55,7 @@ def test_inspect_in_words(shared):
     assert result.returncode == 0, result.stderr
     assert "interlaced, top field first" in result.stdout
     assert "black-and-white: 3.0" in result.stdout
+    assert "colour from 4 frame(s) of the tape's colour shots" in result.stdout
 
 
 def test_preview_puts_original_and_restored_side_by_side(shared, tmp_path):

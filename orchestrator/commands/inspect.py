@@ -9,8 +9,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import media
-from ..media.shots import find_shots
+from ..media.references import Scan
 from ..pipeline.plan import make_plan
+from ..pipeline.runner import analyse, colour_source
 from ..pipeline.specs import StageSpec
 
 BAND_SAMPLE = 16  # frames the border detector looks at, as the outpaint stage does
@@ -19,7 +20,8 @@ BAND_SAMPLE = 16  # frames the border detector looks at, as the outpaint stage d
 def inspect(path: Path, specs: list[StageSpec], native: str = "auto") -> dict:
     source = media.probe(path)
     plan = make_plan(source, specs, native)
-    shots, grey = _scan(source)
+    found = analyse(plan)   # the same pass a job makes: its shots are the job's clips
+    shots, grey = _spans(found)
     return {
         "file": str(path),
         "container": _container(path),
@@ -34,6 +36,7 @@ def inspect(path: Path, specs: list[StageSpec], native: str = "auto") -> dict:
         "native_resolution": {"width": plan.working_size[0], "height": plan.working_size[1]},
         "shots": {"count": len(shots), "starts_s": [round(s, 3) for s, _ in shots]},
         "black_and_white": [{"from_s": round(a, 3), "to_s": round(b, 3)} for a, b in grey],
+        "grey_scenes": _grey_scenes(found, plan),
         "damaged_bands": _bands(source),
         "audio": _audio(path),
         "pipeline": {
@@ -43,14 +46,20 @@ def inspect(path: Path, specs: list[StageSpec], native: str = "auto") -> dict:
     }
 
 
-def _scan(source: media.SourceInfo) -> tuple[list, list]:
-    """Shots as (start, end) seconds, and the black-and-white ones among them: the same
-    scan a job makes, so the shots here are the clips it streams."""
-    fps = float(source.fps)
-    found = find_shots(source)
-    shots = [(shot.start / fps, shot.stop / fps) for shot in found]
-    grey = [span for span, shot in zip(shots, found) if shot.grey]
-    return shots, _merge(grey)
+def _spans(found: Scan) -> tuple[list, list]:
+    """Shots as (start, end) seconds, and the black-and-white ones among them, merged."""
+    shots = [(a / found.fps, b / found.fps) for a, b in found.shots]
+    return shots, _merge([shot for shot, grey in zip(shots, found.grey) if grey])
+
+
+def _grey_scenes(found: Scan, plan) -> list[dict]:
+    """Per grey scene: the references the job would send its colorizer, and in plain
+    words where its colour will come from."""
+    colorize = next((s for s in plan.stages if s.task == "colorize"), None)
+    return [{"from_s": round(scene.start / found.fps, 3), "to_s": round(scene.stop / found.fps, 3),
+             "references": [{"at_s": round(r.time_s, 3), "side": r.side, "match": r.score}
+                            for r in scene.references],
+             "colour": colour_source(scene, colorize)} for scene in found.scenes]
 
 
 def _merge(spans: list) -> list:
@@ -118,6 +127,7 @@ def render(report: dict, as_json: bool = False) -> str:
         f"  shots: {report['shots']['count']} (starting at "
         + ", ".join(f"{s:.2f}s" for s in report["shots"]["starts_s"]) + ")",
         "  black-and-white: " + (", ".join(f"{g['from_s']:.2f}s-{g['to_s']:.2f}s" for g in grey) or "none"),
+        *(f"    {g['from_s']:.2f}s-{g['to_s']:.2f}s: {g['colour']}" for g in report["grey_scenes"]),
         "  damaged bands: " + (", ".join(f"{k} {n} px" for k, n in bands.items())
                                + f" (of the {v['width']}x{v['height']} frame)" if bands else "none"),
         "  audio: " + (", ".join(f"{a['codec']} {a['sample_rate']} Hz {a['channels']} ch" for a in report["audio"]) or "none"),

@@ -12,8 +12,9 @@ import numpy as np
 
 from .. import media
 from ..errors import UserError
+from ..media.references import borrowed
 from ..pipeline.plan import make_plan
-from ..pipeline.runner import Job
+from ..pipeline.runner import Job, analyse, colorizes
 from ..pipeline.specs import StageSpec
 
 MAX_HEIGHT = 720  # each half of the comparison, in display pixels
@@ -27,14 +28,19 @@ def preview(path: Path, output: Path, at: float, seconds: float, specs: list[Sta
         raise UserError(f"--seconds must be positive, not {seconds}")
     if not 0 <= at < source.duration:
         raise UserError(f"--at {at}: the video is {source.duration:.2f}s long")
-    # The native size is measured on the whole input, as the full job would.
-    working = make_plan(source, specs, native).working_size
+    # The native size is measured on the whole input, and grey scenes take their
+    # references from it, as the full job would.
+    whole = make_plan(source, specs, native)
+    working = whole.working_size
     with tempfile.TemporaryDirectory(prefix="preview-", dir=output.parent) as tmp:
         stretch = _cut(source, at, seconds, Path(tmp) / "stretch.mkv")
         restored = Path(tmp) / "restored.mkv"
         plan = make_plan(stretch, specs, "%dx%d" % working)
+        scenes = analyse(plan)
+        if colorizes(plan):
+            scenes = borrowed(scenes, analyse(whole), at)
         job = Job(plan, media.OutputSpec(restored, "ffv1", intermediate=True), device,
-                  show_progress, time_offset=at)
+                  show_progress, scenes=scenes, time_offset=at)
         job.run()
         # The rate the stages made, exactly: Matroska's millisecond clock would round it.
         fps = job.geometry[2]

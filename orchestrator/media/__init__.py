@@ -3,6 +3,7 @@
     open.py       opening an input as one real video container; a server's input limits
     video.py      probe, decode, encode and mux the audio (PyAV)
     shots.py      shot cuts and black-and-white scenes, frame by frame
+    references.py each grey scene's references: frames of the colour shots around it
     native.py     the real resolution of a capture (a VHS tape's 360x240 in 720x480)
     simulate.py   old-footage damage applied to a clean clip, keeping the truth
 

@@ -22,10 +22,12 @@ from services.stagekit import ClipInfo, StageError
 
 from .. import media
 from ..errors import UserError
-from ..media.shots import Shot, find_shots
+from ..media.references import GreyScene, Scan, scan
+from ..media.shots import SCAN_SIZE, Shot
 from .plan import Plan
 from .progress import Display, Progress
 from .segments import ClipSegments
+from .specs import StageSpec
 from .stagerunners import STAGE_OUTAGE, ClipFailed, Step, build_steps
 
 log = logging.getLogger("restoration.orchestrator")
@@ -104,7 +106,7 @@ class Job:
     def __init__(self, plan: Plan, output: media.OutputSpec, device: str = "auto",
                  show_progress: bool = True, checkpoints=None,
                  attempts: dict[str, int] | None = None, skip: set[str] | None = None,
-                 on_clip=None, outage: float = STAGE_OUTAGE, shots: list[Shot] | None = None,
+                 on_clip=None, outage: float = STAGE_OUTAGE, scenes: Scan | None = None,
                  time_offset: float = 0.0):
         self.plan = plan
         self.output = output
@@ -119,7 +121,9 @@ class Job:
         self.grey_scenes: list[tuple[float, float]] = []
         self.geometry: tuple[int, int, Fraction] | None = None
         self.finished: list[tuple[Path, int]] = []   # every clip's segment, in order
-        self.shots = shots   # found by the first run's scan when not given
+        self.scenes = scenes   # the analysis: found by the first run's pass when not given
+        self.shots: list[Shot] = []
+        self.references: dict[str, tuple[bytes, ...]] = {}
         self.time_offset = time_offset   # where the source starts in the user's video (s)
 
     def run(self):
@@ -213,8 +217,11 @@ class Job:
             out.put(("end", None))
 
     def _find_shots(self) -> None:
-        if self.shots is None:
-            self.shots = find_shots(self.plan.source, self.progress.frame_scanned)
+        if self.scenes is None:
+            self.scenes = analyse(self.plan, self.progress.frame_scanned)
+        if colorizes(self.plan):
+            self.references = self.scenes.references()
+        self.shots = self.scenes.shot_list()
         self.progress.clips_total = len(self.shots)
         fps = float(self.plan.source.fps)
         for number, shot in enumerate(self.shots):
@@ -249,6 +256,8 @@ class Job:
 
     def _stage_clip(self, step: Step, info: ClipInfo, frames: ClipFrames, outbox: Channel):
         info = info.replace(params=step.clip_params(info, self.plan))
+        if step.spec is not None and step.spec.task == "colorize":
+            info = info.replace(references=self.references.get(info.clip_id, ()))
         if step.passes_through(info.params):
             out_info, out_frames = info, iter(frames)
         else:
@@ -321,9 +330,54 @@ class Job:
         self.progress.written += meta["frames"]
         self.progress.clips_done += 1
 
+    def colour_notes(self) -> list[str]:
+        """Per grey scene, where its colour came from (or why it stayed grey)."""
+        if self.scenes is None or not colorizes(self.plan):
+            return []
+        colorize = next(s for s in self.plan.stages if s.task == "colorize")
+        return [f"black-and-white scene {scene.span()}: {colour_source(scene, colorize)}"
+                for scene in self.scenes.scenes]
+
     def _output_sar(self, width: int, height: int) -> Fraction:
         """Keep the source's display aspect ratio whatever the stages did to the size."""
         return self.plan.source.dar * Fraction(height, width)
+
+
+def colorizes(plan: Plan) -> bool:
+    return any(s.task == "colorize" for s in plan.stages)
+
+
+def analyse(plan: Plan, on_frame=None) -> Scan:
+    """What the job knows before any work, from one pass over the input: its shots (the
+    clips it streams, so progress counts against a fixed total), which are grey, and, when a
+    colorize stage runs, each grey scene's references from the tape's colour shots (so the
+    pass then reads whole frames; otherwise small ones, which is cheaper)."""
+    src = plan.source
+    colour = colorizes(plan)
+    frames = media.decode(src) if colour else media.decode(src, SCAN_SIZE)
+    if on_frame is not None:
+        frames = _counted(frames, on_frame)
+    return scan(frames, float(src.fps), plan.working_size, src.interlaced, keep_images=colour)
+
+
+def _counted(frames, on_frame):
+    for frame in frames:
+        yield frame
+        on_frame()
+
+
+def colour_source(scene: GreyScene, colorize: StageSpec | None) -> str:
+    """Where a grey scene's colour comes from, in plain words."""
+    user = colorize.params.get("reference", "").strip() if colorize else ""
+    if colorize is None:
+        return "stays grey: the colorize stage is not in the pipeline"
+    if user:
+        tape = f", then {len(scene.references)} of the tape's colour frames" \
+            if scene.references and colorize.model == "classical" else ""
+        return f"colour from your reference image(s) {user}{tape}"
+    if scene.references or colorize.model == "classical":
+        return scene.describe()
+    return f"colour from {colorize.model} (no colour frame in the tape to take colour from)"
 
 
 MAX_ATTEMPTS = 3          # tries of one clip (each on the next replica) before it fails
@@ -359,9 +413,9 @@ class ResumableRun:
         while True:
             tries = {c: self.attempts.get(c, 0) + self.outages.get(c, 0)
                      for c in {*self.attempts, *self.outages}}   # each retry: the next replica
-            shots = self.job.shots if self.job is not None else None  # one scan per run
             self.job = Job(self.plan, self.output, self.device, self.show_progress,
-                           self.checkpoints, tries, self.failed, self.on_clip, self.outage, shots)
+                           self.checkpoints, tries, self.failed, self.on_clip, self.outage,
+                           self.job.scenes if self.job is not None else None)  # one pass per run
             if self.stopped.is_set():
                 raise Cancelled
             try:

@@ -51,10 +51,12 @@ class Gateway:
         self.channel.close()
 
     def submit(self, path: Path, tasks: list[str], output_name: str, token: str | None,
-               send_file: bool = False):
+               send_file: bool = False, params: dict[str, dict] | None = None):
         """A job on ``path``: named as a server path, or its bytes sent when the job service
-        cannot see this server's folder (another machine)."""
-        stages = [jobs_pb2.StageSetting(task=task, model="auto") for task in tasks]
+        cannot see this server's folder (another machine). ``params``: per task."""
+        params = params or {}
+        stages = [jobs_pb2.StageSetting(task=task, model="auto", params=params.get(task, {}))
+                  for task in tasks]
         options = jobs_pb2.JobOptions(stages=stages, codec="h264", crf=18, native="auto",
                                       output_name=output_name)
         if not send_file:

@@ -39,6 +39,7 @@ STATIC_FILES = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.
                 "/favicon.ico": "favicon.svg"}
 MAX_JSON_BODY = 64 * 1024
 MAX_PREVIEW_SECONDS = 10.0
+MAX_REFERENCES = 8        # colour reference images one job may take
 JOB_ID = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
 DEFAULT_MAX_UPLOAD = 64 * 1024 ** 3
 # Small enough that a dropped connection loses little, large enough to keep requests few.
@@ -186,9 +187,36 @@ class WebApp:
     def submit(self, body: dict, token: str | None) -> dict:
         upload = self.checked(str(body.get("upload", "")))
         output_name = f"{Path(upload.name).stem or 'video'}.restored.mp4"
-        status = self.gateway.submit(upload.path, _tasks(body), output_name, token,
-                                     self.send_files)
+        tasks = _tasks(body)
+        params = {}
+        references = self._reference_paths(body, tasks)
+        if references:
+            params["colorize"] = {"reference": ",".join(map(str, references))}
+        status = self.gateway.submit(upload.path, tasks, output_name, token,
+                                     self.send_files, params)
         return self._job_json(status)
+
+    def _reference_paths(self, body: dict, tasks: list[str]) -> list[Path]:
+        """The colour reference images the person uploaded for the grey scenes (upload
+        ids), checked to be images; they must lie where the job service can read them."""
+        ids = body.get("references") or []
+        if not isinstance(ids, list) or len(ids) > MAX_REFERENCES:
+            raise HttpError(400, f"references: a list of at most {MAX_REFERENCES} uploads")
+        if not ids:
+            return []
+        if "colorize" not in tasks:
+            raise HttpError(400, "reference images are for colouring black-and-white scenes: "
+                                 "choose that task too")
+        if self.send_files:
+            raise HttpError(400, "reference images need the job service on this machine")
+        import cv2
+        paths = []
+        for upload_id in ids:
+            upload = self.uploads.complete(str(upload_id))
+            if cv2.imread(str(upload.path), cv2.IMREAD_REDUCED_COLOR_8) is None:
+                raise HttpError(400, f"{upload.name} is not an image (PNG or JPEG)")
+            paths.append(upload.path.resolve())
+        return paths
 
     def jobs(self, token: str | None) -> dict:
         return {"jobs": [self._job_json(s) for s in self.gateway.list(token)]}

@@ -3,12 +3,19 @@
 A frame is black-and-white when its chroma is about zero everywhere (a little is allowed
 for compression). Colour frames pass through untouched, bit for bit.
 
-With reference images (``reference`` = comma-separated paths), grey frames are coloured by
-luminance-and-texture matched colour transfer (after Welsh et al., 2002): every reference
-pixel votes its chroma (Cr, Cb) into a table indexed by luma and local contrast, the
-references' luma first remapped to the clip's range; a grey pixel takes the chroma of its
-(luma, contrast) cell, smoothed spatially since chroma has little detail. The table is
-built once per clip, so the same grey gets the same colour in every frame: no flicker.
+References are the user's images (``reference`` = comma-separated paths), first, and
+those the orchestrator sends in the clip header: frames of the tape's own colour shots
+around the grey scene, nearest first (``orchestrator.media.references``); the user's are
+matched first and the tape's fill in where they do not match, so giving references never
+takes colour away. A grey
+frame is coloured by exemplar-based colour transfer (see ``Colourist``): every reference
+is matched to it densely (DIS optical flow on luma) and lends its chroma where its luma
+agrees; the previous coloured frame, carried along the motion, does the same, so colour
+holds still; what no exemplar covers takes the chroma of its (luma, texture) cell in a
+table voted by every reference pixel (after Welsh et al., 2002), muted. The chroma is then
+refined by a guided filter led by the luma (He et al.), so it stops at object edges.
+Pixels that already carry saturated colour in a grey frame (a burned-in date stamp) keep
+it, with a rim around them, so no halo or colour spill forms there.
 Without references the grey frames are left grey, with a warning in the log.
 """
 from __future__ import annotations
@@ -20,6 +27,7 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
+from services.stagekit.codec import decode_reference
 from services.stagekit.monochrome import is_monochrome
 from services.stagekit.stage import ClipInfo, StageError
 
@@ -30,10 +38,18 @@ LUMA_BINS = 64
 TEXTURE_BINS = 12
 TEXTURE_MAX = 40.0   # local luma standard deviation mapped to the last texture bin
 TEXTURE_RADIUS = 2   # local statistics over a (2r+1)^2 window
-CHROMA_SMOOTH = 4.0  # sigma of the spatial smoothing of the transferred chroma
-MUTED = 0.35
-MATCH_TOLERANCE = 6.0  # luma difference (8-bit) at which a propagated colour is doubted
-CARRY = 0.7          # share of the previous frame's colour kept where it matches
+CHROMA_SMOOTH = 4.0  # sigma of the spatial smoothing of the table's chroma
+MUTED = 0.5          # share of the table's colour kept where no exemplar matched
+TABLE_TRUST = 0.08   # the table's weight against exemplars (match 0..1)
+MATCH_TOLERANCE = 6.0  # luma difference (8-bit) at which an exemplar's match is doubted
+SHARPNESS = 4.0      # matches are weighted by match**SHARPNESS: the best exemplar leads
+CARRY = 0.9          # the previous frame's colour counts this much against a reference's
+FLOW_PRESET = "fast"   # DIS preset: as good as medium here, at half the time
+WORK_WIDTH = 480     # matching runs at most this wide; chroma has little detail
+GUIDE_RADIUS = 3     # guided filter window (work pixels) and regularisation (luma 0..1)
+GUIDE_EPS = 2e-3
+OVERLAY_CHROMA = 24.0  # chroma (8-bit Cr/Cb magnitude) of a pixel that already has colour
+OVERLAY_RIM = 2      # pixels around it kept as they were too (a text outline)
 
 
 class ColorizeStage(ClassicalStage):
@@ -50,36 +66,45 @@ class ColorizeStage(ClassicalStage):
             if not path.is_file():
                 raise StageError(f"{self.name}: reference image {path} does not exist")
             read_reference(path)
+        for data in info.references:
+            decode_reference(data)
         return paths
 
     def process(self, info: ClipInfo, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        references = self.settings(info)
-        palette = None
+        paths = self.settings(info)
+        colourist = None
         grey_count = total = 0
         for frame in frames:
             total += 1
             if not is_monochrome(frame):
-                if palette is not None:
-                    palette.forget()
+                if colourist is not None:
+                    colourist.forget()
                 yield frame
                 continue
             grey_count += 1
-            if not references:
+            if not paths and not info.references:
                 if grey_count == 1:
                     log.warning("%s clip %s: black-and-white frames found but no reference "
-                                "images given (set colorize.reference=IMAGE,...): they stay "
-                                "grey", self.name, info.clip_id)
+                                "images given (set colorize.reference=IMAGE,...) and no colour "
+                                "shot of the tape to take colour from: they stay grey",
+                                self.name, info.clip_id)
                 yield frame
                 continue
             image = to_work(frame)
-            if palette is None:
-                palette = Palette([read_reference(path) for path in references],
-                                  luma_of(image))
-                log.info("%s clip %s: colouring grey frames from %d reference image(s)",
-                         self.name, info.clip_id, len(references))
-            yield from_work(palette.colour(image), info.pixel_format)
+            if colourist is None:
+                # The user's images first; the tape's own colour frames still help where
+                # the user's do not match, so giving references never takes colour away.
+                references = ([read_reference(p) for p in paths]
+                              + [decode_reference(d).astype(np.float32) for d in info.references])
+                colourist = Colourist(references, image.shape[:2])
+                log.info("%s clip %s: colouring grey frames from %d %s", self.name,
+                         info.clip_id, len(references),
+                         "reference image(s)" if paths and not info.references else
+                         "of your reference image(s) and the tape's colour frames" if paths else
+                         "frame(s) of the tape's colour shots")
+            yield from_work(colourist.colour(image), info.pixel_format)
         log.info("%s clip %s: %d of %d frames black-and-white%s", self.name, info.clip_id,
-                 grey_count, total, " (coloured)" if references and grey_count else "")
+                 grey_count, total, " (coloured)" if colourist is not None else "")
 
 
 def luma_of(image: np.ndarray) -> np.ndarray:
@@ -144,10 +169,6 @@ class Palette:
         energy = fill_empty(squares[..., None], counts)[..., 0]
         agreement = np.sum(table ** 2, axis=2) / np.maximum(energy, 1e-6)
         self.table = table * np.clip(agreement, 0.0, 1.0)[..., None]
-        self.flow = FlowEstimator("medium")
-        self.previous: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        self.sources = [(self.flow.prepare(np.clip(luma_of(r) + 0.5, 0, 255).astype(np.uint8)),
-                         luma_of(r), chroma_of(r).astype(np.float32)) for r in references]
 
     @staticmethod
     def cells(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -155,61 +176,116 @@ class Palette:
         texture = local_contrast(y) * (TEXTURE_BINS / TEXTURE_MAX)
         return luma_bin, np.clip(texture, 0, TEXTURE_BINS - 1).astype(np.intp)
 
-    def colour(self, image: np.ndarray) -> np.ndarray:
-        y = luma_of(image)
+    def chroma(self, y: np.ndarray) -> np.ndarray:
         chroma = self.table[self.cells(y)].astype(np.float32)
-        chroma = cv2.GaussianBlur(chroma, (0, 0), CHROMA_SMOOTH)
-        warped, match = self.propagated(y)
-        if warped is not None:
-            # The table colours by grey level alone and is often wrong about where: where
-            # a reference's own pixels were found it gives way to them, elsewhere it is
-            # muted, since a wrong colour costs more than too little colour.
-            chroma = match[..., None] * warped + (1.0 - match[..., None]) * MUTED * chroma
-        chroma = self.steadied(y, chroma)
-        return rgb_of(y, chroma).astype(np.float32)
+        return cv2.GaussianBlur(chroma, (0, 0), CHROMA_SMOOTH)
+
+
+class Colourist:
+    """Exemplar-based colouring of one grey scene's frames, in order.
+
+    Per frame, every exemplar (each reference, and the previous coloured frame) is
+    brought onto the frame by optical flow and scored per pixel by how well its luma
+    agrees there; the chroma is their average weighted by score**SHARPNESS (the best
+    match leads, ties blend smoothly, so small changes do not switch colours), with the
+    muted table for what none covers. A guided filter led by the frame's luma then makes
+    the chroma follow its edges. Matching runs at WORK_WIDTH at most; the chroma is
+    brought back to full size by the same filter."""
+
+    def __init__(self, references: list[np.ndarray], shape: tuple[int, int]):
+        height, width = shape
+        scale = min(1.0, WORK_WIDTH / width)
+        self.shape = shape
+        self.work = (max(8, round(height * scale)), max(8, round(width * scale)))
+        self.flow = FlowEstimator(FLOW_PRESET)
+        # References of any size are brought to the work size once: the table and the
+        # matching then cost the same whatever the user's photos measure.
+        references = [cv2.resize(r, self.work[::-1], interpolation=cv2.INTER_AREA)
+                      for r in references]
+        self.exemplars = []
+        for small in references:
+            y = luma_of(small)
+            self.exemplars.append((self.flow.prepare(_eight(y)), _soft(y),
+                                   chroma_of(small).astype(np.float32)))
+        self.palette_of = references
+        self.palette: Palette | None = None
+        self.previous: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def forget(self) -> None:
         """A colour frame came between: the next grey frame starts afresh."""
         self.previous = None
 
-    def steadied(self, y: np.ndarray, chroma: np.ndarray) -> np.ndarray:
-        """The chroma blended with the previous grey frame's, carried along the motion.
-
-        Each frame's colour is chosen on its own, and small changes in grey level or in
-        how well a reference matched switch it from frame to frame: visible flicker. A
-        recursive blend along the flow, where the carried luma still matches, keeps an
-        object's colour while it moves; where it does not (occlusion, new content) the
-        frame's own colour stands."""
-        grey = self.flow.prepare(np.clip(y + 0.5, 0, 255).astype(np.uint8))
+    def colour(self, image: np.ndarray) -> np.ndarray:
+        y_full = luma_of(image)
+        small = cv2.resize(image, self.work[::-1], interpolation=cv2.INTER_AREA)
+        y = luma_of(small)
+        if self.palette is None:
+            self.palette = Palette(self.palette_of, y)
+        grey, soft = self.flow.prepare(_eight(y)), _soft(y)
+        table = self.palette.chroma(y)
+        total = np.full(y.shape, TABLE_TRUST ** SHARPNESS, np.float32)
+        chroma = table * (MUTED * total)[..., None]
+        exemplars = list(self.exemplars)
         if self.previous is not None:
-            last_grey, last_luma, last_chroma = self.previous
-            motion = self.flow(grey, last_grey, y.shape)
-            error = cv2.blur(np.abs(warp(last_luma, motion) - y), (5, 5))
-            keep = CARRY * np.exp(-(error / MATCH_TOLERANCE) ** 2)[..., None]
-            chroma = keep * warp(last_chroma, motion) + (1.0 - keep) * chroma
-        self.previous = (grey, y, chroma)
-        return chroma
+            exemplars.append(self.previous)
+        for index, (ex_grey, ex_soft, ex_chroma) in enumerate(exemplars):
+            motion = self.flow(grey, ex_grey, y.shape)
+            error = np.abs(warp(ex_soft, motion) - soft)
+            match = np.exp(-(cv2.blur(error, (5, 5)) / MATCH_TOLERANCE) ** 2)
+            if index == len(self.exemplars):
+                match *= CARRY
+            weight = match ** SHARPNESS
+            chroma += weight[..., None] * warp(ex_chroma, motion)
+            total += weight
+        chroma /= total[..., None]
+        chroma = guided_filter(y / 255.0, chroma, GUIDE_RADIUS, GUIDE_EPS)
+        self.previous = (grey, soft, chroma)
+        if chroma.shape[:2] != self.shape:
+            chroma = cv2.resize(chroma, self.shape[::-1], interpolation=cv2.INTER_LINEAR)
+            chroma = guided_filter(y_full / 255.0, chroma, 2, GUIDE_EPS)
+        coloured = rgb_of(y_full, chroma).astype(np.float32)
+        return keep_overlays(image, coloured)
 
-    def propagated(self, y: np.ndarray):
-        """The references' chroma moved onto the frame by optical flow, and how well each
-        pixel's luma matches there (0..1): a reference of the same scene then colours
-        objects where they are, not merely by their grey level."""
-        best = best_match = None
-        grey = self.flow.prepare(np.clip(y + 0.5, 0, 255).astype(np.uint8))
-        for ref_grey, ref_luma, ref_chroma in self.sources:
-            if ref_luma.shape != y.shape:
-                continue
-            motion = self.flow(grey, ref_grey, y.shape)
-            error = cv2.blur(np.abs(warp(ref_luma, motion) - y), (5, 5))
-            match = np.exp(-(error / MATCH_TOLERANCE) ** 2)
-            moved = warp(ref_chroma, motion)
-            if best is None:
-                best, best_match = moved, match
-            else:
-                better = match > best_match
-                best = np.where(better[..., None], moved, best)
-                best_match = np.maximum(match, best_match)
-        return best, best_match
+
+def _eight(y: np.ndarray) -> np.ndarray:
+    return np.clip(y + 0.5, 0, 255).astype(np.uint8)
+
+
+def _soft(y: np.ndarray) -> np.ndarray:
+    """Luma with its noise smoothed away, for judging matches (a tape's grain differs
+    from frame to frame and would otherwise fail every match)."""
+    return cv2.GaussianBlur(y.astype(np.float32), (0, 0), 1.2)
+
+
+def guided_filter(guide: np.ndarray, source: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """He et al.'s guided filter (grey guide), per channel of ``source``: the output is
+    locally a linear function of the guide, so it has edges where the guide has them and
+    nowhere else. Box filters from OpenCV (cv2.ximgproc, its own version, is only in the
+    contrib build)."""
+    size = (2 * radius + 1,) * 2
+    box = lambda x: cv2.boxFilter(x, -1, size, borderType=cv2.BORDER_REFLECT)
+    guide = guide.astype(np.float32)
+    mean_g = box(guide)
+    var_g = box(guide * guide) - mean_g * mean_g
+    out = np.empty_like(source, dtype=np.float32)
+    for channel in range(source.shape[2]):
+        src = source[..., channel].astype(np.float32)
+        mean_s = box(src)
+        a = (box(guide * src) - mean_g * mean_s) / (var_g + eps)
+        b = mean_s - a * mean_g
+        out[..., channel] = box(a) * guide + box(b)
+    return out
+
+
+def keep_overlays(image: np.ndarray, coloured: np.ndarray) -> np.ndarray:
+    """``coloured``, except where the grey frame already carries saturated colour (a
+    burned-in date stamp) and a rim around it (its outline): there the frame as it was."""
+    magnitude = np.sqrt(np.sum(chroma_of(image) ** 2, axis=2))
+    overlay = (magnitude > OVERLAY_CHROMA).astype(np.uint8)
+    if not overlay.any():
+        return coloured
+    rim = cv2.dilate(overlay, np.ones((2 * OVERLAY_RIM + 1,) * 2, np.uint8))
+    return np.where(rim[..., None] > 0, image, coloured)
 
 
 def fill_empty(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:

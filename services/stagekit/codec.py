@@ -32,7 +32,8 @@ def header_message(info: ClipInfo, task: str = "", model: str = "") -> "pb.ClipC
         clip_id=info.clip_id, task=task, model=model, width=info.width, height=info.height,
         pixel_format=FORMAT_TO_PB[info.pixel_format], fps=_rational(info.fps),
         sample_aspect_ratio=_rational(info.sar), params=dict(info.params),
-        frame_count=info.frame_count or 0, start_time=info.start_time)
+        frame_count=info.frame_count or 0, start_time=info.start_time,
+        references=list(info.references))
     return pb.ClipChunk(header=header)
 
 
@@ -41,6 +42,9 @@ def header_info(header) -> ClipInfo:
         raise StageError(f"unknown pixel format {header.pixel_format}")
     if header.width == 0 or header.height == 0:
         raise StageError(f"zero-size frames ({header.width}x{header.height})")
+    if len(header.references) > MAX_REFERENCES:
+        raise StageError(f"{len(header.references)} references in the header: at most "
+                         f"{MAX_REFERENCES}")
     fps = _fraction(header.fps)
     if fps <= 0:
         raise StageError(f"frame rate must be positive, not {fps}")
@@ -48,7 +52,48 @@ def header_info(header) -> ClipInfo:
         clip_id=header.clip_id, width=header.width, height=header.height,
         fps=fps, pixel_format=PB_TO_FORMAT[header.pixel_format],
         sar=_fraction(header.sample_aspect_ratio, Fraction(1)), params=dict(header.params),
-        frame_count=header.frame_count or None, start_time=header.start_time)
+        frame_count=header.frame_count or None, start_time=header.start_time,
+        references=tuple(header.references))
+
+
+MAX_REFERENCES = 8              # reference images one clip header may carry
+MAX_REFERENCE_PIXELS = 4096 * 4096
+_JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def decode_reference(data: bytes) -> np.ndarray:
+    """A reference image sent in a clip header (PNG or JPEG), as uint8 RGB. Its size is
+    read from its header first: a small file that would decode to gigapixels is refused
+    before any memory is spent on it."""
+    import cv2
+    size = image_size(data)
+    if size is None:
+        raise StageError("a reference in the clip header is not a PNG or JPEG image")
+    if size[0] * size[1] > MAX_REFERENCE_PIXELS:
+        raise StageError(f"a reference in the clip header is {size[0]}x{size[1]}, over the "
+                         f"limit of {MAX_REFERENCE_PIXELS} pixels")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise StageError("a reference in the clip header is not an image that decodes")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's or a JPEG's header; None for anything else."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] != b"\xff\xd8":
+        return None
+    at = 2
+    while at + 9 <= len(data):
+        if data[at] != 0xFF:
+            return None
+        marker, length = data[at + 1], int.from_bytes(data[at + 2:at + 4], "big")
+        if marker in _JPEG_FRAMES:
+            return (int.from_bytes(data[at + 7:at + 9], "big"),
+                    int.from_bytes(data[at + 5:at + 7], "big"))
+        at += 2 + length
+    return None
 
 
 def frame_bytes(info: ClipInfo) -> int:

@@ -37,6 +37,9 @@ class ClipInfo:
     params: Mapping[str, str] = field(default_factory=dict)
     frame_count: int | None = None
     start_time: float = 0.0
+    # Encoded images (PNG/JPEG) of colour frames a colorizer may copy colour from: the
+    # tape's own colour shots around a grey scene, chosen by the orchestrator.
+    references: tuple[bytes, ...] = ()
 
     def replace(self, **changes) -> "ClipInfo":
         return dataclasses.replace(self, **changes)
@@ -102,7 +105,9 @@ class Stage(abc.ABC):
     def run(self, info: ClipInfo, frames) -> tuple[ClipInfo, Iterator[np.ndarray]]:
         """Validate, then stream: the one entry point callers use (in-process or served)."""
         self.validate(info)
-        return self.output_info(info), self.process(info, _checked(info, frames))
+        # References are for this stage alone: the clip travels on without them.
+        out_info = self.output_info(info).replace(references=())
+        return out_info, self.process(info, _checked(info, frames))
 
 
 def _checked(info: ClipInfo, frames) -> Iterator[np.ndarray]:

@@ -12,7 +12,9 @@ Clip parameters (``ClipInfo.params``):
   scenes       ``grey`` (default): colour a clip only if its first frame is black-and-white
                (or tinted monochrome), pass colour clips through; ``all``: colour every clip.
   reference    path (on the service's file system) of a colour reference image for the shot;
-               default: stage 1's colourisation of the shot's first frame.
+               default: the first of the references in the clip header (the tape's own
+               colour frame nearest the shot, chosen by the orchestrator), else stage 1's
+               colourisation of the shot's first frame.
   working_size ``HxW`` the networks run at (multiples of 8), default 216x384.
   compat       ``authors``: the authors' centre crop to ``video_size`` (default 480x848);
                output frames are then that size, as theirs are. rgb24 only.
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from services.stagekit.codec import decode_reference
 from services.stagekit.device import pick_device, pick_dtype
 from services.stagekit.monochrome import is_monochrome
 from services.stagekit.neural import (NeuralStage, config_missing_ok, load_into, on_device,
@@ -249,6 +252,8 @@ class TCVCStage(NeuralStage):
     def _reference(self, first: np.ndarray, opts: Options, info: ClipInfo) -> np.ndarray:
         if opts.reference is not None:
             return read_image(opts.reference)
+        if info.references:
+            return decode_reference(info.references[0])
         return self.colorizer.reference(first, opts, info.dtype).coloured.frame
 
 

@@ -16,6 +16,15 @@ def upload(stack, name: str, data: bytes) -> str:
     return info["id"]
 
 
+def finished(stack, job: dict, seconds: float) -> dict:
+    """The job's status once it has finished (or the time is up)."""
+    deadline = time.monotonic() + seconds
+    while not job["finished"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+        job = stack.request("GET", f"/api/jobs/{job['id']}")[1]
+    return job
+
+
 def test_token_is_asked_for_and_checked(stack):
     status, config = stack.request("GET", "/api/config", token=None)
     assert status == 200 and config["token_required"]
@@ -75,10 +84,7 @@ def test_cancel_a_running_job(stack, tape):
     assert job["input_name"] == "wedding_tape.mp4"
     status, job = stack.request("POST", f"/api/jobs/{job['id']}/cancel")
     assert status == 200, job
-    deadline = time.monotonic() + 60
-    while not job["finished"] and time.monotonic() < deadline:
-        time.sleep(0.5)
-        job = stack.request("GET", f"/api/jobs/{job['id']}")[1]
+    job = finished(stack, job, 60)
     assert job["state"] == "CANCELLED", job
     status, reply = stack.request("POST", f"/api/jobs/{job['id']}/download")
     assert status == 409, reply
@@ -88,6 +94,7 @@ def test_cancel_a_running_job(stack, tape):
 
 @pytest.mark.parametrize("path", ["/", "/app.js", "/style.css"])
 def test_page_files(stack, path):
+    import urllib.parse
     import urllib.request
     with urllib.request.urlopen(stack.url + path, timeout=10) as reply:
         assert reply.status == 200
@@ -129,3 +136,46 @@ def test_uploads_can_be_sent_to_a_job_service_elsewhere(stack, tape, tmp_path):
 def test_a_token_with_odd_characters_is_refused_not_crashed(stack):
     status, reply = stack.request("GET", "/api/jobs", raw=None, token="wrong-\u00e9".encode().decode("latin-1"))
     assert status == 401, reply
+
+
+def sent(stack, name: str, data: bytes) -> str:
+    upload_id = upload(stack, name, data)
+    status, info = stack.request("PUT", f"/api/uploads/{upload_id}?offset=0", raw=data)
+    assert status == 200 and info["complete"], info
+    return upload_id
+
+
+def test_uploaded_reference_images_colour_the_grey_scene(stack, tape, tmp_path):
+    """Colour photos uploaded beside the video reach the colorizer (they come before the
+    tape's own colour shots): a red picture turns the grey scene red."""
+    import cv2
+    import numpy as np
+    red = np.zeros((48, 64, 3), np.uint8)
+    red[..., 2] = 230
+    red[..., :2] = np.linspace(0, 150, 64, dtype=np.uint8)[None, :, None]
+    reference = sent(stack, "red.png", cv2.imencode(".png", red)[1].tobytes())
+    video = sent(stack, tape.name, tape.read_bytes())
+    not_image = sent(stack, "notes.png", b"not an image at all")
+    status, reply = stack.request("POST", "/api/jobs", {"upload": video, "tasks": ["colorize"],
+                                                        "references": [not_image]})
+    assert status == 400 and "not an image" in reply["error"]
+    status, reply = stack.request("POST", "/api/jobs", {"upload": video, "tasks": ["analog"],
+                                                        "references": [reference]})
+    assert status == 400 and "colour" in reply["error"]
+    status, job = stack.request("POST", "/api/jobs", {"upload": video, "tasks": ["colorize"],
+                                                      "references": [reference]})
+    assert status == 200, job
+    job = finished(stack, job, 300)
+    assert job["state"] == "SUCCEEDED", job
+    status, result = stack.request("POST", f"/api/jobs/{job['id']}/download")
+    assert status == 200, result
+    import urllib.parse
+    import urllib.request
+    path = tmp_path / "result.mp4"
+    with urllib.request.urlopen(stack.url + urllib.parse.quote(result["url"]), timeout=60) as reply:
+        path.write_bytes(reply.read())
+    from tests.helpers import read_frames
+    frames = read_frames(path)
+    middle = frames[int(len(frames) * 0.48)]
+    cr = cv2.cvtColor(middle, cv2.COLOR_RGB2YCrCb)[..., 1].astype(float) - 128
+    assert cr.mean() > 4.0, cr.mean()

@@ -125,6 +125,7 @@ function showFindings(report) {
   items.push(`Real detail about ${report.native_resolution.width}×${report.native_resolution.height}`);
   items.push(`${report.shots.count} shot${report.shots.count === 1 ? "" : "s"}`);
   for (const span of report.black_and_white) items.push(`Black and white from ${span.from_s.toFixed(1)} s to ${span.to_s.toFixed(1)} s`);
+  for (const scene of report.grey_scenes || []) items.push(`Colour for ${scene.from_s.toFixed(1)}–${scene.to_s.toFixed(1)} s: ${scene.colour}`);
   const bands = Object.entries(report.damaged_bands || {}).filter(([, px]) => px > 0);
   if (bands.length) items.push(`Damaged edges: ${bands.map(([side, px]) => `${side} ${px} px`).join(", ")} (of the ${v.width}×${v.height} frame)`);
   items.push(report.audio.length ? `${report.audio.length} sound track${report.audio.length > 1 ? "s" : ""} (kept as they are)` : "No sound");
@@ -213,7 +214,8 @@ async function startJob() {
   state.startedFor = state.upload.id;
   setStartable();
   try {
-    const job = await api("POST", "/api/jobs", { upload: state.upload.id, tasks: state.tasks });
+    const references = await uploadReferences();
+    const job = await api("POST", "/api/jobs", { upload: state.upload.id, tasks: state.tasks, references });
     say("The job has started. You can close this page and come back: it keeps running.", true);
     follow(job.id);
   } catch (error) {
@@ -229,6 +231,17 @@ function setStartable() {
   const busy = state.startedFor !== null && state.upload && state.startedFor === state.upload.id;
   $("start-button").disabled = busy;
   $("start-button").title = busy ? "This video is being restored; wait for the job to end or cancel it" : "";
+}
+
+// The colour reference images, uploaded like the video (small: one chunk each).
+async function uploadReferences() {
+  const ids = [];
+  for (const file of $("references").files) {
+    const info = await api("POST", "/api/uploads", { name: file.name, size: file.size });
+    await sendChunks(file, info);
+    ids.push(info.id);
+  }
+  return ids;
 }
 
 function follow(jobId) {

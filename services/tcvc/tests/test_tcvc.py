@@ -258,6 +258,31 @@ def test_a_given_reference_image_is_used(tmp_path):
     assert not np.array_equal(run_stage(frames, reference=str(tmp_path / "ref.png"))[0], run_stage(frames)[0])
 
 
+def test_the_headers_references_are_used_unless_the_user_gives_one(tmp_path):
+    """The orchestrator sends the tape's own colour frames nearest a grey shot: stage 2
+    propagates the first of them, as it would a reference image given by path; a path
+    given by the user still wins."""
+    import cv2
+    frames = grey_clip(4)
+    reference = np.zeros_like(frames[0])
+    reference[..., 2] = 200
+    path = tmp_path / "ref.png"
+    cv2.imwrite(str(path), cv2.cvtColor(reference, cv2.COLOR_RGB2BGR))
+    other = np.zeros_like(frames[0])
+    other[..., 0] = 200
+    encoded = cv2.imencode(".png", cv2.cvtColor(other, cv2.COLOR_RGB2BGR))[1].tobytes()
+    stage = tiny_stage()
+    def run_with(**params):
+        info = clip_info(frames, **params).replace(references=(encoded,))
+        return list(stage.run(info, iter(frames))[1])
+    other_path = tmp_path / "other.png"
+    other_path.write_bytes(encoded)
+    from_header = run_with()
+    assert not np.array_equal(from_header[0], run_stage(frames)[0])
+    assert np.array_equal(from_header[0], run_stage(frames, reference=str(other_path))[0])
+    assert np.array_equal(run_with(reference=str(path))[0], run_stage(frames, reference=str(path))[0])
+
+
 @pytest.mark.parametrize("params, message", [
     ({"working_size": "30x50"}, "multiples of 8"),
     ({"scenes": "some"}, "scenes"),
