@@ -15,7 +15,6 @@ import numpy as np
 from services.stagekit.monochrome import MONOCHROME_SPREAD, THUMB, chroma_spread, thumbnail
 
 
-
 def descriptor(frame: np.ndarray) -> tuple[np.ndarray, float]:
     """A normalised histogram of hue (weighted by saturation), saturation and value, and
     the frame's typical saturation."""
