@@ -262,12 +262,7 @@ class VideoWriter:
             opts["crf"] = str(spec.crf)
         ctx.options = opts
         self.frames = 0
-        if (spec.codec == "ffv1" and self.container.format.name == "matroska" and sar != 1
-                and not spec.intermediate):
-            # PyAV's Matroska muxer drops the aspect ratio and FFV1 has no field for it.
-            log.warning("%s: Matroska/FFV1 cannot record the pixel aspect ratio %s here; "
-                        "play it with that aspect ratio or use --codec h264/h265",
-                        spec.path.name, sar)
+        _warn_if_aspect_lost(spec, sar)
 
     def write(self, rgb: np.ndarray) -> None:
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
@@ -295,6 +290,15 @@ class VideoWriter:
         _discard(self.part, self.audio, self.container)
 
 
+def _warn_if_aspect_lost(spec: OutputSpec, sar: Fraction) -> None:
+    if (spec.codec == "ffv1" and CONTAINERS[spec.path.suffix.lower()] == "matroska" and sar != 1
+            and not spec.intermediate):
+        # PyAV's Matroska muxer drops the aspect ratio and FFV1 has no field for it.
+        log.warning("%s: Matroska/FFV1 cannot record the pixel aspect ratio %s here; "
+                    "play it with that aspect ratio or use --codec h264/h265",
+                    spec.path.name, sar)
+
+
 def _discard(part: Path, *opened) -> None:
     for thing in opened:
         try:
@@ -311,6 +315,7 @@ def join_segments(segments: list[tuple[Path, int]], spec: OutputSpec, fps: Fract
     one starting with a keyframe and made by the same encoder settings): their packets
     remuxed one after another, with the source's audio muxed once alongside. Nothing is
     re-encoded, so the output holds exactly the segments' pictures."""
+    _warn_if_aspect_lost(spec, sar)
     part = _part(spec.path)
     out = av.open(str(part), "w", format=CONTAINERS[spec.path.suffix.lower()])
     audio = stream = None

@@ -209,6 +209,8 @@ class Display:
         self.stopped.set()
         self.thread.join()
         if self.bar is not None:
+            if exc[0] is None:   # a run quicker than one redraw still ends on its last state
+                self._draw()
             self.bar.__exit__(*exc)
         self.stream.flush()
 

@@ -74,8 +74,9 @@ class SegmentWriter:
         self.info, self.sar = info, sar
         self.path = folder / f"{info.clip_id}{output.path.suffix.lower()}"
         self.meta_path = folder / f"{info.clip_id}.json"
-        self.video = media.VideoWriter(media.OutputSpec(self.path, output.codec, output.crf),
-                                       info.width, info.height, info.fps, sar, None)
+        # A working file: what it cannot record is said once, of the joined output.
+        spec = media.OutputSpec(self.path, output.codec, output.crf, intermediate=True)
+        self.video = media.VideoWriter(spec, info.width, info.height, info.fps, sar, None)
         self.count = 0
 
     def write(self, frame: np.ndarray) -> None:
