@@ -19,7 +19,7 @@ PIPELINE = "/etc/restoration/pipeline.yaml"
 UID = 10001                     # the non-root user every image runs as
 
 # The video pipeline's tasks in the order a restoration runs them (orchestrator.registry.TASKS).
-VIDEO_TASKS = ("analog", "outpaint", "colorize", "deblur", "denoise", "superres", "interpolate")
+VIDEO_TASKS = ("analog", "outpaint", "deblur", "colorize", "denoise", "superres", "interpolate")
 
 
 @dataclass(frozen=True)

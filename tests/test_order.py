@@ -80,3 +80,8 @@ def test_a_pipeline_file_is_held_to_the_same_rules(tmp_path):
     file.write_text("stages:\n  - task: superres\n  - task: analog\n")
     with pytest.raises(UserError, match="analog must come first"):
         specs.build(file=file)
+
+
+def test_the_deployed_pipelines_run_the_default_order():
+    from deploy.stack import VIDEO_TASKS
+    assert VIDEO_TASKS == registry.TASKS
