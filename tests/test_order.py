@@ -85,3 +85,19 @@ def test_a_pipeline_file_is_held_to_the_same_rules(tmp_path):
 def test_the_deployed_pipelines_run_the_default_order():
     from deploy.stack import VIDEO_TASKS
     assert VIDEO_TASKS == registry.TASKS
+
+
+def test_the_rule_keeps_interpolation_last_unless_it_measured_better():
+    """Interpolating at the tape's size is always cheaper: it wins the benchmark's rule only
+    where it also restores better than every order that interpolates last."""
+    default = registry.TASKS
+    early = bench.swapped(default, "superres", "interpolate")
+    slower = bench.swapped(default, "denoise", "superres")
+
+    def results(early_psnr: float) -> dict:
+        figures = {default: (21.0, 4.6), early: (early_psnr, 2.7), slower: (21.1, 8.8)}
+        return {order: bench.Result(order, "", {"tape": bench.Run(psnr, 0.0, 0.0, 1.0, cpu, 0)})
+                for order, (psnr, cpu) in figures.items()}
+
+    assert bench.verdict(results(20.8), default)[0].order == default
+    assert bench.verdict(results(21.2), default)[0].order == early
