@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all clean bench-models bench-quality bench-pipeline bench-order images browser
+.PHONY: setup demo test test-all clean bench-models bench-quality bench-pipeline bench-order bench-checkpoints images browser
 
 setup: $(VENV)/.installed
 
@@ -46,6 +46,9 @@ bench-pipeline: setup
 
 bench-order: setup
 	$(PY) -m bench.order
+
+bench-checkpoints: setup
+	$(PY) -m bench.checkpoints
 
 images: setup
 	$(PY) -m deploy.images

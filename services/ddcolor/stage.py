@@ -156,6 +156,7 @@ def to_frame(bgr: np.ndarray, pixel_format: str) -> np.ndarray:
 class DDColorStage(NeuralStage):
     task = TASK
     model = MODEL
+    params = PARAMS
     window = (0, 0)
     max_batch = 8
 
@@ -254,6 +255,12 @@ def network_from_state(state: dict, **kwargs) -> DDColor:
 
 def load_ddcolor(path: Path, **kwargs) -> DDColor:
     return network_from_state(checkpoint_state(load_checkpoint(path)), **kwargs)
+
+
+def verify_checkpoint(name: str, path: Path, arch: Path | None = None) -> None:
+    """Load ``path``, the manifest's file ``name``, as the service does: strictly, on the
+    CPU (``arch``: the network configuration, None for the released one)."""
+    load_ddcolor(path, **read_arch(arch))
 
 
 def create_stage(weights: Path | None = None, device: str = "auto",

@@ -9,7 +9,8 @@ import jsonschema
 import pytest
 import yaml
 
-from deploy.stack import JOB_STORE, ORCHESTRATOR, PIPELINE, ROOT, WEIGHTS, by_model, deployed, neural
+from deploy.stack import (JOB_STORE, ORCHESTRATOR, PIPELINE, ROOT, WEIGHTS, by_model, deployed, neural,
+                          pipeline_services)
 from services.stagekit.testing import shared_dir
 
 from .recipes import Recipe
@@ -63,26 +64,54 @@ def test_every_pipeline_model_has_its_service_port_command_and_weights(compose):
             assert f"weights:{WEIGHTS}:ro" in entry["volumes"]
 
 
-def test_model_services_reserve_a_gpu_after_the_weights_are_pulled(compose):
+def test_model_services_reserve_a_gpu_after_their_own_weights_are_pulled(compose):
+    """Each model's weights are pulled by its own image (torch and its loader verify them,
+    MAT's converter runs there), and only that model waits for them."""
     services = compose["services"]
-    pulled = services["weights"]["command"]
-    assert pulled[:3] == ["orchestrator", "weights", "pull"]
-    assert f"weights:{WEIGHTS}" in services["weights"]["volumes"]
     for service in neural():
         entry = services[service.name]
         (device,) = entry["deploy"]["resources"]["reservations"]["devices"]
         assert device["capabilities"] == ["gpu"] and device["driver"] == "nvidia"
-        assert entry["depends_on"]["weights"] == {"condition": "service_completed_successfully"}
+        assert f"weights:{WEIGHTS}:ro" in entry["volumes"]
         if (ROOT / "services" / service.model / "weights.json").is_file():
-            assert service.model in pulled[3:]
+            pull = services[f"weights-{service.model}"]
+            assert pull["image"] == service.image
+            assert pull["command"] == ["python", "-m", "services.stagekit.fetch", service.model]
+            assert pull["volumes"] == [f"weights:{WEIGHTS}"]
+            assert entry["depends_on"] == {f"weights-{service.model}":
+                                           {"condition": "service_completed_successfully"}}
     assert "deploy" not in services["classical"]
 
 
-def test_the_orchestrator_starts_after_every_service_is_healthy_and_keeps_its_jobs(compose):
+def test_the_orchestrator_starts_after_its_pipelines_services_and_keeps_its_jobs(compose):
     entry = compose["services"][ORCHESTRATOR.name]
     assert entry["command"] == ORCHESTRATOR.command
     assert f"jobs:{JOB_STORE}" in entry["volumes"] and "jobs" in compose["volumes"]
-    assert entry["depends_on"] == {s.name: {"condition": "service_healthy"} for s in deployed()}
+    named = {by_model(stage["model"]).name for stage in mounted_pipeline(compose)}
+    # a model kept down by its weights does not keep the orchestrator down
+    assert entry["depends_on"] == {
+        s.name: {"condition": "service_healthy", **({"required": False} if s.gpu else {})}
+        for s in deployed() if s.name in named}
+
+
+def test_the_default_profile_starts_exactly_the_pipelines_services(compose):
+    started = {name for name, entry in compose["services"].items() if not entry.get("profiles")}
+    named = {by_model(stage["model"]).name for stage in mounted_pipeline(compose)}
+    pulls = {f"weights-{s.model}" for s in pipeline_services()} & set(compose["services"])
+    assert started == named | pulls | {ORCHESTRATOR.name}
+    assert named == {s.name for s in pipeline_services()} and len(named) == 7
+    for service in deployed():
+        if service.image_pipeline:
+            assert compose["services"][service.name]["profiles"] == ["image"]
+
+
+def test_the_job_api_is_published_on_this_host_unless_a_token_is_set(compose):
+    entry = compose["services"][ORCHESTRATOR.name]
+    (published,) = entry["ports"]
+    assert published == f"${{RESTORATION_PUBLISH:-127.0.0.1}}:{ORCHESTRATOR.port}:{ORCHESTRATOR.port}"
+    assert entry["environment"]["RESTORATION_TOKEN"] == "${RESTORATION_TOKEN:-}"
+    for name, other in compose["services"].items():
+        assert all(p.startswith("127.0.0.1:") for p in other.get("ports", [])) or name == ORCHESTRATOR.name
 
 
 def test_every_built_image_matches_its_dockerfile(compose):
@@ -90,7 +119,8 @@ def test_every_built_image_matches_its_dockerfile(compose):
     for name, entry in compose["services"].items():
         recipe = Recipe.read(ROOT / entry["build"]["dockerfile"])
         assert entry["build"]["context"] == "."
-        if name == "weights":
+        if name.startswith("weights-"):
+            assert entry["build"] == compose["services"][name.removeprefix("weights-")]["build"]
             continue
         assert entry["command"] == recipe.cmd
         port = recipe.exposed[0]
