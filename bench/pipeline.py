@@ -44,13 +44,13 @@ import numpy as np
 
 from bench.quality import ffmpeg_exe
 from orchestrator.media import simulate
+from orchestrator.pipeline.registry import TASKS
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "footage"
 TRUTH_SIZE = (360, 240)
 OUTPUT_SIZE = (1440, 960)
 CRF = 18
-TASKS = ("analog", "outpaint", "colorize", "deblur", "denoise", "superres", "interpolate")
 
 
 # ---- inputs and their truth ------------------------------------------------------------

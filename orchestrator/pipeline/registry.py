@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 from services.stagekit.weights import weights_present
 
-# The video pipeline's tasks, in the order a restoration runs them.
-TASKS = ("analog", "outpaint", "colorize", "deblur", "denoise", "superres", "interpolate")
+# The video pipeline's tasks, in the order a restoration runs them: the best measured by
+# bench/order.py (README, "The order of the stages"); specs.ORDER_RULES says what must hold.
+TASKS = ("analog", "outpaint", "deblur", "colorize", "denoise", "superres", "interpolate")
 IMAGE_TASKS = ("inpaint",)
 
 # `auto` takes the first model whose weights are present, then the classical one.

@@ -104,7 +104,33 @@ def build(file: Path | None = None, stages: str | None = None, skip: list[str] |
         _check(spec)
     if not specs:
         raise UserError("the pipeline has no stages")
+    problem = order_problem([s.task for s in specs])
+    if problem:
+        raise UserError(problem)
     return specs
+
+
+@dataclass(frozen=True)
+class OrderRules:
+    """What no order of the stages may break; every other order is the user's choice
+    (bench/order.py measures what each costs and gives)."""
+
+    # analog deinterlaces and brings the picture to its real size: every other stage
+    # takes progressive frames at the working size (plan.py resamples right after it).
+    first: tuple[str, ...] = ("analog",)
+
+
+ORDER_RULES = OrderRules()
+
+
+def order_problem(tasks: list[str] | tuple[str, ...]) -> str | None:
+    """Why this order of tasks cannot run, or None."""
+    for task in ORDER_RULES.first:
+        if task in tasks and tasks[0] != task:
+            before = ", ".join(tasks[:list(tasks).index(task)])
+            return (f"stage order: {task} must come first (it deinterlaces and finds the "
+                    f"real picture size the others work at), not after {before}")
+    return None
 
 
 ALL_TASKS = registry.TASKS + registry.IMAGE_TASKS

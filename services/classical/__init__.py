@@ -22,4 +22,4 @@ so each is a real algorithm rather than a placeholder:
 """
 
 MODEL = "classical"
-TASKS = ("analog", "outpaint", "colorize", "deblur", "denoise", "superres", "interpolate")
+TASKS = ("analog", "outpaint", "deblur", "colorize", "denoise", "superres", "interpolate")
