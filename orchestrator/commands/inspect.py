@@ -12,15 +12,18 @@ import av
 
 from .. import media
 from ..media.shots import ShotDetector
+from ..pipeline import memory
 from ..pipeline.plan import make_plan
+from ..pipeline.sizing import MAX_HEIGHT
 from ..pipeline.specs import StageSpec
 
 BAND_SAMPLE = 16  # frames the border detector looks at, as the outpaint stage does
 
 
-def inspect(path: Path, specs: list[StageSpec], native: str = "auto") -> dict:
+def inspect(path: Path, specs: list[StageSpec], native: str = "auto", scale: str = "auto",
+            max_height: int = MAX_HEIGHT) -> dict:
     source = media.probe(path)
-    plan = make_plan(source, specs, native)
+    plan = make_plan(source, specs, native, scale, max_height, refuse=False)
     shots, grey = _scan(source)
     return {
         "file": str(path),
@@ -40,7 +43,12 @@ def inspect(path: Path, specs: list[StageSpec], native: str = "auto") -> dict:
         "audio": _audio(path),
         "pipeline": {
             "working_size": list(plan.working_size), "output_fps": _rate(plan.target_fps),
+            "output_size": list(plan.output_size), "scale": plan.sizing.factor,
+            "model_scale": plan.sizing.model_factor, "scale_reason": plan.sizing.reason,
+            "output": plan.sizing.describe(),
             "stages": [asdict(spec) for spec in plan.stages],
+            "memory": {"peak_bytes": memory.estimate(plan), "available_bytes": memory.available(),
+                       "fits": memory.fits(plan), "note": memory.describe(plan)},
         },
     }
 
@@ -129,8 +137,10 @@ def render(report: dict, as_json: bool = False) -> str:
         "  damaged bands: " + (", ".join(f"{k} {n} px" for k, n in bands.items()) or "none"),
         "  audio: " + (", ".join(f"{a['codec']} {a['sample_rate']} Hz {a['channels']} ch" for a in report["audio"]) or "none"),
         "  would run: " + " -> ".join(f"{s['task']}={s['model']}" for s in report["pipeline"]["stages"])
-        + f", output {report['pipeline']['working_size'][0]}x{report['pipeline']['working_size'][1]} before superres"
+        + f", from {report['pipeline']['working_size'][0]}x{report['pipeline']['working_size'][1]}"
         + f" at {float(_fraction(report['pipeline']['output_fps'])):.3f} fps",
+        "  " + report["pipeline"]["output"],
+        "  " + report["pipeline"]["memory"]["note"],
     ]
     return "\n".join(lines)
 

@@ -21,7 +21,7 @@ MAX_HEIGHT = 720  # each half of the comparison, in display pixels
 
 
 def preview(path: Path, output: Path, at: float, seconds: float, specs: list[StageSpec],
-            native: str = "auto", device: str = "auto", layout: str = "side",
+            sizes: dict | None = None, device: str = "auto", layout: str = "side",
             still: Path | None = None, show_progress: bool = True) -> Path:
     source = media.probe(path)
     if seconds <= 0:
@@ -29,29 +29,24 @@ def preview(path: Path, output: Path, at: float, seconds: float, specs: list[Sta
     if not 0 <= at < source.duration:
         raise UserError(f"--at {at}: the video is {source.duration:.2f}s long")
     # The native size is measured on the whole input, as the full job would.
-    working = make_plan(source, specs, native).working_size
+    sizes = dict(sizes or {})
+    working = make_plan(source, specs, **sizes).working_size
     with tempfile.TemporaryDirectory(prefix="preview-", dir=output.parent) as tmp:
         stretch = _cut(source, at, seconds, Path(tmp) / "stretch.mkv")
         restored = Path(tmp) / "restored.mkv"
-        plan = make_plan(stretch, specs, "%dx%d" % working)
+        plan = make_plan(stretch, specs, **{**sizes, "native": "%dx%d" % working})
         Job(plan, media.OutputSpec(restored, "ffv1"), device, show_progress).run()
         return _compare(stretch, restored, plan.source.dar, output, layout, still)
 
 
 def _cut(source: media.SourceInfo, at: float, seconds: float, path: Path) -> media.SourceInfo:
-    """The stretch as a lossless file, carrying the original's field order and aspect."""
-    frames = []
-    for index, frame in enumerate(media.decode(source)):
-        t = index / float(source.fps)
-        if t >= at + seconds:
-            break
-        if t >= at:
-            frames.append(frame)
+    """The stretch as a lossless file, carrying the original's field order and aspect
+    (written as it is decoded: a stretch of large frames is never held)."""
     with av.open(str(path), "w") as out:
         stream = out.add_stream("ffv1", rate=source.fps)
-        stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt = "bgr0"
-        for i, rgb in enumerate(frames):
+        stream.height, stream.width = source.height, source.width
+        for i, rgb in enumerate(_stretch(source, at, seconds)):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="bgr0")
             frame.pts = i
             out.mux(stream.encode(frame))
@@ -61,26 +56,40 @@ def _cut(source: media.SourceInfo, at: float, seconds: float, path: Path) -> med
                                rotation=0, audio_codec=None, audio_duration=None)
 
 
+def _stretch(source: media.SourceInfo, at: float, seconds: float):
+    for index, frame in enumerate(media.decode(source)):
+        t = index / float(source.fps)
+        if t >= at + seconds:
+            break
+        if t >= at:
+            yield frame
+
+
 def _compare(before: media.SourceInfo, after_path: Path, dar: Fraction, output: Path,
              layout: str, still: Path | None) -> Path:
     height = MAX_HEIGHT
     width = int(round(height * dar / 2)) * 2
-    originals = list(media.decode(before))
+    originals = media.decode(before)
     after = media.probe(after_path)
     ratio = float(before.fps / after.fps)
     spec = media.OutputSpec(output, "h264", 18)
     out_width = width * 2 if layout == "side" else width
     no_audio = dataclasses.replace(after, audio_codec=None)
     writer = media.VideoWriter(spec, out_width, height, after.fps, Fraction(1), no_audio)
-    frames = list(media.decode(after))
+    count = sum(1 for _ in media.decode(after))
+    # Both streamed side by side: the original that shows with restored frame i is the
+    # one at i * ratio, which only ever moves forward.
+    shown, original = -1, None
     try:
-        for i, restored in enumerate(frames):
-            original = originals[min(int(i * ratio), len(originals) - 1)]
+        for i, restored in enumerate(media.decode(after)):
+            while shown < int(i * ratio):
+                original = next(originals, original)
+                shown += 1
             left = cv2.resize(original, (width, height), interpolation=cv2.INTER_AREA)
             right = cv2.resize(restored, (width, height), interpolation=cv2.INTER_AREA)
-            picture = _side(left, right) if layout == "side" else _wipe(left, right, i / max(len(frames) - 1, 1))
+            picture = _side(left, right) if layout == "side" else _wipe(left, right, i / max(count - 1, 1))
             writer.write(picture)
-            if still is not None and i == len(frames) // 2:
+            if still is not None and i == count // 2:
                 cv2.imwrite(str(still), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
         return writer.finish()
     except BaseException:

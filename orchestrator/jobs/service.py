@@ -31,6 +31,7 @@ from ..errors import UserError
 from ..pipeline import specs as pipeline_specs
 from ..pipeline.endpoints import endpoints
 from ..pipeline.plan import make_plan
+from ..pipeline.sizing import MAX_HEIGHT, check_flags
 from ..pipeline.runner import Cancelled, ResumableRun
 from ..pipeline.stagerunners import ClipFailed
 from .client import CHUNK, jobs_pb2, jobs_pb2_grpc
@@ -202,7 +203,8 @@ class Scheduler:
         options = json.loads(row["options"])
         specs = job_specs(self.config, options)
         source = media.probe(Path(row["input_path"]))
-        plan = make_plan(source, specs, options.get("native") or "auto")
+        plan = make_plan(source, specs, options.get("native") or "auto",
+                         options.get("scale") or "auto", options.get("max_height") or MAX_HEIGHT)
         output = media.OutputSpec(self.store.output_path(job_id), options.get("codec") or "h264",
                                   options.get("crf") or 18)
         store, metrics = self.store, self.metrics
@@ -296,12 +298,15 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                    "endpoint": s.endpoint or "local"} for s in opts.stages]
         for stage in stages:
             self._check_endpoint(stage["endpoint"])
+        scale, max_height = opts.scale or "auto", opts.max_height or MAX_HEIGHT
         try:
+            check_flags(scale, max_height)
             job_specs(self.config, {"stages": stages})
         except UserError as exc:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         return {"stages": stages, "codec": codec, "crf": opts.crf or 18,
-                "native": opts.native or "auto", "output_name": output,
+                "native": opts.native or "auto", "scale": scale, "max_height": max_height,
+                "output_name": output,
                 "keep_going": opts.keep_going}
 
     def _check_endpoint(self, endpoint: str) -> None:

@@ -123,3 +123,8 @@ def _check(spec: StageSpec) -> None:
 def from_args(args) -> list[StageSpec]:
     """The stages the pipeline flags of `submit`, `inspect` and `preview` choose."""
     return build(args.pipeline, args.stages, args.skip, args.model, args.sets, args.endpoint)
+
+
+def sizes_from(args) -> dict:
+    """The size flags of `submit`, `inspect` and `preview`, as ``make_plan``'s keywords."""
+    return {"native": args.native, "scale": args.scale, "max_height": args.max_height}
