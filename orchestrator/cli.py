@@ -229,8 +229,8 @@ def cmd_preview(args) -> int:
         raise UserError(f"{output}: already exists (use -y to replace it)")
     media.OutputSpec(output).check()
     path = preview(args.input, output, args.at, args.seconds, pipeline_specs.from_args(args),
-                   pipeline_specs.sizes_from(args),
-                   args.device, args.layout, args.still, show_progress=not args.quiet)
+                   args.native, args.device, args.layout, args.still,
+                   show_progress=not args.quiet, scale=args.scale, max_height=args.max_height)
     print(path)
     return 0
 

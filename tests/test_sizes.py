@@ -5,17 +5,18 @@ from __future__ import annotations
 import threading
 from fractions import Fraction
 
+import cv2
 import numpy as np
 import pytest
 
 from orchestrator import cli, media
 from orchestrator.errors import UserError
-from orchestrator.pipeline import memory, sizing
+from orchestrator.pipeline import memory, registry, sizing
 from orchestrator.pipeline import specs as pipeline
 from orchestrator.pipeline.plan import make_plan
-from orchestrator.pipeline.runner import Cancelled, Channel
+from orchestrator.pipeline.runner import Cancelled, Channel, Job
 from services.classical.superres import SuperresStage
-from services.stagekit import ClipInfo
+from services.stagekit import ClipInfo, Stage
 from services.stagekit.tiling import tiled
 
 from .helpers import read_frames, run_cli, textured, write_video
@@ -171,3 +172,25 @@ def test_tiles_cover_the_frame_once():
     assert np.array_equal(tiled(lambda x: x * 2, image, tile=3, margin=1), image * 2)
     up = tiled(lambda x: x.repeat(2, 0).repeat(2, 1), image, tile=4, margin=0, factor=2)
     assert np.array_equal(up, image.repeat(2, 0).repeat(2, 1))
+
+
+class FixedFour(Stage):
+    """A stand-in for a model that only makes 4x (PSRT, DiffBIR)."""
+
+    task, model, scale = "superres", "psrt", 4
+
+    def process(self, info, frames):
+        for frame in frames:
+            yield cv2.resize(frame, (info.width * 4, info.height * 4),
+                             interpolation=cv2.INTER_LANCZOS4)
+
+
+def test_a_fixed_4x_model_is_resized_down_to_the_chosen_factor(small_clip, tmp_path,
+                                                                monkeypatch):
+    monkeypatch.setattr(registry, "create_local", lambda task, model, device="auto": FixedFour())
+    source = media.probe(small_clip)
+    plan = make_plan(source, pipeline.build(stages="superres", models=["superres=psrt"]),
+                     native="full", scale="2")
+    assert "the model makes 4x, resized down to 2x" in plan.lines()[1]
+    out = Job(plan, media.OutputSpec(tmp_path / "out.mkv", "ffv1"), show_progress=False).run()
+    assert read_frames(out)[0].shape[:2] == (96, 128)

@@ -14,6 +14,7 @@ import numpy as np
 from .. import media
 from ..errors import UserError
 from ..pipeline.plan import make_plan
+from ..pipeline import sizing
 from ..pipeline.runner import Job
 from ..pipeline.specs import StageSpec
 
@@ -21,20 +22,20 @@ MAX_HEIGHT = 720  # each half of the comparison, in display pixels
 
 
 def preview(path: Path, output: Path, at: float, seconds: float, specs: list[StageSpec],
-            sizes: dict | None = None, device: str = "auto", layout: str = "side",
-            still: Path | None = None, show_progress: bool = True) -> Path:
+            native: str = "auto", device: str = "auto", layout: str = "side",
+            still: Path | None = None, show_progress: bool = True, scale: str = "auto",
+            max_height: int = sizing.MAX_HEIGHT) -> Path:
     source = media.probe(path)
     if seconds <= 0:
         raise UserError(f"--seconds must be positive, not {seconds}")
     if not 0 <= at < source.duration:
         raise UserError(f"--at {at}: the video is {source.duration:.2f}s long")
     # The native size is measured on the whole input, as the full job would.
-    sizes = dict(sizes or {})
-    working = make_plan(source, specs, **sizes).working_size
+    working = make_plan(source, specs, native, scale, max_height).working_size
     with tempfile.TemporaryDirectory(prefix="preview-", dir=output.parent) as tmp:
         stretch = _cut(source, at, seconds, Path(tmp) / "stretch.mkv")
         restored = Path(tmp) / "restored.mkv"
-        plan = make_plan(stretch, specs, **{**sizes, "native": "%dx%d" % working})
+        plan = make_plan(stretch, specs, "%dx%d" % working, scale, max_height)
         Job(plan, media.OutputSpec(restored, "ffv1"), device, show_progress).run()
         return _compare(stretch, restored, plan.source.dar, output, layout, still)
 

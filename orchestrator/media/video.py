@@ -212,6 +212,14 @@ class OutputSpec:
             raise MediaError(f"{self.path}: cannot write output ({exc.strerror})") from None
 
 
+LOOKAHEAD = 40            # x264's frames of look-ahead (preset medium) up to full HD ...
+LOOKAHEAD_PIXELS = 1920 * 1080   # ... and fewer above, so the encoder holds a fixed area
+
+
+def lookahead(width: int, height: int) -> int:
+    return max(10, min(LOOKAHEAD, LOOKAHEAD * LOOKAHEAD_PIXELS // (width * height)))
+
+
 class VideoWriter:
     """Encodes RGB frames, with the source's audio muxed alongside as they go, into a
     hidden part file beside the output; ``finish`` moves it into place atomically,
@@ -238,6 +246,8 @@ class VideoWriter:
         opts = dict(options)
         if spec.codec in ("h264", "h265"):
             opts["crf"] = str(spec.crf)
+        if spec.codec == "h264":
+            opts["rc-lookahead"] = str(lookahead(width, height))
         ctx.options = opts
         self.frames = 0
         if spec.codec == "ffv1" and self.container.format.name == "matroska" and sar != 1:

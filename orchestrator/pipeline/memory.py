@@ -20,7 +20,8 @@ if TYPE_CHECKING:  # the plan imports this module
 GIB = 1 << 30
 QUEUE_FRAMES = 8              # frames buffered between two stages ...
 QUEUE_BYTES = 96 << 20        # ... and bytes (one frame always passes, however large)
-BASE_BYTES = 600 << 20        # the interpreter, numpy, OpenCV, PyAV, torch's import
+BASE_BYTES = 250 << 20        # the interpreter, numpy, OpenCV, PyAV
+TORCH_BYTES = 1 << 30         # torch's import, when a local stage runs a neural model
 CODEC_FRAMES = 12             # frames decode + encode hold (threads, x264's look-ahead)
 HEADROOM = 0.85               # share of the available memory a job may plan to use
 
@@ -29,12 +30,12 @@ HEADROOM = 0.85               # share of the available memory a job may plan to 
 # tiles; measured with bench/sizes.py. A model not listed is taken to be as hungry as the
 # hungriest classical stage.
 STAGE_BYTES_PER_PIXEL = {
-    ("analog", "classical"): 380,
+    ("analog", "classical"): 400,
     ("outpaint", "classical"): 60,
     ("colorize", "classical"): 40,
     ("deblur", "classical"): 100,
-    ("denoise", "classical"): 300,
-    ("superres", "classical"): 120,
+    ("denoise", "classical"): 320,
+    ("superres", "classical"): 80,
     ("interpolate", "classical"): 280,
 }
 DEFAULT_BYTES_PER_PIXEL = 400
@@ -52,6 +53,8 @@ def estimate(plan: "Plan") -> int:
     total = BASE_BYTES + CODEC_FRAMES * 3 * (src.width * src.height + _area(plan.output_size))
     queued = [src.width * src.height] + [_area(size) for _, size in sizes] + [_area(plan.output_size)]
     total += sum(3 * area * queue_frames(3 * area) for area in queued)
+    if any(s.endpoint == "local" and s.model != "classical" for s in plan.stages):
+        total += TORCH_BYTES
     for spec, size in sizes:
         if spec.endpoint == "local":
             per_pixel = STAGE_BYTES_PER_PIXEL.get((spec.task, spec.model), DEFAULT_BYTES_PER_PIXEL)

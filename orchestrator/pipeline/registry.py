@@ -71,7 +71,9 @@ def resolve(task: str, model: str) -> str:
                              f"(choose {', '.join(models(task))} or auto)")
         return model
     for candidate in NEURAL.get(task, ()):
-        if status(task, candidate).runnable:
+        # weights first: importing a model's code loads torch (most of a gigabyte resident),
+        # which a run of classical stages never needs
+        if weights_present(candidate) and status(task, candidate).runnable:
             return candidate
     return CLASSICAL
 
