@@ -6,16 +6,14 @@ float copies, its frame-parallel workers: a cost per pixel of the frames it take
 bench/sizes.py measures it) and, between two stages, a queue bounded in frames and in
 bytes. Nothing else grows with the footage: not its length (clips stream) and not the
 frame area beyond these costs (large frames are tiled), so the estimate is linear in the
-frame areas the plan decides."""
+frame areas the plan decides. (``plan`` below is a plan.Plan, which uses this module.)"""
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+
+from services.stagekit.parallel import frame_workers
 
 from ..errors import UserError
-
-if TYPE_CHECKING:  # the plan imports this module
-    from .plan import Plan
 
 GIB = 1 << 30
 QUEUE_FRAMES = 8              # frames buffered between two stages ...
@@ -25,20 +23,21 @@ TORCH_BYTES = 1 << 30         # torch's import, when a local stage runs a neural
 CODEC_FRAMES = 12             # frames decode + encode hold (threads, x264's look-ahead)
 HEADROOM = 0.85               # share of the available memory a job may plan to use
 
-# Bytes a local stage holds at its peak per pixel of the frames it takes in (superres: of
-# those its model makes): its window, float32 working copies, frame-parallel workers, its
-# tiles; measured with bench/sizes.py. A model not listed is taken to be as hungry as the
-# hungriest classical stage.
+# What a local stage holds at its peak per pixel of the frames it takes in (superres: of
+# those its model makes): bytes whatever it does (its window, float32 working copies,
+# tiles), and bytes more for each frame it works on side by side (stagekit.parallel: fewer
+# for large frames); measured stage by stage at 1080p (two workers) and 2160p (one).
+# A model not listed is taken to be as hungry as the hungriest classical stage.
 STAGE_BYTES_PER_PIXEL = {
-    ("analog", "classical"): 400,
-    ("outpaint", "classical"): 60,
-    ("colorize", "classical"): 40,
-    ("deblur", "classical"): 100,
-    ("denoise", "classical"): 320,
-    ("superres", "classical"): 80,
-    ("interpolate", "classical"): 280,
+    ("analog", "classical"): (80, 160),
+    ("outpaint", "classical"): (60, 0),
+    ("colorize", "classical"): (40, 0),
+    ("deblur", "classical"): (100, 0),
+    ("denoise", "classical"): (20, 150),
+    ("superres", "classical"): (80, 0),
+    ("interpolate", "classical"): (280, 0),
 }
-DEFAULT_BYTES_PER_PIXEL = 400
+DEFAULT_BYTES_PER_PIXEL = (400, 150)
 
 
 def queue_frames(frame_bytes: int) -> int:
@@ -46,7 +45,7 @@ def queue_frames(frame_bytes: int) -> int:
     return max(1, min(QUEUE_FRAMES, QUEUE_BYTES // max(1, frame_bytes)))
 
 
-def estimate(plan: "Plan") -> int:
+def estimate(plan) -> int:
     """Peak bytes the job will hold, from the sizes its plan decided."""
     src = plan.source
     sizes = _stage_inputs(plan)
@@ -57,12 +56,13 @@ def estimate(plan: "Plan") -> int:
         total += TORCH_BYTES
     for spec, size in sizes:
         if spec.endpoint == "local":
-            per_pixel = STAGE_BYTES_PER_PIXEL.get((spec.task, spec.model), DEFAULT_BYTES_PER_PIXEL)
-            total += per_pixel * _area(size)
+            fixed, per_worker = STAGE_BYTES_PER_PIXEL.get((spec.task, spec.model),
+                                                          DEFAULT_BYTES_PER_PIXEL)
+            total += (fixed + per_worker * frame_workers(_area(size))) * _area(size)
     return total
 
 
-def _stage_inputs(plan: "Plan") -> list:
+def _stage_inputs(plan) -> list:
     """Each stage with the size its cost counts on: the frames it takes in (the source's
     for an analog stage that deinterlaces, the working size up to superres, the output
     size after it), and for superres the frames its model makes."""
@@ -97,11 +97,11 @@ def available() -> int:
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def fits(plan: "Plan") -> bool:
+def fits(plan) -> bool:
     return estimate(plan) <= HEADROOM * available()
 
 
-def describe(plan: "Plan") -> str:
+def describe(plan) -> str:
     verdict = "fits" if fits(plan) else f"does not fit: {ADVICE}"
     return (f"memory: about {estimate(plan) / GIB:.1f} GiB at the peak, "
             f"{available() / GIB:.1f} GiB available ({verdict})")
@@ -110,7 +110,7 @@ def describe(plan: "Plan") -> str:
 ADVICE = "use a smaller --scale or --max-height"
 
 
-def refuse_unfit(plan: "Plan") -> None:
+def refuse_unfit(plan) -> None:
     """A job whose peak would pass what this machine has is refused, saying what to change."""
     if fits(plan):
         return
