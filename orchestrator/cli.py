@@ -135,10 +135,15 @@ def add_service_parsers(sub) -> None:
     serve.add_argument("--tls-key", type=Path, help="the certificate's private key")
     serve.add_argument("--tls-client-ca", type=Path, help="require client certificates (mutual TLS)")
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
-    serve.add_argument("--allow-endpoint", action="append", default=[], metavar="PREFIX",
-                       help="stage endpoints (by prefix) a job may name besides the pipeline's")
+    serve.add_argument("--allow-endpoint", action="append", default=[], metavar="ENDPOINT",
+                       help="stage endpoints a job may name besides the pipeline's, compared "
+                            "by scheme, host and port (no port: any port of that host)")
     serve.add_argument("--http", metavar="HOST:PORT",
-                       help="also serve the web page here (same jobs, same token)")
+                       help="also serve the web page here (same jobs, same token, same limits; "
+                            "HTTPS with --tls-cert)")
+    serve.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                       help="a host name the web page answers to (IP addresses and localhost "
+                            "always)")
     serve.add_argument("--device", default="auto", help="auto, cpu or cuda for in-process models")
     for name, text in (("status", "a job's state"), ("watch", "follow a job until it ends"),
                        ("cancel", "stop a job")):
@@ -245,13 +250,35 @@ def cmd_serve(args) -> int:
         raise UserError("--max-running must be at least 1")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UserError("--tls-cert and --tls-key go together")
+    for given in (args.tls_cert, args.tls_key, args.tls_client_ca, args.token_file):
+        if given and not given.is_file():
+            raise UserError(f"{given}: no such file")
     security = Security(token_from(args), args.tls_cert, args.tls_key, args.tls_client_ca)
+    page = None
     if args.http:
+        from .web.guard import WebSecurity
         from .web.server import start_beside
         web_dir = Path(args.store) / "web"
         config.input_roots = [*config.input_roots, web_dir / "uploads"]
-        start_beside(args.http, args.listen, security.token, web_dir, args.device)
-    return serve(config, args.listen, security, args.metrics_port)
+        web = WebSecurity(args.tls_cert, args.tls_key, _beside_credentials(args),
+                          args.allow_host, config.limits)
+
+        def page():
+            start_beside(args.http, args.listen, security.token, web_dir, args.device, web)
+    return serve(config, args.listen, security, args.metrics_port, page)
+
+
+def _beside_credentials(args):
+    """How the page beside a TLS job API reaches it: trusting $RESTORATION_TLS_CA, else the
+    server's own certificate (self-signed); with a client certificate when the API asks
+    for one ($RESTORATION_TLS_CERT/KEY)."""
+    if not args.tls_cert:
+        return None
+    import os
+    from .jobs.client import channel_credentials
+    return channel_credentials(os.environ.get("RESTORATION_TLS_CA") or args.tls_cert,
+                               os.environ.get("RESTORATION_TLS_CERT"),
+                               os.environ.get("RESTORATION_TLS_KEY"))
 
 
 def _service_command(name: str):

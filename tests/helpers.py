@@ -72,3 +72,55 @@ def textured(seed: int, size=(64, 48), count=12, shift=2) -> list[np.ndarray]:
     return [np.ascontiguousarray(base[:, i * shift:i * shift + w]) for i in range(count)]
 
 
+
+
+def huge_frame_video(path: Path, size: int = 16000, grey: int = 128) -> Path:
+    """One flat grey ``size`` x ``size`` PNG frame in a QuickTime file: a few hundred KB on
+    disk, gigabytes once decoded. The PNG is written by hand, row by row, so that making it
+    costs no more memory than its compressed bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    row = b"\x00" + bytes([grey]) * size
+    packer = zlib.compressobj(6)
+    image = b"".join(packer.compress(row) for _ in range(size)) + packer.flush()
+    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 0, 0, 0, 0))
+           + chunk(b"IDAT", image) + chunk(b"IEND", b""))
+    with av.open(str(path), "w", format="mov") as out:
+        stream = out.add_stream("png", rate=1)
+        stream.width = stream.height = size
+        stream.pix_fmt = "gray"
+        packet = av.Packet(png)
+        packet.stream, packet.pts, packet.dts, packet.duration = stream, 0, 0, 1
+        packet.time_base, packet.is_keyframe = Fraction(1), True
+        out.mux(packet)
+    return path
+
+
+def unknown_length_video(path: Path, seconds: int, fps: int = 2) -> Path:
+    """A Matroska file written as a live stream: no duration and no index in its header,
+    so its length is known only by reading it to the end."""
+    with av.open(str(path), "w", format="matroska", options={"live": "1"}) as out:
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(seconds * fps):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i % 256, np.uint8),
+                                               format="rgb24")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def refers_to(path: Path, target: Path, kind: str) -> Path:
+    """A file that names another: an HLS playlist (``hls``) or an FFmpeg concat list."""
+    if kind == "hls":
+        text = f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{target}\n#EXT-X-ENDLIST\n"
+    else:
+        text = f"ffconcat version 1.0\nfile '{target}'\n"
+    path.write_text(text)
+    return path

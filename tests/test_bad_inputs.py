@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from .helpers import add_tone_stream, run_cli, textured, write_tone, write_video
+from .helpers import add_tone_stream, refers_to, run_cli, textured, write_tone, write_video
 
 
 def assert_clean_failure(result, out_dir: Path, *words: str) -> None:
@@ -58,6 +58,18 @@ def test_still_image_is_not_a_video(tmp_path):
         out.mux(stream.encode(None))
     result = run_cli("submit", path, "-o", tmp_path / "restored.mp4")
     assert_clean_failure(result, tmp_path, "still image")
+
+
+@pytest.mark.parametrize("kind, name, words", [
+    ("hls", "tape.m3u8", ("HLS playlist",)), ("hls", "tape.mp4", ("HLS playlist",)),
+    ("concat", "tape.ffconcat", ("concat list",)), ("concat", "tape.mkv", ("concat list",))])
+def test_files_that_name_other_files_are_refused(tmp_path, kind, name, words):
+    """A playlist or concat list would read any file it names (issue 34)."""
+    other = write_video(tmp_path / "other.ts", textured(2, count=4))
+    path = refers_to(tmp_path / name, other, kind)
+    result = run_cli("submit", path, "-o", tmp_path / "restored.mp4")
+    assert_clean_failure(result, tmp_path, *words)
+    assert_clean_failure(run_cli("inspect", path), tmp_path, *words)
 
 
 def test_audio_only_input(tmp_path):

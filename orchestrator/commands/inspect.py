@@ -8,8 +8,6 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-import av
-
 from .. import media
 from ..media.shots import ShotDetector
 from ..pipeline import memory
@@ -91,17 +89,17 @@ def _bands(source: media.SourceInfo) -> dict:
 
 
 def _container(path: Path) -> str:
-    with av.open(str(path)) as container:
+    with media.open_input(path) as container:
         return container.format.name
 
 
 def _video_codec(path: Path) -> str:
-    with av.open(str(path)) as container:
+    with media.open_input(path) as container:
         return container.streams.video[0].codec_context.name
 
 
 def _audio(path: Path) -> list[dict]:
-    with av.open(str(path)) as container:
+    with media.open_input(path) as container:
         return [{"codec": s.codec_context.name, "sample_rate": s.rate, "channels": s.channels,
                  "language": s.metadata.get("language"),
                  "duration_s": round(float(s.duration * s.time_base), 3) if s.duration else None}

@@ -24,12 +24,15 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.stagekit.server import GRPC_OPTIONS, server_credentials
+from services.stagekit.auth import TokenCheck, read_token
+from services.stagekit.server import FILE_PARAMS, GRPC_OPTIONS, server_credentials
 
 from .. import media
-from ..errors import UserError
+from ..errors import MediaError, UserError, printable
+from ..media import Limits
+from ..media.open import OverLimit
 from ..pipeline import specs as pipeline_specs
-from ..pipeline.endpoints import endpoints
+from ..pipeline.endpoints import allows, endpoints
 from ..pipeline.plan import make_plan
 from ..pipeline.sizing import MAX_HEIGHT, check_flags
 from ..pipeline.runner import Cancelled, ResumableRun
@@ -39,33 +42,13 @@ from .store import ENDED, JobStore
 
 log = logging.getLogger("restoration.service")
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,199}$")
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,199}")
 SERVICE_NAME = jobs_pb2.DESCRIPTOR.services_by_name["JobService"].full_name
 WATCH_INTERVAL = 0.5
-MAX_CALLS = 64            # calls served at once (each watcher holds one)
-
-
-@dataclass
-class Limits:
-    max_input_bytes: int = 64 * 1024 ** 3
-    max_width: int = 7680
-    max_height: int = 4320
-    max_duration: float = 24 * 3600.0
-
-    def check_size(self, size: int) -> None:
-        if size > self.max_input_bytes:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"input is {size} bytes, over the limit of {self.max_input_bytes}")
-
-    def check_video(self, source: media.SourceInfo) -> None:
-        if source.width > self.max_width or source.height > self.max_height:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"resolution {source.width}x{source.height} is over the limit of "
-                           f"{self.max_width}x{self.max_height}")
-        if source.duration > self.max_duration:
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"duration {source.duration:.1f}s is over the limit of "
-                           f"{self.max_duration:.0f}s")
+MAX_CALLS = 64            # calls served at once besides the watchers
+MAX_PROBES = 2            # uploads probed at once (each decodes a frame up to the limit)
+MAX_WATCHES = 64          # Watch streams open at once: their own pool, so that
+                          # status, list and submit are answered however many watch
 
 
 @dataclass
@@ -77,7 +60,7 @@ class Config:
     input_roots: list[Path] = field(default_factory=list)
     device: str = "auto"
     max_attempts: int = 3
-    allowed_endpoints: list[str] = field(default_factory=list)  # prefixes a job may name
+    allowed_endpoints: list[str] = field(default_factory=list)  # endpoints a job may name
 
 
 class Rejected(Exception):
@@ -91,9 +74,9 @@ class Rejected(Exception):
 def safe_name(name: str, what: str) -> str:
     """A client's file name, accepted only as a plain name: no folders, no '..', no
     hidden files, nothing a shell or a file system would read specially."""
-    if not SAFE_NAME.match(name or "") or ".." in name:
+    if not SAFE_NAME.fullmatch(name or "") or ".." in name:
         raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
-                       f"{what} {name!r}: a plain file name is required (letters, digits, "
+                       f"{what} {printable(name)!r}: a plain file name is required (letters, digits, "
                        f"'.', '_', '-', ' '; no folders, no '..')")
     return name
 
@@ -196,7 +179,7 @@ class Scheduler:
             state, error = "CANCELLED", "cancelled"
         self.store.set_state(job_id, state, error, failed_stage)
         self.metrics.jobs_ended.labels(state.lower()).inc()
-        log.info("job %s: %s%s", job_id, state.lower(), f" ({error})" if error else "")
+        log.info("job %s: %s%s", job_id, state.lower(), f" ({printable(error)})" if error else "")
 
     def _prepare(self, row: dict) -> ResumableRun:
         job_id = row["id"]
@@ -225,6 +208,15 @@ class Scheduler:
                             on_failure=clip_failed)
 
 
+def inside_roots(given: str, roots: list[Path]) -> Path | None:
+    """``given`` resolved (links followed), if it lies inside one of ``roots``."""
+    try:
+        path = Path(given).resolve()
+    except (OSError, ValueError):
+        return None
+    return path if any(path.is_relative_to(root.resolve()) for root in roots) else None
+
+
 def _stage_named(message: str) -> str:
     found = re.match(r"stage (\S+)", message)
     return found.group(1).rstrip(":") if found else ""
@@ -245,17 +237,22 @@ def job_specs(config: Config, options: dict) -> list:
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     def __init__(self, config: Config, store: JobStore, scheduler: Scheduler, metrics):
         self.config, self.store, self.scheduler, self.metrics = config, store, scheduler, metrics
+        self.watchers = threading.BoundedSemaphore(MAX_WATCHES)
+        self.probing = threading.BoundedSemaphore(MAX_PROBES)
 
     def Submit(self, request_iterator, context):
         if self.scheduler.stopping.is_set():
             context.abort(grpc.StatusCode.UNAVAILABLE, "the service is shutting down")
         job_id, folder = self.store.new_job_folder()
         try:
-            self._admit(job_id, folder, request_iterator)
+            try:
+                self._admit(job_id, folder, request_iterator)
+            except MediaError as exc:  # a limit: says nothing of the server's paths
+                raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         except Rejected as exc:
             shutil.rmtree(folder, ignore_errors=True)
             self.metrics.errors.labels("rejected").inc()
-            log.info("submit rejected: %s", exc)
+            log.info("submit rejected: %s", printable(exc))
             context.abort(exc.code, str(exc))
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
@@ -278,11 +275,12 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             name = path.name
         else:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, "no input: give an upload or a server path")
-        source = self._probe(path)
-        self.config.limits.check_video(source)
+        with self.probing:
+            source = self._probe(path)
         output = options["output_name"] or default_output(name, options["codec"])
         self.store.add(job_id, options, name, path, output, source.frame_count or 0)
-        log.info("job %s: queued %s (%dx%d, %.1fs)", job_id, name, source.width, source.height,
+        log.info("job %s: queued %s (%dx%d, %.1fs)", job_id, printable(name), source.width,
+                 source.height,
                  source.duration)
 
     def _options(self, opts) -> dict:
@@ -298,6 +296,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                    "endpoint": s.endpoint or "local"} for s in opts.stages]
         for stage in stages:
             self._check_endpoint(stage["endpoint"])
+            self._check_files(stage)
         scale, max_height = opts.scale or "auto", opts.max_height or MAX_HEIGHT
         try:
             check_flags(scale, max_height)
@@ -311,18 +310,28 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
 
     def _check_endpoint(self, endpoint: str) -> None:
         """A job may send frames only where the operator allows: the endpoints of the
-        server's own pipeline and the prefixes given with --allow-endpoint."""
+        server's own pipeline and those given with --allow-endpoint (scheme, host, port)."""
         if endpoint == "local":
             return
-        allowed = [s.endpoint for s in pipeline_specs.build(self.config.pipeline_file)
-                   if s.endpoint != "local"] if self.config.pipeline_file else []
+        allowed = [r for s in pipeline_specs.build(self.config.pipeline_file)
+                   if s.endpoint != "local" for r in endpoints(s.endpoint)
+                   ] if self.config.pipeline_file else []
         for replica in endpoints(endpoint):
-            replica = replica.strip()
-            if not any(replica == a or replica in a.split(",") for a in allowed) and not any(
-                    replica.startswith(prefix) for prefix in self.config.allowed_endpoints):
+            if not any(allows(rule, replica) for rule in allowed + self.config.allowed_endpoints):
                 raise Rejected(grpc.StatusCode.PERMISSION_DENIED,
-                               f"endpoint {replica} is not one this server may use "
+                               f"endpoint {printable(replica)} is not one this server may use "
                                "(its pipeline's, or --allow-endpoint)")
+
+    def _check_files(self, stage: dict) -> None:
+        """Parameters that name files (a colour reference) are read by the stages: a job may
+        name only files inside the input roots, and whether an outside file exists or what
+        it holds is never told."""
+        for param in FILE_PARAMS:
+            for given in filter(None, (p.strip() for p in stage["params"].get(param, "").split(","))):
+                if inside_roots(given, self.config.input_roots) is None:
+                    raise Rejected(grpc.StatusCode.PERMISSION_DENIED,
+                                   f"{stage['task']}.{param}: not allowed (a job may name only "
+                                   "files inside the server's input roots)")
 
     def _receive(self, path: Path, upload, requests) -> Path:
         """Write the upload under a hidden name; it becomes the input only when whole."""
@@ -347,19 +356,23 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         return path
 
     def _server_path(self, given: str) -> Path:
-        path = Path(given).resolve()
-        if not any(path.is_relative_to(root.resolve()) for root in self.config.input_roots):
+        path = inside_roots(given, self.config.input_roots)
+        if path is None:
             raise Rejected(grpc.StatusCode.PERMISSION_DENIED,
-                           f"{given}: not inside a folder this server reads inputs from")
+                           f"{printable(given)}: not inside a folder this server reads inputs from")
         if not path.is_file():
-            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"{given}: no such file")
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"{printable(given)}: no such file")
         self.config.limits.check_size(path.stat().st_size)
         return path
 
     def _probe(self, path: Path) -> media.SourceInfo:
+        """The limits from the file's header first (nothing decoded), then one frame."""
         try:
+            self.config.limits.check(path)
             source = media.probe(path)
             next(iter(media.decode(source)))
+        except OverLimit as exc:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         except UserError as exc:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT,
                            f"not a readable video: {str(exc).replace(str(path), path.name)}") from None
@@ -379,6 +392,15 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
 
     def Watch(self, request, context):
         self._known(request.job_id, context)
+        if not self.watchers.acquire(blocking=False):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"{MAX_WATCHES} watchers already: try again later, or poll status")
+        try:
+            yield from self._watch(request, context)
+        finally:
+            self.watchers.release()
+
+    def _watch(self, request, context):
         last = None
         while context.is_active():
             status = self._status(request.job_id)
@@ -482,41 +504,6 @@ class Metrics:
         start_http_server(port, registry=self.registry)
 
 
-class TokenCheck(grpc.ServerInterceptor):
-    """Every job API call must carry ``authorization: Bearer TOKEN``; health is open."""
-
-    def __init__(self, token: str):
-        self.expected = f"Bearer {token}".encode()
-
-    def intercept_service(self, continuation, details):
-        if not details.method.startswith(f"/{SERVICE_NAME}/"):
-            return continuation(details)
-        given = dict(details.invocation_metadata).get("authorization", "")
-        if _same(given.encode(), self.expected):
-            return continuation(details)
-        return _deny(continuation(details))
-
-
-def _same(a: bytes, b: bytes) -> bool:
-    import hmac
-    return hmac.compare_digest(a, b)
-
-
-def _deny(handler):
-    def abort(request, context):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required")
-
-    if handler is None:
-        return None
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(abort)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(abort)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(abort)
-    return grpc.unary_unary_rpc_method_handler(abort)
-
-
 @dataclass
 class Security:
     token: str | None = None
@@ -528,10 +515,12 @@ class Security:
 def build_server(config: Config, listen: str, security: Security, metrics: Metrics):
     store = JobStore(config.store)
     scheduler = Scheduler(config, store, metrics)
-    interceptors = [TokenCheck(security.token)] if security.token else []
-    # Calls beyond MAX_CALLS are refused (RESOURCE_EXHAUSTED), never queued without bound.
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_CALLS), options=GRPC_OPTIONS,
-                         interceptors=interceptors, maximum_concurrent_rpcs=MAX_CALLS)
+    interceptors = [TokenCheck(security.token, SERVICE_NAME)] if security.token else []
+    # Calls beyond the pool are refused (RESOURCE_EXHAUSTED), never queued without bound;
+    # watchers beyond MAX_WATCHES are refused by Watch, so they never take the others' threads.
+    pool = MAX_CALLS + MAX_WATCHES
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=pool), options=GRPC_OPTIONS,
+                         interceptors=interceptors, maximum_concurrent_rpcs=pool)
     jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(config, store, scheduler, metrics), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -547,7 +536,10 @@ def build_server(config: Config, listen: str, security: Security, metrics: Metri
     return server, scheduler, health_servicer, store
 
 
-def serve(config: Config, listen: str, security: Security, metrics_port: int | None = None) -> int:
+def serve(config: Config, listen: str, security: Security, metrics_port: int | None = None,
+          on_started=None) -> int:
+    """Serve until SIGTERM; ``on_started`` runs once the job API answers (the web page
+    beside it starts then, so that it never answers 'cannot be reached' meanwhile)."""
     metrics = Metrics()
     server, scheduler, health_servicer, store = build_server(config, listen, security, metrics)
     if metrics_port:
@@ -555,6 +547,14 @@ def serve(config: Config, listen: str, security: Security, metrics_port: int | N
     server.start()
     scheduler.start()
     metrics.update_queue(store)
+    if on_started:
+        try:
+            on_started()
+        except BaseException:
+            scheduler.stop()
+            server.stop(grace=None)
+            store.close()
+            raise
     log.info("orchestrator serving jobs on %s (store %s, %d at a time)", listen, config.store,
              config.max_running)
     stopping = threading.Event()
@@ -593,7 +593,5 @@ def limits_from(args) -> Limits:
 
 
 def token_from(args) -> str | None:
-    if args.token_file:
-        return Path(args.token_file).read_text().strip() or None
-    return args.token or None
+    return read_token(args.token, args.token_file)
 

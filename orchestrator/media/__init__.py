@@ -1,5 +1,6 @@
 """Media: what is in a video file and how to write one.
 
+    open.py       opening an input as one real video container; a server's input limits
     video.py      probe, decode, encode and mux the audio (PyAV)
     shots.py      shot cuts and black-and-white scenes, frame by frame
     native.py     the real resolution of a capture (a VHS tape's 360x240 in 720x480)
@@ -9,7 +10,8 @@ The video I/O is the package's own API: ``media.probe(path)``, ``media.decode(in
 ``media.VideoWriter``.
 """
 from ..errors import MediaError
+from .open import Limits, open_input
 from .video import CODECS, CONTAINERS, OutputSpec, SourceInfo, VideoWriter, decode, probe
 
-__all__ = ["CODECS", "CONTAINERS", "MediaError", "OutputSpec", "SourceInfo", "VideoWriter",
-           "decode", "probe"]
+__all__ = ["CODECS", "CONTAINERS", "Limits", "MediaError", "OutputSpec", "SourceInfo", "VideoWriter",
+           "decode", "open_input", "probe"]

@@ -25,6 +25,8 @@ import av
 import cv2
 import numpy as np
 
+from .open import open_input
+
 FIELD_RATE = Fraction(60000, 1001)
 
 
@@ -359,7 +361,7 @@ def read_clip(path: Path, size: tuple[int, int] | None = None,
     """RGB frames of a video file, optionally area-resized to ``size`` (W, H) after a
     centre crop to its aspect ratio."""
     frames = []
-    with av.open(str(path)) as container:
+    with open_input(path) as container:
         stream = container.streams.video[0]
         rate = Fraction(stream.average_rate or 25)
         for i, frame in enumerate(container.decode(stream)):

@@ -17,6 +17,8 @@ import av
 import numpy as np
 
 from ..errors import MediaError
+from .open import header_duration, open_input
+from .open import reason as _reason
 
 log = logging.getLogger("restoration.orchestrator")
 
@@ -52,26 +54,7 @@ class SourceInfo:
 
 
 def _open(path: Path):
-    path = Path(path)
-    if not path.exists():
-        raise MediaError(f"{path}: no such file")
-    if path.is_dir():
-        raise MediaError(f"{path}: is a folder, not a video file")
-    if not os.access(path, os.R_OK):
-        raise MediaError(f"{path}: permission denied")
-    if path.stat().st_size == 0:
-        raise MediaError(f"{path}: the file is empty")
-    try:
-        return av.open(str(path))
-    except av.error.InvalidDataError:
-        raise MediaError(f"{path}: not a video file that can be read (invalid data, "
-                         "truncated or not a media file)") from None
-    except av.error.FFmpegError as exc:
-        raise MediaError(f"{path}: cannot be read ({_reason(exc)})") from None
-
-
-def _reason(exc: Exception) -> str:
-    return getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+    return open_input(path)
 
 
 def probe(path: Path) -> SourceInfo:
@@ -123,11 +106,7 @@ def _first_frame(container, stream, path):
 
 
 def _duration(container, stream) -> float:
-    if stream.duration:
-        return float(stream.duration * stream.time_base)
-    if container.duration:
-        return container.duration / av.time_base
-    return 0.0
+    return header_duration(container, stream) or 0.0
 
 
 def decode(info: SourceInfo) -> Iterator[np.ndarray]:
@@ -294,7 +273,7 @@ class _AudioCopy:
     video frame so it stays in sync."""
 
     def __init__(self, source: SourceInfo, out):
-        self.src = av.open(str(source.path))
+        self.src = open_input(source.path)
         self.ain = self.src.streams.audio[0]
         self.out = out
         fmt = out.format.name

@@ -13,3 +13,24 @@ def rpc_reason(exc: Exception) -> str:
     """A failed call in words: a gRPC error's details, else the exception's message."""
     details = getattr(exc, "details", None)
     return details() if callable(details) else str(exc)
+
+
+def allows(rule: str, endpoint: str) -> bool:
+    """Whether an allow-list entry admits one replica, compared as parsed scheme, host,
+    port and Triton model (never as a string prefix: ``:5115`` must not admit ``:51159``).
+    An entry without a port (``grpc://10.0.0.5:``) admits every port of its host, one
+    without a model every model."""
+    try:
+        want, given = _parts(rule), _parts(endpoint)
+    except ValueError:
+        return False
+    return (want[:2] == given[:2] and want[2] in (None, given[2])
+            and want[3] in ("", given[3]))
+
+
+def _parts(endpoint: str) -> tuple[str, str, int | None, str]:
+    from urllib.parse import urlsplit
+    url = urlsplit(endpoint.strip() if "://" in endpoint else f"grpc://{endpoint.strip()}")
+    if not url.hostname or url.query or url.fragment or url.username or url.password:
+        raise ValueError(endpoint)
+    return url.scheme.lower(), url.hostname.lower(), url.port, url.path.strip("/")

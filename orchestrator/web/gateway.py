@@ -38,10 +38,12 @@ def _translate(exc: grpc.RpcError) -> JobServiceError:
 
 
 class Gateway:
-    def __init__(self, address: str, timeout: float = 30.0):
+    def __init__(self, address: str, timeout: float = 30.0, credentials=None):
+        """``credentials``: TLS to the job API (grpc.ChannelCredentials), None for plain."""
         self.address = address
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(address, options=GRPC_OPTIONS)
+        self.channel = (grpc.secure_channel(address, credentials, options=GRPC_OPTIONS)
+                        if credentials else grpc.insecure_channel(address, options=GRPC_OPTIONS))
         self.stub = jobs_pb2_grpc.JobServiceStub(self.channel)
 
     def close(self) -> None:

@@ -5,6 +5,7 @@ orchestrator's JobService over gRPC with the caller's token.
 """
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -20,11 +21,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from ..errors import UserError
+from .. import media
+from ..errors import MediaError, UserError
 from ..pipeline import registry
 from ..pipeline import specs as pipeline_specs
 from .artefacts import Tickets, last_frame_thumbnail, split_still
 from .gateway import FINISHED, Gateway, JobServiceError, has_thumbnail_field, status_json
+from .guard import HostGuard, Refused, WebSecurity, public, tls_context
 from .uploads import UploadError, Uploads
 
 log = logging.getLogger("restoration.web")
@@ -69,19 +72,26 @@ class WebApp:
 
     def __init__(self, jobs_address: str, token: str | None, upload_dir: Path,
                  max_upload: int = DEFAULT_MAX_UPLOAD, device: str = "auto",
-                 chunk_bytes: int = DEFAULT_CHUNK, send_files: bool = False):
+                 chunk_bytes: int = DEFAULT_CHUNK, send_files: bool = False,
+                 security: WebSecurity | None = None):
         upload_dir = Path(upload_dir).resolve()
+        security = security or WebSecurity()
+        # The same limits as the job API, applied here before anything is decoded.
+        self.limits = security.limits or media.Limits(max_input_bytes=max_upload)
         self.chunk_bytes = chunk_bytes
         self.send_files = send_files
-        self.uploads = Uploads(upload_dir / "uploads", max_upload)
+        self.uploads = Uploads(upload_dir / "uploads", self.limits.max_input_bytes)
         self.results = upload_dir / "results"
         self.results.mkdir(parents=True, exist_ok=True)
-        self.gateway = Gateway(jobs_address)
+        self.gateway = Gateway(jobs_address, credentials=security.jobs_credentials)
+        self.guard = HostGuard(security.allowed_hosts)
         self.tickets = Tickets()
         self.token = token
         self.device = device
-        # Preview and inspect are CPU- or GPU-heavy; one at a time keeps the server usable.
+        # Preview and inspect are CPU- or GPU-heavy; one at a time keeps the server usable,
+        # and a few waiting at most keep a flood of them from holding every thread.
         self.heavy = threading.Lock()
+        self.heavy_slots = threading.BoundedSemaphore(security.max_heavy)
         self.inspected: dict[tuple, dict] = {}
         self.fetching: dict[str, threading.Lock] = {}
 
@@ -110,10 +120,10 @@ class WebApp:
 
     def inspect(self, upload_id: str, body: dict) -> dict:
         from ..commands.inspect import inspect, render
-        upload = self.uploads.complete(upload_id)
+        upload = self.checked(upload_id)
         tasks = _tasks(body)
         key = (upload_id, tuple(tasks))
-        with self.heavy:
+        with self._heavy_turn():
             if key not in self.inspected:
                 report = inspect(upload.path, _specs(tasks))
                 report["file"] = upload.name
@@ -122,7 +132,7 @@ class WebApp:
 
     def preview(self, upload_id: str, body: dict) -> dict:
         from ..commands.preview import preview
-        upload = self.uploads.complete(upload_id)
+        upload = self.checked(upload_id)
         at, seconds = _number(body, "at", 0.0), _number(body, "seconds", 2.0)
         if not 0 < seconds <= MAX_PREVIEW_SECONDS:
             raise HttpError(400, f"a preview is between 0 and {MAX_PREVIEW_SECONDS:g} seconds long")
@@ -130,7 +140,7 @@ class WebApp:
         folder.mkdir()
         video, still = folder / "compare.mp4", folder / "compare.png"
         try:
-            with self.heavy:
+            with self._heavy_turn():
                 preview(upload.path, video, at, seconds, _specs(_tasks(body)), "auto",
                         self.device, "side", still, show_progress=False)
         except BaseException:
@@ -143,10 +153,31 @@ class WebApp:
                 "before": self.tickets.issue(folder / "before.png", "before.png"),
                 "after": self.tickets.issue(folder / "after.png", "after.png")}
 
+    def checked(self, upload_id: str):
+        """A whole upload within the limits (bytes, header resolution, duration); nothing
+        of it decoded yet."""
+        upload = self.uploads.complete(upload_id)
+        try:
+            self.limits.check(upload.path)
+        except MediaError as exc:
+            raise HttpError(400, str(exc).replace(str(upload.path), upload.name)) from None
+        return upload
+
+    @contextlib.contextmanager
+    def _heavy_turn(self):
+        if not self.heavy_slots.acquire(blocking=False):
+            raise HttpError(429, "the server is busy with other inspects and previews; "
+                                 "try again in a moment")
+        try:
+            with self.heavy:
+                yield
+        finally:
+            self.heavy_slots.release()
+
     # ---- jobs --------------------------------------------------------------------------
 
     def submit(self, body: dict, token: str | None) -> dict:
-        upload = self.uploads.complete(str(body.get("upload", "")))
+        upload = self.checked(str(body.get("upload", "")))
         output_name = f"{Path(upload.name).stem or 'video'}.restored.mp4"
         status = self.gateway.submit(upload.path, _tasks(body), output_name, token,
                                      self.send_files)
@@ -282,11 +313,14 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
         try:
+            self.app.guard.check(method, self.headers)
             if url.path in STATIC_FILES and method in ("GET", "HEAD"):
                 return self._send_file(STATIC / STATIC_FILES[url.path], None, method)
             if url.path.startswith("/files/") and method in ("GET", "HEAD"):
                 return self._send_ticket(url.path, method)
             self._api(method, url)
+        except Refused as exc:
+            self._send_json(403, {"error": str(exc)})
         except HttpError as exc:
             self._send_json(exc.status, {"error": str(exc), **exc.extra})
         except UploadError as exc:
@@ -356,6 +390,8 @@ class Handler(BaseHTTPRequestHandler):
         return body
 
     def _send_json(self, status: int, body: dict) -> None:
+        if "error" in body:
+            body = {**body, "error": public(body["error"])}
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -431,26 +467,47 @@ def default_upload_dir() -> Path:
     return cache / "restoration" / "web"
 
 
+class TLSServer(ThreadingHTTPServer):
+    """HTTPS: the handshake runs in the request's thread, so a slow client never holds up
+    the others."""
+    context = None
+
+    def get_request(self):
+        sock, address = super().get_request()
+        return self.context.wrap_socket(sock, server_side=True,
+                                        do_handshake_on_connect=False), address
+
+
 def make_server(listen: str, jobs_address: str, token: str | None = None,
                 upload_dir: Path | None = None, max_upload: int = DEFAULT_MAX_UPLOAD,
                 device: str = "auto", chunk_bytes: int = DEFAULT_CHUNK,
-                send_files: bool = False) -> ThreadingHTTPServer:
+                send_files: bool = False,
+                security: WebSecurity | None = None) -> ThreadingHTTPServer:
+    security = security or WebSecurity()
+    host, port = parse_listen(listen)
+    security.allowed_hosts = [*security.allowed_hosts, host]
     app = WebApp(jobs_address, token, upload_dir or default_upload_dir(), max_upload, device,
-                 chunk_bytes, send_files)
+                 chunk_bytes, send_files, security)
     handler = type("BoundHandler", (Handler,), {"app": app})
-    server = ThreadingHTTPServer(parse_listen(listen), handler)
+    if security.tls_cert:
+        server_class = type("BoundTLSServer", (TLSServer,), {
+            "context": tls_context(security.tls_cert, security.tls_key)})
+    else:
+        server_class = ThreadingHTTPServer
+    server = server_class((host, port), handler)
     server.daemon_threads = True
+    server.scheme = security.scheme
     return server
 
 
 def serve_http(listen: str, jobs_address: str, token: str | None = None,
                upload_dir: Path | None = None, max_upload: int = DEFAULT_MAX_UPLOAD,
                device: str = "auto", chunk_bytes: int = DEFAULT_CHUNK,
-               send_files: bool = False) -> None:
+               send_files: bool = False, security: WebSecurity | None = None) -> None:
     server = make_server(listen, jobs_address, token, upload_dir, max_upload, device,
-                         chunk_bytes, send_files)
+                         chunk_bytes, send_files, security)
     host, port = server.server_address[:2]
-    print(f"web page on http://{host}:{port}/ (jobs at {jobs_address})", flush=True)
+    print(f"web page on {server.scheme}://{host}:{port}/ (jobs at {jobs_address})", flush=True)
     try:
         server.serve_forever()
     finally:
@@ -459,15 +516,15 @@ def serve_http(listen: str, jobs_address: str, token: str | None = None,
 
 
 def start_beside(listen: str, jobs_address: str, token: str | None, folder: Path,
-                 device: str) -> ThreadingHTTPServer:
+                 device: str, security: WebSecurity | None = None) -> ThreadingHTTPServer:
     """The web page in this process, beside a job API (`orchestrator serve --http`): a
     client of it like any other, served from a background thread."""
     (folder / "uploads").mkdir(parents=True, exist_ok=True)
     host, _, port = jobs_address.rpartition(":")
     if host in ("0.0.0.0", "[::]", ""):
         jobs_address = f"127.0.0.1:{port}"  # the page reaches the job API on this host
-    server = make_server(listen, jobs_address, token, folder, device=device)
+    server = make_server(listen, jobs_address, token, folder, device=device, security=security)
     host, port = server.server_address[:2]
-    print(f"web page on http://{host}:{port}/", file=sys.stderr, flush=True)
+    print(f"web page on {server.scheme}://{host}:{port}/", file=sys.stderr, flush=True)
     threading.Thread(target=server.serve_forever, name="web", daemon=True).start()
     return server

@@ -27,9 +27,7 @@ multiples of 32; default the network's, as upstream's --input_size sets both).
 """
 from __future__ import annotations
 
-import json
 import logging
-from contextlib import nullcontext
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -42,9 +40,10 @@ import torch.nn.functional as F
 
 from services.stagekit.device import pick_device, pick_dtype
 from services.stagekit.monochrome import is_monochrome
-from services.stagekit.stage import ClipInfo, Stage, StageError
-from services.stagekit.weights import (WeightsError, checkpoint_file, load_checkpoint,
-                                       load_strict, sha256_file, unwrap)
+from services.stagekit.neural import (NeuralStage, config_kwargs, default_batch, file_identity,
+                                      load_into, read_config, unfilled)
+from services.stagekit.stage import ClipInfo, StageError
+from services.stagekit.weights import WeightsError, checkpoint_file, load_checkpoint, unwrap
 from services.stagekit.windowing import batches
 
 from . import MODEL, TASK
@@ -154,24 +153,16 @@ def to_frame(bgr: np.ndarray, pixel_format: str) -> np.ndarray:
 
 # --- the stage ---------------------------------------------------------------------------
 
-class DDColorStage(Stage):
+class DDColorStage(NeuralStage):
     task = TASK
     model = MODEL
-    accepts = ("rgb24", "rgbf16")
-    backend = "pytorch"
     window = (0, 0)
     max_batch = 8
 
     def __init__(self, network: DDColor, device="cpu", dtype=torch.float32,
                  identity: str = "", batch: int | None = None):
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.network = network.to(self.device).eval()
-        self.identity = identity
-        self.batch = batch or (4 if self.device.type == "cuda" else 1)
-
-    def weights_identity(self) -> str:
-        return self.identity
+        super().__init__(network, device, dtype=dtype, identity=identity)
+        self.batch = default_batch(self.device, batch)
 
     def validate(self, info: ClipInfo) -> None:
         super().validate(info)
@@ -214,8 +205,7 @@ class DDColorStage(Stage):
     def predict(self, net_in: np.ndarray) -> torch.Tensor:
         """(B, 3, S, S') RGB grey -> (B, 2, S, S') ab on the stage's device."""
         x = torch.from_numpy(net_in).to(self.device)
-        half = self.device.type == "cuda" and self.dtype == torch.float16
-        with torch.autocast("cuda", dtype=torch.float16) if half else nullcontext():
+        with self.autocast():
             return self.network(x).float()
 
 
@@ -223,17 +213,13 @@ class DDColorStage(Stage):
 
 def read_arch(path: Path | None) -> dict:
     """Network kwargs in the authors' names from a JSON file (see ``arch_kwargs``)."""
-    return {} if path is None else arch_kwargs(json.loads(Path(path).read_text()))
+    return arch_kwargs(read_config(path))
 
 
-def arch_kwargs(data: dict) -> dict:
+def arch_kwargs(data: dict | None) -> dict:
     """Either a plain kwargs object or a parity ``config.json``: then its network's tiny
     kwargs with the size knobs the authors hard-code."""
-    if "networks" not in data:
-        return data
-    net = data["networks"][0]
-    extra = {k: v for k, v in net.get("extra_tiny_kwargs", {}).items() if k != "meaning"}
-    return {**net["tiny_kwargs"], **extra}
+    return config_kwargs(data)
 
 
 def checkpoint_state(checkpoint: dict) -> dict:
@@ -262,10 +248,8 @@ def released_kwargs(state: dict) -> dict:
 
 def network_from_state(state: dict, **kwargs) -> DDColor:
     """Build (without initialising: every value comes from ``state``) and load strictly."""
-    network = build_ddcolor(device="meta", **(kwargs or released_kwargs(state)))
-    network = network.to_empty(device="cpu")
-    load_strict(network, state)
-    return network.eval()
+    network = unfilled(lambda: build_ddcolor(device="meta", **(kwargs or released_kwargs(state))))
+    return load_into(network, state).eval()
 
 
 def load_ddcolor(path: Path, **kwargs) -> DDColor:
@@ -277,5 +261,4 @@ def create_stage(weights: Path | None = None, device: str = "auto",
     path = checkpoint_file(MODEL, weights)
     network = load_ddcolor(path, **read_arch(arch))
     chosen = pick_device(device)
-    identity = f"{path.name} sha256:{sha256_file(path)}"
-    return DDColorStage(network, chosen, pick_dtype(chosen), identity)
+    return DDColorStage(network, chosen, pick_dtype(chosen), file_identity(path))

@@ -12,13 +12,14 @@ The checkpoint holds, besides the learnable parameters, every block's
 from __future__ import annotations
 
 import functools
-import json
 import math
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from services.stagekit.neural import config_kwargs, read_config
 
 # configs/inference/swinir.yaml: v1 (general_swinir_v1.ckpt) and v2.1
 # (realesrgan_s4_swinir_100k.pth) share it.
@@ -332,17 +333,9 @@ def build_swinir(**kwargs) -> SwinIR:
 
 def kwargs_from_arch(arch: dict) -> dict:
     """Network kwargs from a parity ``config.json`` (its tiny kwargs) or a plain object."""
-    if "networks" not in arch:
-        return dict(arch)
-    network = arch["networks"][0]
-    extra = {k: v for k, v in network.get("extra_tiny_kwargs", {}).items() if k != "meaning"}
-    return {**network["tiny_kwargs"], **extra}
+    return config_kwargs(arch)
 
 
 def load_arch(arch: Path | str | dict | None) -> dict:
     """Kwargs from an --arch JSON file (or its parsed contents); None is the official model."""
-    if arch is None:
-        return dict(OFFICIAL_KWARGS)
-    if isinstance(arch, dict):
-        return kwargs_from_arch(arch)
-    return kwargs_from_arch(json.loads(Path(arch).read_text()))
+    return dict(OFFICIAL_KWARGS) if arch is None else kwargs_from_arch(read_config(arch))

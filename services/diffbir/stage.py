@@ -24,7 +24,6 @@ Per clip, the header's params may set ``tiled`` (0/1), ``tile_size``, ``tile_str
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -32,10 +31,10 @@ from typing import Iterator, Mapping
 import numpy as np
 import torch
 
-from services.stagekit.device import pick_device, pick_dtype
-from services.stagekit.stage import ClipInfo, Stage, StageError
-from services.stagekit.weights import (WeightsError, load_checkpoint, load_strict, manifest,
-                                       sha256_file, unwrap, weights_path)
+from services.stagekit.device import pick_device
+from services.stagekit.neural import NeuralStage, default_batch, file_identity, load_into
+from services.stagekit.stage import ClipInfo, StageError
+from services.stagekit.weights import WeightsError, checkpoint_file, load_checkpoint, unwrap
 from services.stagekit.windowing import batches
 
 from . import MODEL, TASK
@@ -87,31 +86,24 @@ def parse_flag(value: str) -> bool:
     return text in TRUE
 
 
-class DiffBIRStage(Stage):
+class DiffBIRStage(NeuralStage):
     task = TASK
     model = MODEL
     scale = UPSCALE
     window = (0, 0)
-    accepts = ("rgb24", "rgbf16")
     max_batch = 4
 
     def __init__(self, network: SwinIR, device="cpu", half: bool | None = None,
                  identity: str = "", settings: Settings | None = None):
-        self.device = torch.device(device)
-        self.dtype = pick_dtype(self.device, half)
-        self.network = network.to(self.device).eval()
-        self.identity = identity
+        super().__init__(network, device, half=half, identity=identity)
         self.settings = (settings or Settings()).check()
-        self.backend = f"torch {torch.__version__.split('+')[0]} {self.device.type}"
-
-    def weights_identity(self) -> str:
-        return self.identity
+        self.backend = self.torch_backend()
 
     def describe(self) -> dict:
         s = self.settings
         return {**super().describe(), "upscale": UPSCALE, "tiled": s.tiled,
                 "tile_size": s.tile_size, "tile_stride": s.tile_stride, "batch": s.batch,
-                "device": str(self.device), "dtype": str(self.dtype).replace("torch.", "")}
+                **self.precision()}
 
     def validate(self, info: ClipInfo) -> None:
         super().validate(info)
@@ -148,11 +140,6 @@ class DiffBIRStage(Stage):
         with self.autocast():
             return self.network(x).float()
 
-    def autocast(self):
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
-
     @staticmethod
     def to_frames(values: torch.Tensor, pixel_format: str) -> list[np.ndarray]:
         out = quantise(values) if pixel_format == "rgb24" else values.clamp(0, 1).half()
@@ -164,19 +151,7 @@ class DiffBIRStage(Stage):
 def checkpoint_path(weights: Path | str | None) -> Path:
     """The checkpoint: a file; inside a folder (directly or in the store's layout), the
     manifest's files in order (v2.1 first, then v1); None is the weights store."""
-    names = [entry.name for entry in manifest(MODEL)]
-    if weights is None:
-        candidates = [weights_path(MODEL, name) for name in names]
-    elif Path(weights).is_dir():
-        candidates = [path for name in names
-                      for path in (Path(weights) / name, weights_path(MODEL, name, Path(weights)))]
-    else:
-        return Path(weights)
-    found = [path for path in candidates if path.is_file()]
-    if not found:
-        raise WeightsError(f"no {' or '.join(names)} under {weights or candidates[0].parent} "
-                           f"(run: orchestrator weights pull {MODEL})")
-    return found[0]
+    return checkpoint_file(MODEL, weights)
 
 
 def read_state(path: Path) -> dict:
@@ -195,8 +170,7 @@ def load_network(weights: Path | str | None = None, arch: Path | str | dict | No
                  missing_ok=()) -> tuple[SwinIR, Path]:
     network = build_swinir(**load_arch(arch))
     path = checkpoint_path(weights)
-    load_strict(network, read_state(path), missing_ok=missing_ok)
-    return network, path
+    return load_into(network, read_state(path), missing_ok=missing_ok), path
 
 
 def create_stage(weights: Path | str | None = None, device: str = "auto",
@@ -205,8 +179,7 @@ def create_stage(weights: Path | str | None = None, device: str = "auto",
     """The stage with the authors' checkpoint loaded strictly. ``device`` 'auto' lets
     $RESTORATION_DEVICE choose, else CUDA when present; fp16 autocast on CUDA by default."""
     network, path = load_network(weights, arch)
-    chosen = pick_device(None if device == "auto" else device)
-    if settings is None:
-        settings = Settings(batch=4 if chosen.type == "cuda" else 1)
-    identity = f"{path.name} sha256:{sha256_file(path)}"
-    return DiffBIRStage(network, chosen, half=half, identity=identity, settings=settings)
+    chosen = pick_device(device)
+    settings = settings or Settings(batch=default_batch(chosen))
+    return DiffBIRStage(network, chosen, half=half, identity=file_identity(path),
+                        settings=settings)

@@ -39,9 +39,9 @@ import numpy as np
 import torch
 
 from services.stagekit.device import pick_device
-from services.stagekit.stage import ClipInfo, Stage, StageError
-from services.stagekit.weights import (WeightsError, load_checkpoint, load_strict, manifest,
-                                       sha256_file, weights_path)
+from services.stagekit.neural import NeuralStage, default_batch, load_into
+from services.stagekit.stage import ClipInfo, StageError
+from services.stagekit.weights import WeightsError, checkpoint_file, sha256_file
 from services.stagekit.windowing import batches
 
 from . import MODEL, TASK
@@ -49,7 +49,6 @@ from .network import Draws, Generator, build_network, load_arch
 
 DEFAULT_BAND = 20
 DEFAULT_SEED = 240          # generate_image.py's seed
-CHECKPOINT = "Places_512_FullData.pkl"
 CONVERTED = ".safetensors"
 DRAWS_ENV = "RESTORATION_MAT_DRAWS"
 EDGES = ("left", "right", "top", "bottom")
@@ -163,28 +162,20 @@ class Randomness:
         return values[index:index + 1]
 
 
-class MatStage(Stage):
+class MatStage(NeuralStage):
     task = TASK
     model = MODEL
-    accepts = ("rgb24", "rgbf16")
     window = (0, 0)
     params = ("band", "seed", "draws")
 
     def __init__(self, network: Generator, device: torch.device | str = "cpu",
                  half: bool | None = None, identity: str = "", recorded: dict | None = None):
-        self.device = torch.device(device)
-        self.network = network.eval().to(self.device)
         # Weights stay float32; on CUDA, float16 autocast runs the convolutions and matmuls.
-        self.half = self.device.type == "cuda" if half is None else (half and self.device.type == "cuda")
-        self.identity = identity
+        super().__init__(network, device, half=half, identity=identity)
         self.recorded = recorded
         # A 512x512 forward holds ~1 GB of activations in float32; a GPU gains from more.
-        self.max_batch = 4 if self.device.type == "cuda" else 1
-        precision = "float16 autocast" if self.half else "float32"
-        self.backend = f"torch {torch.__version__.split('+')[0]} {self.device.type} {precision}"
-
-    def weights_identity(self) -> str:
-        return self.identity
+        self.max_batch = default_batch(self.device)
+        self.backend = self.torch_backend("float16 autocast" if self.half else "float32")
 
     def validate(self, info: ClipInfo) -> None:
         super().validate(info)
@@ -236,7 +227,7 @@ class MatStage(Stage):
         native = (layout.padded_height, layout.padded_width) == (self.network.img_resolution,) * 2
         noise_mode = "const" if native else "random"
         if self.half:
-            with torch.autocast("cuda", dtype=torch.float16):
+            with self.autocast():
                 out = self.network(images, masks, z, noise_mode=noise_mode, draws=draws())
             if torch.isfinite(out).all():
                 return out.float()
@@ -308,31 +299,12 @@ def checkpoint_path(weights: Path | str | None) -> Path:
     """The converted checkpoint: the file given, else the first manifest file's converted
     form in the folder given or in the weights store. An authors' .pkl is refused: it must
     be converted first, in its own process (unpickling it would run the authors' code)."""
-    if weights is not None and Path(weights).is_file():
+    if weights is not None and Path(weights).is_file() and Path(weights).suffix != CONVERTED:
         path = Path(weights)
-        if path.suffix != CONVERTED:
-            raise WeightsError(f"{path} is not a converted checkpoint; convert it once with "
-                               f"'python -m services.mat.convert {path}' and load the "
-                               f"{converted_name(path.name)} it writes")
-        return path
-    if weights is not None and not Path(weights).is_dir():
-        raise WeightsError(f"mat weights not found at {weights}")
-    root = None if weights is None else Path(weights)
-    names = [entry.name for entry in manifest(MODEL)] or [CHECKPOINT]
-    candidates = []
-    for name in names:
-        if root is not None:
-            candidates.append(root / converted_name(name))
-        candidates.append(weights_path(MODEL, converted_name(name), root))
-    for path in candidates:
-        if path.is_file():
-            return path
-    pickles = [c.with_suffix(".pkl") for c in candidates if c.with_suffix(".pkl").is_file()]
-    if pickles:
-        raise WeightsError(f"{pickles[0]} is not converted yet: run "
-                           f"'python -m services.mat.convert {pickles[0]}'")
-    raise WeightsError(f"mat weights not found at {candidates[0]} "
-                       f"(run: orchestrator weights pull mat, then python -m services.mat.convert)")
+        raise WeightsError(f"{path} is not a converted checkpoint; convert it once with "
+                           f"'python -m services.mat.convert {path}' and load the "
+                           f"{converted_name(path.name)} it writes")
+    return checkpoint_file(MODEL, weights)
 
 
 def load_network(weights: Path | str | None = None, arch: Path | str | dict | None = None
@@ -341,10 +313,8 @@ def load_network(weights: Path | str | None = None, arch: Path | str | dict | No
     masks may be absent: constants of the configuration that forward recomputes."""
     network = build_network(**load_arch(arch))
     path = checkpoint_path(weights)
-    state = load_checkpoint(path)
     constants = [name for name in network.state_dict() if name.endswith(".attn_mask")]
-    load_strict(network, state, missing_ok=constants)
-    return network, path
+    return load_into(network, path, missing_ok=constants), path
 
 
 def recorded_draws() -> dict | None:
@@ -362,6 +332,6 @@ def create_stage(weights: Path | str | None = None, device: str = "auto",
     """The stage with the converted checkpoint loaded strictly. ``device`` 'auto' lets
     $RESTORATION_DEVICE choose, else CUDA when present; float16 autocast on CUDA by default."""
     network, path = load_network(weights, arch)
-    chosen = pick_device(None if device == "auto" else device)
+    chosen = pick_device(device)
     return MatStage(network, chosen, half=half, identity=sha256_file(path), recorded=recorded_draws())
 

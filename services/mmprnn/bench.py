@@ -7,16 +7,10 @@ with the fastest of them, the strictest comparison.
 """
 from __future__ import annotations
 
-import time
-
 import torch
 
-from fractions import Fraction
-
-import numpy as np
-
-from services.stagekit.benchmark import median_seconds
-from services.stagekit.stage import ClipInfo
+from services.stagekit.benchmark import (fps_row, median_seconds, print_rows, seconds_row,
+                                         stage_frames_per_second)
 
 from . import MODEL
 from .network import build_mmprnn
@@ -39,28 +33,19 @@ def frames_per_second(device: str, dtype, width: int = 360, height: int = 240,
     network = build_mmprnn()
     network.group = 8 if device == "cuda" else 1
     stage = MMPRNNStage(network, device, dtype)
-    frames = np.random.default_rng(0).integers(0, 256, (count, height, width, 3), np.uint8)
-    info = ClipInfo("bench", width=width, height=height, fps=Fraction(25), frame_count=count)
-    list(stage.process(info, iter(frames[:6])))
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    produced = len(list(stage.process(info, iter(frames))))
-    return produced / (time.perf_counter() - start)
+    return stage_frames_per_second(stage, width, height, count, warmup=6)
 
 
 def rows(size: int = 64) -> list[dict]:
     ours = forward_seconds(size)
     authors = AUTHORS_S[size]
-    table = [{"model": MODEL, "input": f"1x5x3x{size}x{size} -> 1 frame, CPU, 2 threads",
-              "ours_s": round(ours, 3), "authors_s": authors, "ratio": round(ours / authors, 3)}]
+    table = [seconds_row(MODEL, f"1x5x3x{size}x{size} -> 1 frame, CPU, 2 threads", ours, authors)]
     if torch.cuda.is_available():
         for name, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
-            table.append({"model": MODEL, "input": f"360x240 clip, CUDA {name}",
-                          "frames_per_s": round(frames_per_second("cuda", dtype), 2)})
+            table.append(fps_row(MODEL, f"360x240 clip, CUDA {name}",
+                                 frames_per_second("cuda", dtype)))
     return table
 
 
 if __name__ == "__main__":
-    for row in rows():
-        print(row)
+    print_rows(rows())

@@ -24,7 +24,6 @@ Memory is bounded: at most 2 chunks of input frames (36 frames) are held at once
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -34,9 +33,10 @@ import torch
 import torch.nn.functional as F
 
 from services.stagekit.device import pick_device, pick_dtype
-from services.stagekit.stage import ClipInfo, Stage
-from services.stagekit.weights import (checkpoint_file, load_checkpoint, load_strict,
-                                       sha256_file, unwrap)
+from services.stagekit.neural import (NeuralStage, config_kwargs, file_identity, load_into,
+                                      read_config)
+from services.stagekit.stage import ClipInfo
+from services.stagekit.weights import checkpoint_file, unwrap
 
 from . import MODEL, TASK
 from .network import MMPNet, MMPRNN, build_mmpnet, build_mmprnn
@@ -46,24 +46,17 @@ CHECKPOINT_PREFIX = "module.model."   # nn.DataParallel around upstream's model 
 MIN_SIZE = 16               # the MMP-Net's four max-pools
 
 
-class MMPRNNStage(Stage):
+class MMPRNNStage(NeuralStage):
     task = TASK
     model = MODEL
-    accepts = ("rgb24", "rgbf16")
-    backend = "pytorch"
     max_batch = 8
+    cast = True
 
     def __init__(self, network: MMPRNN, device="cpu", dtype=torch.float32, identity: str = ""):
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.network = network.to(device=self.device, dtype=dtype).eval()
-        self.identity = identity
+        super().__init__(network, device, dtype=dtype, identity=identity)
         self.past = network.past_frames
         self.future = network.future_frames
         self.window = (self.past, self.future)
-
-    def weights_identity(self) -> str:
-        return self.identity
 
     def process(self, info: ClipInfo, frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
         for values in self.values(info, frames):
@@ -209,17 +202,13 @@ def pad_spatially(x: torch.Tensor) -> torch.Tensor:
 
 def read_arch(path: Path | None) -> dict:
     """Network kwargs in the authors' names from a JSON file (see ``arch_kwargs``)."""
-    return {} if path is None else arch_kwargs(json.loads(Path(path).read_text()))
+    return arch_kwargs(read_config(path))
 
 
-def arch_kwargs(data: dict) -> dict:
+def arch_kwargs(data: dict | None) -> dict:
     """Either a plain kwargs object or a parity ``config.json``: then its 'mmprnn'
     network's tiny kwargs with the MMP-Net width knob."""
-    if "networks" not in data:
-        return data
-    net = next(n for n in data["networks"] if n["name"] == MODEL)
-    extra = {k: v for k, v in net.get("extra_tiny_kwargs", {}).items() if k != "meaning"}
-    return {**net["tiny_kwargs"], **extra}
+    return config_kwargs(data, MODEL)
 
 
 def checkpoint_state(checkpoint: dict) -> dict:
@@ -232,18 +221,14 @@ def checkpoint_state(checkpoint: dict) -> dict:
 
 
 def load_mmprnn(path: Path, **kwargs) -> MMPRNN:
-    network = build_mmprnn(**kwargs)
-    load_strict(network, checkpoint_state(load_checkpoint(path)))
-    return network
+    return load_into(build_mmprnn(**kwargs), path, checkpoint_state)
 
 
 def load_mmpnet(path: Path, mmpnet_base_width: int = 16) -> MMPNet:
     """The stand-alone MMP-Net file (upstream ``MMP-RNN/model_best.pth.tar``): 'state_dict'
     with no prefix. The deblur stage does not need it: the MMP-RNN checkpoint carries its
     own copy of the prior (``cell.prior.*``), the one upstream uses at test time."""
-    network = build_mmpnet(mmpnet_base_width)
-    load_strict(network, unwrap(load_checkpoint(path), "state_dict"))
-    return network
+    return load_into(build_mmpnet(mmpnet_base_width), path, lambda c: unwrap(c, "state_dict"))
 
 
 def create_stage(weights: Path | None = None, device: str = "auto",
@@ -253,5 +238,4 @@ def create_stage(weights: Path | None = None, device: str = "auto",
     chosen = pick_device(device)
     if chosen.type == "cuda":
         network.group = 8
-    identity = f"{path.name} sha256:{sha256_file(path)}"
-    return MMPRNNStage(network, chosen, pick_dtype(chosen), identity)
+    return MMPRNNStage(network, chosen, pick_dtype(chosen), file_identity(path))

@@ -12,9 +12,10 @@ theirs, with identical outputs.
 """
 from __future__ import annotations
 
-import time
-
 import torch
+
+from services.stagekit.benchmark import (fps_row, print_rows, seconds_row, stage_frames_per_second,
+                                         timings, torch_threads)
 
 from . import MODEL
 from .network import build
@@ -48,30 +49,14 @@ def _calls(nets):
     }
 
 
-CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
-
-
-def _best_time(call, repeats: int, clock) -> float:
-    call()                                      # warm-up
-    times = []
-    for _ in range(repeats):
-        start = clock()
-        call()
-        times.append(clock() - start)
-    return min(times)
-
-
 def rows(repeats: int = 3, threads: int = 1, clock: str = "cpu") -> list[dict]:
-    torch.set_num_threads(threads)
+    """``clock``: 'cpu' (this process's CPU seconds) or 'wall'."""
     nets = build()
     out = []
-    with torch.inference_mode():
+    with torch_threads(threads), torch.inference_mode():
         for name, call in _calls(nets).items():
-            ours = _best_time(call, repeats, CLOCKS[clock])
-            authors = AUTHORS_S[name]
-            out.append({"model": f"{MODEL}/{name}", "input": INPUTS[name],
-                        "ours_s": round(ours, 3), "authors_s": authors,
-                        "ratio": round(ours / authors, 2)})
+            ours = min(getattr(t, clock) for t in timings(call, repeats))
+            out.append(seconds_row(f"{MODEL}/{name}", INPUTS[name], ours, AUTHORS_S[name]))
     return out
 
 
@@ -80,34 +65,15 @@ def gpu_rows(frames: int = 30, size=(240, 360)) -> list[dict]:
     device, fp32 and half precision; [] without one."""
     if not torch.cuda.is_available():
         return []
-    from fractions import Fraction
-
-    import numpy as np
-
-    from services.stagekit.stage import ClipInfo
-
     from .stage import ProPainterStage
     h, w = size
-    rng = np.random.default_rng(0)
-    clip = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for _ in range(frames)]
-    info = ClipInfo("bench", width=w, height=h, fps=Fraction(30000, 1001),
-                    params={"band": "8,12,6,6"})
     out = []
     for dtype in (torch.float32, torch.float16):
-        nets = build().cuda()
-        nets.flow_complete.to(dtype)
-        nets.propainter.to(dtype)
-        stage = ProPainterStage(nets, "cuda", dtype)
-        list(stage.run(info, iter(clip[:12]))[1])          # warm-up
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        count = sum(1 for _ in stage.run(info, iter(clip))[1])
-        torch.cuda.synchronize()
-        out.append({"model": MODEL, "input": f"{w}x{h}, {frames} frames, {dtype}".replace("torch.", ""),
-                    "frames_per_s": round(count / (time.perf_counter() - start), 2)})
+        stage = ProPainterStage(build(), "cuda", dtype)
+        fps = stage_frames_per_second(stage, w, h, frames, warmup=12, params={"band": "8,12,6,6"})
+        out.append(fps_row(MODEL, f"{w}x{h}, {frames} frames, {dtype}".replace("torch.", ""), fps))
     return out
 
 
 if __name__ == "__main__":
-    for row in rows() + gpu_rows():
-        print(row)
+    print_rows(rows() + gpu_rows())

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from services.stagekit.device import pick_device, pick_dtype
-from services.stagekit.stage import ClipInfo, Stage, StageError
-from services.stagekit.weights import (WeightsError, load_checkpoint, load_strict,
-                                       sha256_file, unwrap, weights_path)
+from services.stagekit.neural import NeuralStage, config_missing_ok, load_into, read_config
+from services.stagekit.stage import ClipInfo, StageError
+from services.stagekit.weights import sha256_file, unwrap, weights_path
 
 from . import MODEL, TASK
 from .borders import Band, detect_band, holes_mask
@@ -96,26 +96,22 @@ def _check_options(options: Options) -> None:
         raise ValueError("mask_dilation must not be negative")
 
 
-class ProPainterStage(Stage):
+class ProPainterStage(NeuralStage):
     task = TASK
     model = MODEL
     accepts = ("rgb24",)
     backend = "torch"
     max_batch = 8
+    # RAFT stays in fp32 as the authors run it; the rest follows the stage's precision.
+    cast = ("flow_complete", "propainter")
 
     def __init__(self, nets: ProPainterNetworks, device, dtype=torch.float32,
                  identity: str = "", options: Options = Options()):
-        self.nets = nets
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.identity = identity
+        super().__init__(nets, device, dtype=dtype, identity=identity)
         self.options = options
         # A frame may draw on up to subvideo_length frames either side (short clips are
         # taken whole; longer ones through chunks and references of that reach).
         self.window = (options.subvideo_length, options.subvideo_length)
-
-    def weights_identity(self) -> str:
-        return self.identity
 
     def validate(self, info: ClipInfo) -> None:
         super().validate(info)
@@ -152,7 +148,7 @@ class ProPainterStage(Stage):
         if not band and not request.holes and plan.output_size == (info.height, info.width):
             yield from frames     # nothing damaged, nothing to grow: the input is the answer
             return
-        engine = Completion(self.nets, request.options, self.device, self.dtype)
+        engine = Completion(self.network, request.options, self.device, self.dtype)
         for composited in engine.run(self._clip_frames(info, request, band, plan, frames)):
             yield np.ascontiguousarray(plan.crop(composited))
 
@@ -176,8 +172,7 @@ def load_official(nets: ProPainterNetworks, folder: Path | None) -> str:
     parts = []
     for name, (file_name, prefix) in CHECKPOINTS.items():
         path = folder / file_name if folder is not None else weights_path(MODEL, file_name)
-        state = unwrap(load_checkpoint(path), None, prefix)
-        load_strict(getattr(nets, name), state)
+        load_into(getattr(nets, name), path, lambda checkpoint: unwrap(checkpoint, None, prefix))
         parts.append(f"{file_name}:sha256:{sha256_file(path)[:16]}")
     return " ".join(parts)
 
@@ -185,18 +180,13 @@ def load_official(nets: ProPainterNetworks, folder: Path | None) -> str:
 def load_combined(nets: ProPainterNetworks, path: Path, missing_ok=()) -> str:
     """Load one file holding all three networks under ``raft.``, ``flow_complete.`` and
     ``propainter.`` (the parity fixtures' layout)."""
-    load_strict(nets, load_checkpoint(path), missing_ok)
+    load_into(nets, path, missing_ok=missing_ok)
     return f"{path.name}:sha256:{sha256_file(path)[:16]}"
 
 
 def load_arch(arch: Path | None) -> tuple[dict | None, tuple]:
-    if arch is None:
-        return None, ()
-    try:
-        config = json.loads(Path(arch).read_text())
-    except (OSError, ValueError) as exc:
-        raise WeightsError(f"cannot read the network configuration {arch}: {exc}") from exc
-    return config, tuple(config.get("state", {}).get("missing_ok", ()))
+    config = read_config(arch)
+    return config, tuple(config_missing_ok(config))
 
 
 def create_stage(weights: Path | None = None, device: str = "auto",
@@ -212,9 +202,4 @@ def create_stage(weights: Path | None = None, device: str = "auto",
     else:
         identity = load_official(nets, weights)
     target = pick_device(device)
-    dtype = pick_dtype(target)
-    nets.to(target)
-    # RAFT stays in fp32 as the authors run it; the rest follows the stage's precision.
-    nets.flow_complete.to(dtype)
-    nets.propainter.to(dtype)
-    return ProPainterStage(nets, target, dtype, identity)
+    return ProPainterStage(nets, target, pick_dtype(target), identity)

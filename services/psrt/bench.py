@@ -11,11 +11,11 @@ float16 (one 8-frame chunk, SpyNet in float32 as the stage runs it).
 """
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 
 import torch
+
+from services.stagekit.benchmark import median_seconds, print_rows, seconds_row
 
 from . import MODEL
 from .network import build_network
@@ -25,24 +25,15 @@ FRAMES, SIZE = 5, 64
 
 
 def forward_seconds(runs: int = 1, threads: int = 2) -> float:
-    torch.set_num_threads(threads)
     torch.manual_seed(0)
     network = build_network().eval()
     lq = torch.rand(1, FRAMES, 3, SIZE, SIZE)
-    times = []
-    with torch.inference_mode():
-        for _ in range(runs):
-            start = time.perf_counter()
-            network(lq)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(lambda: network(lq), runs, threads, warmup=0)
 
 
 def rows(runs: int = 1) -> list[dict]:
     ours = forward_seconds(runs)
-    return [{"model": MODEL, "input": f"1x{FRAMES}x3x{SIZE}x{SIZE}, CPU, 2 threads",
-             "ours_s": round(ours, 3), "authors_s": AUTHORS_S,
-             "ratio": round(ours / AUTHORS_S, 3)}]
+    return [seconds_row(MODEL, f"1x{FRAMES}x3x{SIZE}x{SIZE}, CPU, 2 threads", ours, AUTHORS_S)]
 
 
 def gpu_rows(frames: int = 8, width: int = 360, height: int = 240) -> list[dict]:
@@ -53,19 +44,12 @@ def gpu_rows(frames: int = 8, width: int = 360, height: int = 240) -> list[dict]
         network = build_network().eval().cuda().to(dtype)
         network.spynet.float()
         lq = torch.rand(1, frames, 3, height, width, device="cuda")
-        with torch.inference_mode():
-            network(lq)
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            network(lq)
-            torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-        out.append({"model": MODEL, "input": f"1x{frames}x3x{height}x{width}, CUDA, "
-                    f"{str(dtype).replace('torch.', '')}", "ours_s": round(seconds, 3),
-                    "authors_s": None, "fps": round(frames / seconds, 2)})
+        seconds = median_seconds(lambda: network(lq), runs=1, threads=None)
+        precision = str(dtype).replace("torch.", "")
+        out.append(seconds_row(MODEL, f"1x{frames}x3x{height}x{width}, CUDA, {precision}", seconds,
+                       frames_per_s=round(frames / seconds, 2)))
     return out
 
 
 if __name__ == "__main__":
-    for row in gpu_rows() if "--gpu" in sys.argv else rows():
-        print(row)
+    print_rows(gpu_rows() if "--gpu" in sys.argv else rows())

@@ -23,7 +23,6 @@ Per clip, the header's params may set ``chunk``, ``overlap``, ``tile``, ``tile_o
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, replace
@@ -34,10 +33,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from services.stagekit import ClipInfo, Stage, StageError
-from services.stagekit.device import pick_device, pick_dtype
-from services.stagekit.weights import (WeightsError, load_checkpoint, load_strict,
-                                       sha256_file, unwrap, weights_path)
+from services.stagekit import ClipInfo, StageError
+from services.stagekit.device import pick_device
+from services.stagekit.neural import (NeuralStage, config_kwargs, default_batch, file_identity,
+                                      float32_state, load_into, read_config)
+from services.stagekit.weights import WeightsError, load_checkpoint, unwrap, weights_path
 from services.stagekit.windowing import chunks
 
 from . import MODEL, TASK
@@ -121,34 +121,26 @@ def tile_plan(height: int, width: int, tile: int, overlap: int) -> list[Tile]:
             for y0, ky0, ky1 in rows for x0, kx0, kx1 in cols]
 
 
-class PSRTStage(Stage):
+class PSRTStage(NeuralStage):
     task = TASK
     model = MODEL
     scale = SCALE
-    accepts = ("rgb24", "rgbf16")
-    backend = "pytorch"
     max_batch = 8
+    cast = True
+    # flows choose whole patches by nearest sampling: SpyNet always runs in float32
+    float32_parts = ("spynet",)
 
     def __init__(self, network: BasicRecurrentSwin, device="cpu", half: bool | None = None,
                  identity: str = "", settings: Settings | None = None):
-        self.device = torch.device(device)
-        self.dtype = pick_dtype(self.device, half)
-        self.network = network.to(device=self.device, dtype=self.dtype).eval()
-        # flows choose whole patches by nearest sampling: SpyNet always runs in float32
-        self.network.spynet.float()
-        self.identity = identity
+        super().__init__(network, device, half=half, identity=identity)
         self.settings = (settings or Settings()).check()
         half_overlap = self.settings.overlap // 2
         self.window = (half_overlap, self.settings.overlap - half_overlap)
 
-    def weights_identity(self) -> str:
-        return self.identity
-
     def describe(self) -> dict:
         return {**super().describe(), "chunk": self.settings.chunk,
                 "overlap": self.settings.overlap, "tile": self.settings.tile,
-                "tile_overlap": self.settings.tile_overlap, "device": str(self.device),
-                "dtype": str(self.dtype).replace("torch.", "")}
+                "tile_overlap": self.settings.tile_overlap, **self.precision()}
 
     def validate(self, info: ClipInfo) -> None:
         super().validate(info)
@@ -221,8 +213,8 @@ def read_state(path: Path) -> dict[str, torch.Tensor]:
     ``.pth`` files are BasicSR checkpoints (the state dict under 'params', the key the
     authors' script reads); ``.safetensors`` hold the state dict itself."""
     checkpoint = load_checkpoint(path)
-    state = checkpoint if Path(path).suffix == ".safetensors" else unwrap(checkpoint, "params")
-    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    return float32_state(checkpoint if Path(path).suffix == ".safetensors"
+                         else unwrap(checkpoint, "params"))
 
 
 def checkpoint_files(weights: Path | None) -> tuple[Path, Path | None]:
@@ -246,12 +238,12 @@ def load_weights(network: BasicRecurrentSwin, main: Path, spynet: Path | None = 
     The only keys the main file may lack are the index buffers the network rebuilds
     and, when a SpyNet file was given, SpyNet's. Returns the keys it lacked."""
     if spynet is not None:
-        load_strict(network.spynet, read_state(spynet), missing_ok=("mean", "std"))
+        load_into(network.spynet, read_state(spynet), missing_ok=("mean", "std"))
     state = read_state(main)
     optional = set(index_buffer_keys(network))
     if spynet is not None:
         optional |= {k for k in network.state_dict() if k.startswith("spynet.")}
-    load_strict(network, state, missing_ok=optional)
+    load_into(network, state, missing_ok=optional)
     lacked = sorted(k for k in network.state_dict() if k not in state)
     if lacked:
         log.info("%s lacks %d key(s), kept from the network/SpyNet file: %s%s", main.name,
@@ -262,20 +254,7 @@ def load_weights(network: BasicRecurrentSwin, main: Path, spynet: Path | None = 
 def arch_kwargs(arch: Path | None) -> dict:
     """Network kwargs from a JSON file: a parity config.json (its tiny kwargs), an
     official_keys.json-like file ('kwargs') or plain kwargs; None: the official ones."""
-    if arch is None:
-        return {}
-    data = json.loads(Path(arch).read_text())
-    if "networks" in data:
-        net = data["networks"][0]
-        return {**net["tiny_kwargs"], **net.get("extra_tiny_kwargs", {})}
-    return dict(data.get("kwargs", data))
-
-
-def identity_of(main: Path, spynet: Path | None) -> str:
-    parts = [f"{main.name} sha256:{sha256_file(main)}"]
-    if spynet is not None:
-        parts.append(f"{spynet.name} sha256:{sha256_file(spynet)}")
-    return "; ".join(parts)
+    return config_kwargs(read_config(arch))
 
 
 def create_stage(weights: Path | None = None, device: str = "auto", arch: Path | None = None,
@@ -286,6 +265,6 @@ def create_stage(weights: Path | None = None, device: str = "auto", arch: Path |
     network = build_network(**arch_kwargs(arch))
     load_weights(network, main, spynet)
     device = pick_device(device)
-    if settings is None and device.type == "cuda":
-        settings = Settings(tile_batch=4)      # equal tiles of a chunk share one batch
-    return PSRTStage(network, device, half, identity_of(main, spynet), settings)
+    # equal tiles of a chunk share one batch
+    settings = settings or Settings(tile_batch=default_batch(device))
+    return PSRTStage(network, device, half, file_identity(main, spynet), settings)

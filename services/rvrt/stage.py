@@ -13,8 +13,6 @@ extended by mirroring their last rows/columns, and a tile with an odd number of 
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import re
 from collections import deque
@@ -25,16 +23,17 @@ from typing import Iterator, Mapping
 import numpy as np
 import torch
 
-from services.stagekit import ClipInfo, Stage, StageError
+from services.stagekit import ClipInfo, StageError
 from services.stagekit.device import pick_device, pick_dtype
-from services.stagekit.weights import (WeightsError, checkpoint_file, load_checkpoint,
-                                       load_strict, manifest, sha256_file, unwrap)
+from services.stagekit.neural import (NeuralStage, config_kwargs, config_missing_ok,
+                                      default_batch, file_identity, float32_state, keys_matching,
+                                      load_into, read_config)
+from services.stagekit.weights import checkpoint_file, unwrap
 from services.stagekit.windowing import batches
 
 from . import MODEL, TASK
 from .network import RVRT, build_network
 
-CHECKPOINT = "006_RVRT_videodenoising_DAVIS_16frames.pth"
 DEFAULT_SIGMA = 10.0
 DEFAULT_TILE = (16, 160, 160)
 DEFAULT_OVERLAP = (2, 20, 20)
@@ -194,26 +193,22 @@ class TemporalBlend:
 
 # ---------------------------------------------------------------- the stage
 
-class RVRTStage(Stage):
+class RVRTStage(NeuralStage):
     task = TASK
     model = MODEL
     scale = 1
     fps_factor = 1
     window = (DEFAULT_TILE[0] - 1, DEFAULT_TILE[0] - 1)   # farthest frames a tile mixes
     max_batch = 16
-    accepts = ("rgb24", "rgbf16")
-    backend = "pytorch"
 
     def __init__(self, net: RVRT, device: torch.device, half: bool = False,
                  weights_id: str = "", patch_batch: int | None = None):
-        self.net = net.eval().to(device)
-        self.device = device
-        self.half = half and device.type == "cuda"
-        self.weights_id = weights_id
-        self.patch_batch = patch_batch or (4 if device.type == "cuda" else 1)
+        super().__init__(net, device, half=bool(half), identity=weights_id)
+        self.patch_batch = default_batch(self.device, patch_batch)
 
-    def weights_identity(self) -> str:
-        return self.weights_id
+    @property
+    def net(self) -> RVRT:
+        return self.network
 
     def validate(self, info: ClipInfo) -> None:
         super().validate(info)
@@ -285,13 +280,8 @@ class RVRTStage(Stage):
 
     def forward(self, lq: torch.Tensor) -> torch.Tensor:
         """The network on a batch of patches, float32 out."""
-        with torch.inference_mode(), self._precision():
+        with torch.inference_mode(), self.autocast():
             return self.net(lq).float()
-
-    def _precision(self):
-        if self.half:
-            return torch.autocast("cuda", dtype=torch.float16)
-        return contextlib.nullcontext()
 
 
 def _kept(start: int, starts: list[int], size: int, overlap: int) -> slice:
@@ -309,35 +299,18 @@ def read_arch(arch: Path | None) -> tuple[dict, list[str]]:
 
     ``arch`` is a parity ``config.json`` (its tiny network), a JSON object with a
     ``kwargs`` entry, or the kwargs themselves; None is the released configuration."""
-    if arch is None:
-        return {}, []
-    try:
-        data = json.loads(Path(arch).read_text())
-    except (OSError, ValueError) as exc:
-        raise StageError(f"cannot read the network configuration {arch}: {exc}") from exc
-    if "networks" in data:
-        network = data["networks"][0]
-        kwargs = {**network["tiny_kwargs"], **network.get("extra_tiny_kwargs", {})}
-        return kwargs, list(data.get("state", {}).get("missing_ok", []))
-    return dict(data.get("kwargs", data)), []
-
-
-def _checkpoint_name() -> str:
-    files = manifest(MODEL)
-    return files[0].name if files else CHECKPOINT
+    config = read_config(arch)
+    return config_kwargs(config), config_missing_ok(config)
 
 
 def load_weights(net: RVRT, path: Path, missing_ok_patterns=()) -> None:
     """Load a checkpoint as the authors ship it: ``ckpt['params']`` when present, else the
     whole dict; keys unprefixed; strict, except keys matching ``missing_ok_patterns``."""
-    checkpoint = load_checkpoint(path)
-    state = unwrap(checkpoint, "params" if "params" in checkpoint else None)
-    # Small test weights come as float8; widening to float32 is exact.
-    state = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v
-             for k, v in state.items()}
-    missing_ok = [k for k in net.state_dict()
-                  if any(re.search(p, k) for p in missing_ok_patterns)]
-    load_strict(net, state, missing_ok)
+    def state_of(checkpoint: dict) -> dict:
+        # Small test weights come as float8; widening to float32 is exact.
+        return float32_state(unwrap(checkpoint, "params" if "params" in checkpoint else None))
+
+    load_into(net, path, state_of, keys_matching(net, missing_ok_patterns))
 
 
 def create_stage(weights: Path | None = None, device: str = "auto",
@@ -346,11 +319,8 @@ def create_stage(weights: Path | None = None, device: str = "auto",
     ``arch`` (default: the released 006 configuration), on ``device``."""
     kwargs, missing_ok = read_arch(arch)
     path = checkpoint_file(MODEL, weights)
-    if not path.is_file():
-        raise WeightsError(f"RVRT weights not found at {path}; run `orchestrator weights "
-                           f"pull {MODEL}` or pass --weights")
     net = build_network(**kwargs)
     load_weights(net, path, missing_ok)
     target = pick_device(device)
     half = pick_dtype(target) == torch.float16
-    return RVRTStage(net, target, half=half, weights_id=f"{path.name} sha256:{sha256_file(path)}")
+    return RVRTStage(net, target, half=half, weights_id=file_identity(path))

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from services.stagekit.benchmark import median_seconds, stage_frames_per_second
+from services.stagekit.benchmark import (fps_row, median_seconds, print_rows, seconds_row,
+                                         stage_frames_per_second)
 
 from . import MODEL
 from .network import build_network
@@ -35,9 +36,7 @@ def gpu_rows() -> list[dict]:
     if not torch.cuda.is_available():
         return []
     name = torch.cuda.get_device_name()
-    return [{"model": MODEL, "input": f"360x240 clip, {name}, {label}",
-             "ours_s": round(1 / fps, 5), "ours_fps": round(fps, 1),
-             "authors_s": None, "ratio": None}
+    return [fps_row(MODEL, f"360x240 clip, {name}, {label}", fps, digits=5)
             for label, fps in (("fp32", gpu_frames_per_second(False)),
                                ("fp16 kernel estimator", gpu_frames_per_second(True)))]
 
@@ -45,11 +44,9 @@ def gpu_rows() -> list[dict]:
 def rows(size: int = 128) -> list[dict]:
     ours = forward_seconds(size)
     authors = AUTHORS_S[size]
-    cpu = {"model": MODEL, "input": f"1x3x{size}x{size} pair, CPU, 2 threads",
-           "ours_s": round(ours, 4), "authors_s": authors, "ratio": round(ours / authors, 3)}
-    return [cpu, *gpu_rows()]
+    return [seconds_row(MODEL, f"1x3x{size}x{size} pair, CPU, 2 threads", ours, authors, digits=4),
+            *gpu_rows()]
 
 
 if __name__ == "__main__":
-    for row in rows():
-        print(row)
+    print_rows(rows())

@@ -7,12 +7,13 @@ exists so the parity fixtures can use a tiny network with the same structure.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from services.stagekit.neural import config_kwargs, read_config
 
 OFFICIAL_KWARGS = {"kernel_size": 5, "dilation": 1}
 # Per-channel RGB means the authors subtract before the kernel estimator (no std division).
@@ -223,17 +224,9 @@ def build_network(kernel_size: int = 5, dilation: int = 1, base_channels: int = 
 def kwargs_from_arch(arch: dict) -> dict:
     """Network kwargs from a parity ``config.json`` (tiny kwargs plus the scratch-only
     ``base_channels``) or from a plain JSON object of kwargs."""
-    if "networks" not in arch:
-        return dict(arch)
-    network = arch["networks"][0]
-    extra = {k: v for k, v in network.get("extra_tiny_kwargs", {}).items() if k != "meaning"}
-    return {**network["tiny_kwargs"], **extra}
+    return config_kwargs(arch)
 
 
 def load_arch(arch: Path | str | dict | None) -> dict:
     """Kwargs from an --arch JSON file (or its parsed contents); None is the official model."""
-    if arch is None:
-        return dict(OFFICIAL_KWARGS)
-    if isinstance(arch, dict):
-        return kwargs_from_arch(arch)
-    return kwargs_from_arch(json.loads(Path(arch).read_text()))
+    return dict(OFFICIAL_KWARGS) if arch is None else kwargs_from_arch(read_config(arch))

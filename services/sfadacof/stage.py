@@ -19,42 +19,36 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from services.stagekit.device import pick_device, pick_dtype
-from services.stagekit.stage import ClipInfo, Stage, StageError
-from services.stagekit.weights import (WeightsError, load_checkpoint, load_strict, manifest,
-                                       sha256_file, unwrap, weights_path)
+from services.stagekit.device import pick_device
+from services.stagekit.neural import NeuralStage, default_batch, load_into
+from services.stagekit.stage import ClipInfo, StageError
+from services.stagekit.weights import (WeightsError, checkpoint_file, load_checkpoint,
+                                       sha256_file, unwrap)
 
 from . import MODEL, TASK
 from .network import AdaCoFNet, build_network, load_arch, min_side
 
-CHECKPOINT = "model60.pth"
 # Output frames per input frame -> how many times the pair is halved (the authors' --repeat).
 FACTORS = {"2": 1, "4": 2}
 
 
-class SfAdaCoFStage(Stage):
+class SfAdaCoFStage(NeuralStage):
     task = TASK
     model = MODEL
     fps_factor = 2
     window = (0, 1)
     max_batch = 4
-    accepts = ("rgb24", "rgbf16")
+    # Only the kernel estimator goes to half: the AdaCoF op's truncation of offsets is
+    # discontinuous, so sampling and blending stay in float32.
+    cast = ("get_kernel",)
 
     def __init__(self, network: AdaCoFNet, device: torch.device | str = "cpu",
                  half: bool | None = None, identity: str = ""):
-        self.device = torch.device(device)
-        self.network = network.eval().to(self.device)
-        # Only the kernel estimator goes to half: the AdaCoF op's truncation of offsets is
-        # discontinuous, so sampling and blending stay in float32.
-        self.network.get_kernel.to(pick_dtype(self.device, half))
-        self.identity = identity
+        super().__init__(network, device, half=half, identity=identity)
         # A CPU gains little from batching pairs while each pair at 720x480 needs ~0.7 GB of
         # activations; a GPU gains a lot.
-        self.max_batch = 4 if self.device.type == "cuda" else 1
-        self.backend = f"torch {torch.__version__.split('+')[0]} {self.device.type}"
-
-    def weights_identity(self) -> str:
-        return self.identity
+        self.max_batch = default_batch(self.device)
+        self.backend = self.torch_backend()
 
     def validate(self, info: ClipInfo) -> None:
         super().validate(info)
@@ -135,17 +129,7 @@ def to_frames(tensor: torch.Tensor, dtype) -> np.ndarray:
 
 def checkpoint_path(weights: Path | str | None) -> Path:
     """The checkpoint file: given, inside a given folder, or in the weights store."""
-    names = [entry.name for entry in manifest(MODEL)] or [CHECKPOINT]
-    if weights is None:
-        return weights_path(MODEL, names[0])
-    weights = Path(weights)
-    if not weights.is_dir():
-        return weights
-    candidates = [weights / name for name in names] + [weights / MODEL / name for name in names]
-    found = [path for path in candidates if path.is_file()]
-    if not found:
-        raise WeightsError(f"no {' or '.join(names)} in {weights}")
-    return found[0]
+    return checkpoint_file(MODEL, weights)
 
 
 def read_state(path: Path) -> dict:
@@ -161,11 +145,9 @@ def read_state(path: Path) -> dict:
 
 def load_network(weights: Path | str | None = None, arch: Path | str | dict | None = None
                  ) -> tuple[AdaCoFNet, Path]:
-    kwargs = load_arch(arch)
-    network = build_network(**kwargs)
+    network = build_network(**load_arch(arch))
     path = checkpoint_path(weights)
-    load_strict(network, read_state(path))
-    return network, path
+    return load_into(network, read_state(path)), path
 
 
 def create_stage(weights: Path | str | None = None, device: str = "auto",
@@ -173,5 +155,5 @@ def create_stage(weights: Path | str | None = None, device: str = "auto",
     """The stage with the authors' checkpoint loaded strictly. ``device`` 'auto' lets
     $RESTORATION_DEVICE choose, else CUDA when present; half precision on CUDA by default."""
     network, path = load_network(weights, arch)
-    chosen = pick_device(None if device == "auto" else device)
+    chosen = pick_device(device)
     return SfAdaCoFStage(network, chosen, half=half, identity=sha256_file(path))

@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 
 from . import codec
+from .auth import stage_metadata
 from .protos import stage_pb2 as pb
 from .protos import stage_pb2_grpc as pb_grpc
 from .server import GRPC_OPTIONS
@@ -46,6 +47,7 @@ class StageClient:
         self.channel = (grpc.secure_channel(address, credentials, options=options)
                         if credentials else grpc.insecure_channel(address, options=options))
         self.stub = pb_grpc.StageServiceStub(self.channel)
+        self.metadata = stage_metadata()
 
     def close(self) -> None:
         self.channel.close()
@@ -57,7 +59,8 @@ class StageClient:
         self.close()
 
     def describe(self) -> list[dict]:
-        reply = self.stub.Describe(pb.DescribeRequest(), timeout=self.timeout)
+        reply = self.stub.Describe(pb.DescribeRequest(), timeout=self.timeout,
+                                   metadata=self.metadata)
         return [{"task": s.task, "model": s.model, "backend": s.backend, "weights": s.weights,
                  "window_past": s.window_past, "window_future": s.window_future,
                  "scale": s.scale, "fps_factor": s.fps_factor, "max_batch": s.max_batch,
@@ -68,7 +71,7 @@ class StageClient:
         """Stream one clip through the service; returns the output header and a lazy
         iterator of output frames. A rejected request raises StageError with the reason."""
         replies = self.stub.Process(codec.encode_clip(info, frames, batch, task, model),
-                                    timeout=self.timeout)
+                                    timeout=self.timeout, metadata=self.metadata)
         try:
             _, out_info, out_frames = codec.decode_clip(replies)
         except grpc.RpcError as exc:

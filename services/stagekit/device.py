@@ -9,7 +9,8 @@ def pick_device(preference: str | None = None):
 
     $RESTORATION_DEVICE overrides 'auto'."""
     import torch
-    choice = preference or os.environ.get("RESTORATION_DEVICE") or "auto"
+    choice = preference if preference not in (None, "", "auto") else \
+        os.environ.get("RESTORATION_DEVICE") or "auto"
     if choice == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(choice)

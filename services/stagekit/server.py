@@ -2,9 +2,13 @@
 
 It serves StageService (Process, Describe), grpc.health.v1 and reflection, with message
 limits sized for large frames. A bad request is answered INVALID_ARGUMENT with the reason
-and the server keeps serving; SIGTERM drains the streams in flight, then exits. Optional:
-TLS (``--tls-cert/--tls-key``, mutual with ``--tls-client-ca``) and a Prometheus endpoint
-(``--metrics-port``: frames, clip latency, errors, streams in flight).
+and the server keeps serving; SIGTERM drains the streams in flight, then exits. A clip
+whose frames are larger than ``--max-frame-pixels`` is refused from its header, before any
+frame is received; a parameter naming a file (a colour reference) is honoured only inside
+an ``--input-root``. Optional: a bearer token (``--token``/``--token-file``; clients send
+``$RESTORATION_STAGE_TOKEN``), TLS (``--tls-cert/--tls-key``, mutual with
+``--tls-client-ca``) and a Prometheus endpoint (``--metrics-port``: frames, clip latency,
+errors, streams in flight).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from . import codec
+from .auth import TokenCheck, read_token
 from .protos import stage_pb2 as pb
 from .protos import stage_pb2_grpc as pb_grpc
 from .stage import Stage, StageError
@@ -36,6 +41,9 @@ OUTPUT_BATCH_BYTES = 32 * 1024 * 1024
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StageService"].full_name
 GRPC_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE)]
+# 8K UHD: a 4K input, or a 1080p one after 4x super-resolution (as interpolation gets it).
+MAX_FRAME_PIXELS = 7680 * 4320
+FILE_PARAMS = ("reference",)  # stage parameters that name a file on the host running it
 
 
 class StageMetrics:
@@ -68,9 +76,24 @@ class _NoMetrics:
 
 
 class StageServicer(pb_grpc.StageServiceServicer):
-    def __init__(self, stages: Iterable[Stage], metrics=None):
+    def __init__(self, stages: Iterable[Stage], metrics=None,
+                 max_frame_pixels: int = MAX_FRAME_PIXELS, input_roots: Iterable[Path] = ()):
         self.stages = list(stages)
         self.metrics = metrics or _NoMetrics()
+        self.max_frame_pixels = max_frame_pixels
+        self.input_roots = [Path(root).resolve() for root in input_roots]
+
+    def admit(self, info) -> None:
+        """What a client may ask, checked on the header before any frame is received."""
+        if info.width * info.height > self.max_frame_pixels:
+            raise StageError(f"frames of {info.width}x{info.height} are over this service's "
+                             f"limit of {self.max_frame_pixels} pixels (--max-frame-pixels)")
+        for param in FILE_PARAMS:
+            for given in filter(None, (p.strip() for p in info.params.get(param, "").split(","))):
+                path = Path(given).resolve()
+                if not any(path.is_relative_to(root) for root in self.input_roots):
+                    raise StageError(f"{param}: not allowed (this service reads files only "
+                                     "inside its --input-root)")
 
     def pick(self, task: str, model: str) -> Stage:
         """The stage for ``task`` and ``model``; no model means the service's first (its
@@ -90,6 +113,7 @@ class StageServicer(pb_grpc.StageServiceServicer):
         clock = time.monotonic()
         try:
             header, info, frames = codec.decode_clip(request_iterator)
+            self.admit(info)
             stage = self.pick(header.task, header.model)
             out_info, out_frames = stage.run(info, frames)
             yield codec.header_message(out_info, stage.task, stage.model)
@@ -133,9 +157,13 @@ def server_credentials(cert: Path, key: Path, client_ca: Path | None = None):
 
 
 def build_server(stages: list[Stage], listen: str, workers: int = 16, credentials=None,
-                 metrics=None):
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=GRPC_OPTIONS)
-    pb_grpc.add_StageServiceServicer_to_server(StageServicer(stages, metrics), server)
+                 metrics=None, max_frame_pixels: int = MAX_FRAME_PIXELS,
+                 token: str | None = None, input_roots: Iterable[Path] = ()):
+    interceptors = [TokenCheck(token, SERVICE_NAME)] if token else []
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=GRPC_OPTIONS,
+                         interceptors=interceptors)
+    pb_grpc.add_StageServiceServicer_to_server(
+        StageServicer(stages, metrics, max_frame_pixels, input_roots), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -164,6 +192,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--tls-client-ca", type=Path,
                         help="require client certificates signed by this CA (mutual TLS)")
     parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    parser.add_argument("--max-frame-pixels", type=int, default=MAX_FRAME_PIXELS,
+                        help="largest frame (width x height) a clip may have "
+                             f"(default {MAX_FRAME_PIXELS}: 7680x4320)")
+    parser.add_argument("--token", help="bearer token every StageService call must carry")
+    parser.add_argument("--token-file", type=Path, help="file holding the bearer token")
+    parser.add_argument("--input-root", type=Path, action="append", default=[],
+                        help="folder whose files clips may name (colour references); none "
+                             "by default")
     parser.add_argument("--grace", type=float, default=30.0,
                         help="seconds SIGTERM waits for streams in flight")
     return parser.parse_args(argv)
@@ -179,8 +215,9 @@ def main(create_stage: Callable[..., Stage | list[Stage]], argv=None) -> None:
         credentials = (server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
                        if args.tls_cert else None)
         metrics = StageMetrics() if args.metrics_port else None
-        server, health_servicer = build_server(stages, args.listen, args.workers, credentials,
-                                               metrics)
+        server, health_servicer = build_server(
+            stages, args.listen, args.workers, credentials, metrics, args.max_frame_pixels,
+            read_token(args.token, args.token_file), args.input_root)
         if metrics:
             metrics.serve(args.metrics_port)
     except (WeightsError, StageError, OSError, ValueError) as exc:

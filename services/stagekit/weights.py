@@ -122,21 +122,29 @@ def load_strict(module, state: dict, missing_ok=()) -> None:
 def checkpoint_file(model: str, weights: Path | None = None) -> Path:
     """The checkpoint a service loads: ``weights`` itself when it is a file; else, in the
     folder it names (directly or in the store's layout) or in the weights store (None),
-    the first of the manifest's files that is present — the default checkpoint first,
-    then the alternatives."""
+    the first of the manifest's files that is present, in the form the service reads
+    (converted, where the manifest names a conversion) — the default checkpoint first,
+    then the alternatives. A file present only as downloaded is named with the command
+    that converts it."""
     if weights is not None and not Path(weights).is_dir():
         if not Path(weights).is_file():
             raise WeightsError(f"{model} weights not found at {weights}")
         return Path(weights)
     root = None if weights is None else Path(weights)
-    candidates = []
-    for entry in manifest(model):
-        if root is not None:
-            candidates.append(root / entry.name)
-        candidates.append(weights_path(model, entry.name, root))
-    for path in candidates:
+
+    def places(name: str) -> list[Path]:
+        return ([root / name] if root is not None else []) + [weights_path(model, name, root)]
+
+    entries = manifest(model)
+    for path in (path for entry in entries for path in places(entry.loaded)):
         if path.is_file():
             return path
-    where = candidates[0] if candidates else (root or weights_dir()) / model
+    for entry in entries:
+        for path in places(entry.name) if entry.convert else ():
+            if path.is_file():
+                raise WeightsError(f"{path} is not converted yet: run "
+                                   f"'python -m {entry.convert} {path}'")
+    where = places(entries[0].loaded)[0] if entries else (root or weights_dir()) / model
+    then = f", then python -m {entries[0].convert}" if entries and entries[0].convert else ""
     raise WeightsError(f"{model} weights not found at {where} "
-                       f"(run: orchestrator weights pull {model})")
+                       f"(run: orchestrator weights pull {model}{then})")

@@ -7,10 +7,9 @@ ratio is only as steady as its load.
 """
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
+
+from services.stagekit.benchmark import median_seconds, print_rows, seconds_row
 
 from . import MODEL, SWINUNET
 from .network import build_swinunet, build_tape
@@ -20,19 +19,12 @@ SIZE = 128
 
 
 def forward_seconds(model: str, size: int = SIZE, runs: int = 3, threads: int = 2) -> float:
-    """The median of ``runs`` timed forwards, as the README measured."""
-    torch.set_num_threads(threads)
+    """The median of ``runs`` timed forwards, as the README measured (no warm-up)."""
     torch.manual_seed(0)
     network = (build_tape if model == MODEL else build_swinunet)().eval()
     frames = torch.rand(1, 5, 3, size, size)
     inputs = (frames, torch.rand(1, 5, 3, size, size)) if model == MODEL else (frames,)
-    times = []
-    with torch.inference_mode():
-        for _ in range(runs):
-            start = time.perf_counter()
-            network(*inputs)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(lambda: network(*inputs), runs, threads, warmup=0)
 
 
 def rows(runs: int = 3) -> list[dict]:
@@ -40,12 +32,10 @@ def rows(runs: int = 3) -> list[dict]:
     for model in (MODEL, SWINUNET):
         ours = forward_seconds(model, runs=runs)
         refs = "+5 refs " if model == MODEL else ""
-        out.append({"model": model, "input": f"1x5x3x{SIZE}x{SIZE} {refs}CPU, 2 threads",
-                    "ours_s": round(ours, 2), "authors_s": AUTHORS_S[model],
-                    "ratio": round(ours / AUTHORS_S[model], 3)})
+        out.append(seconds_row(model, f"1x5x3x{SIZE}x{SIZE} {refs}CPU, 2 threads", ours,
+                       AUTHORS_S[model], digits=2))
     return out
 
 
 if __name__ == "__main__":
-    for row in rows():
-        print(row)
+    print_rows(rows())

@@ -30,10 +30,8 @@ from __future__ import annotations
 import abc
 import json
 import os
-import re
 import tempfile
 from collections import OrderedDict, deque
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -43,9 +41,11 @@ import torch
 import torch.nn.functional as F
 
 from services.stagekit.device import pick_device
+from services.stagekit.neural import (NeuralStage, config_missing_ok, default_batch,
+                                      keys_matching, load_into, read_config, tiny_kwargs)
 from services.stagekit.stage import ClipInfo, Stage, StageError
-from services.stagekit.weights import (WeightsError, load_checkpoint, load_strict, sha256_file,
-                                       unwrap, weights_dir)
+from services.stagekit.weights import (WeightsError, load_checkpoint, sha256_file, unwrap,
+                                       weights_dir)
 
 from . import MODEL, SWINUNET, TASK
 from .network import build_swinunet, build_tape
@@ -207,13 +207,12 @@ def _upstream(params) -> bool:
     return value == "upstream"
 
 
-class AnalogStage(Stage):
+class AnalogStage(NeuralStage):
     """What both networks share: parameters, device, frame conversion, batching."""
 
     task = TASK
     window = (RADIUS, RADIUS)
     max_batch = 8
-    accepts = ("rgb24", "rgbf16")
 
     def __init__(self, network: torch.nn.Module, device="cpu", half: bool | None = None,
                  weights: Path | None = None, batch: int | None = None,
@@ -222,19 +221,10 @@ class AnalogStage(Stage):
             raise ValueError(f"window_frames must be odd, not {window_frames}")
         self.radius = window_frames // 2
         self.window = (self.radius, self.radius)
-        self.device = torch.device(device)
-        self.network = network.eval().to(self.device)
-        self.half = self.device.type == "cuda" if half is None else bool(half)
-        self.batch = batch or (4 if self.device.type == "cuda" else 1)
-        self.weights_file = weights
-        self._identity: str | None = None
-        self.backend = f"torch {torch.__version__.split('+')[0]} {self.device.type}" + \
-            (" fp16" if self.half else "")
-
-    def weights_identity(self) -> str:
-        if self._identity is None:
-            self._identity = f"sha256:{sha256_file(self.weights_file)}" if self.weights_file else ""
-        return self._identity
+        super().__init__(network, device, half=half,
+                         identity=lambda: f"sha256:{sha256_file(weights)}" if weights else "")
+        self.batch = default_batch(self.device, batch)
+        self.backend = self.torch_backend("fp16" if self.half else "")
 
     @abc.abstractmethod
     def geometry(self, info: ClipInfo) -> Geometry:
@@ -274,8 +264,7 @@ class AnalogStage(Stage):
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         """The centre frame of each window of the batch. Kept out of the generators so
         inference mode and autocast never stay switched on across a yield."""
-        autocast = torch.autocast("cuda", dtype=torch.float16) if self.half else nullcontext()
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), self.autocast():
             return self.network(*inputs)[:, self.radius]
 
 
@@ -432,19 +421,12 @@ def read_arch(arch: Path | None) -> tuple[dict, list[str]]:
 
     Accepts a parity ``config.json`` (``networks`` with ``tiny_kwargs``/``extra_tiny_kwargs``,
     ``state.missing_ok``) or a plain {"tape": {...}, "swinunet": {...}}."""
-    if arch is None:
-        return {MODEL: {}, SWINUNET: {}}, []
-    try:
-        config = json.loads(Path(arch).read_text())
-    except (OSError, ValueError) as exc:
-        raise WeightsError(f"cannot read the network configuration {arch}: {exc}") from exc
+    config = read_config(arch) or {}
     if "networks" not in config:
         return {name: config.get(name, {}) for name in (MODEL, SWINUNET)}, []
-    kwargs = {}
-    for entry in config["networks"]:
-        extra = {k: v for k, v in entry.get("extra_tiny_kwargs", {}).items() if k != "meaning"}
-        kwargs[FIXTURE_NAMES.get(entry["name"], entry["name"])] = {**entry["tiny_kwargs"], **extra}
-    return kwargs, list(config.get("state", {}).get("missing_ok", []))
+    kwargs = {FIXTURE_NAMES.get(entry["name"], entry["name"]): tiny_kwargs(entry)
+              for entry in config["networks"]}
+    return kwargs, config_missing_ok(config)
 
 
 def build_network(model: str, kwargs: dict) -> torch.nn.Module:
@@ -500,9 +482,7 @@ def _split_prefixed(checkpoint: dict) -> dict[str, dict]:
 
 def load_network(model: str, state: dict, kwargs: dict, missing_ok: list[str]) -> torch.nn.Module:
     network = build_network(model, kwargs)
-    allowed = [key for key in network.state_dict() if any(re.search(p, key) for p in missing_ok)]
-    load_strict(network, state, missing_ok=allowed)
-    return network.eval()
+    return load_into(network, state, missing_ok=keys_matching(network, missing_ok)).eval()
 
 
 def create_stage(weights: Path | None = None, device: str = "auto", arch: Path | None = None,

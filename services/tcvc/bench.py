@@ -9,16 +9,16 @@ frames/s through the whole stage at 360x240 in float32 and half precision are ad
 from __future__ import annotations
 
 import statistics
-import time
-from fractions import Fraction
 
-import numpy as np
 import torch
+
+from services.stagekit.benchmark import (fps_row, print_rows, random_clip, seconds_row,
+                                         stage_frames_per_second, timings, torch_threads)
+from services.stagekit.neural import unfilled
 
 from . import MODEL
 from .network import build_networks
 from .stage import CLIP_FRAMES, TEMPERATURE_WARP, Colorizer, TCVCStage
-from services.stagekit.stage import ClipInfo
 
 AUTHORS_S = {"stage1": 1.76, "stage2": 36.9}
 SIZE = (216, 384)
@@ -28,9 +28,7 @@ def random_networks(seed: int = 0):
     """The official networks with random weights (1/sqrt(fan-in) scaled, so activations stay
     finite through the 23-block layer3), filled faster than the default initialisation."""
     torch.manual_seed(seed)
-    with torch.device("meta"):
-        nets = build_networks()
-    nets = nets.to_empty(device="cpu")
+    nets = unfilled(build_networks)
     with torch.no_grad():
         for name, tensor in nets.state_dict().items():
             if tensor.dim() > 1:
@@ -42,21 +40,21 @@ def random_networks(seed: int = 0):
     return nets.eval()
 
 
-def _median_seconds(fn, runs: int, threads: int) -> tuple[float, float]:
+def _median_seconds(fn, runs: int, threads: int, warmup: int) -> tuple[float, float]:
     """Median wall seconds, and median process CPU seconds per thread: on a shared machine
     the second is close to what the wall time would be without the other tenants."""
-    walls, cpus = [], []
-    for _ in range(runs):
-        wall, cpu = time.perf_counter(), time.process_time()
-        fn()
-        walls.append(time.perf_counter() - wall)
-        cpus.append((time.process_time() - cpu) / threads)
-    return statistics.median(walls), statistics.median(cpus)
+    made = timings(fn, runs, warmup)
+    return statistics.median(t.wall for t in made), statistics.median(t.cpu / threads for t in made)
 
 
 def cpu_seconds(runs1: int = 3, runs2: int = 1, threads: int = 2) -> dict:
-    """{stage: (wall s, CPU s per thread)} for stage 1 and one stage-2 clip."""
-    torch.set_num_threads(threads)
+    """{stage: (wall s, CPU s per thread)} for stage 1 (after a warm-up) and one stage-2
+    clip."""
+    with torch_threads(threads):
+        return _cpu_seconds(runs1, runs2, threads)
+
+
+def _cpu_seconds(runs1: int, runs2: int, threads: int) -> dict:
     nets = random_networks()
     h, w = SIZE
     x = torch.cat((torch.full((1, 4, h, w), 0.5), torch.zeros(1, 3, h, w),
@@ -72,40 +70,29 @@ def cpu_seconds(runs1: int = 3, runs2: int = 1, threads: int = 2) -> dict:
         nets.inter_save(memory, out_trans)
 
     with torch.inference_mode():
-        nets.colornet(x)
-        return {"stage1": _median_seconds(lambda: nets.colornet(x), runs1, threads),
-                "stage2": _median_seconds(stage2, runs2, threads)}
+        return {"stage1": _median_seconds(lambda: nets.colornet(x), runs1, threads, warmup=1),
+                "stage2": _median_seconds(stage2, runs2, threads, warmup=0)}
 
 
 def cuda_fps(half: bool, frames: int = 24) -> float:
     """Frames/s through the whole stage (stage 1 + propagation) for a 360x240 grey clip."""
     nets = random_networks()
     stage = TCVCStage(Colorizer(nets, "cuda", torch.float16 if half else torch.float32), [])
-    clip = np.repeat(np.random.default_rng(0).integers(0, 255, (frames, 240, 360, 1), np.uint8), 3, -1)
-    info = ClipInfo("bench", 360, 240, Fraction(30), frame_count=frames)
-    list(stage.process(info, iter(clip[:4])))
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    count = sum(1 for _ in stage.process(info, iter(clip)))
-    torch.cuda.synchronize()
-    return count / (time.perf_counter() - start)
+    return stage_frames_per_second(stage, clip=random_clip(frames, 360, 240, grey=True), warmup=4)
 
 
 def rows() -> list[dict]:
     ours = cpu_seconds()
     labels = {"stage1": "ColorVidNet 1x8x216x384, CPU 2 thr",
               "stage2": "stage-2 clip 4x216x384, CPU 2 thr"}
-    out = [{"model": MODEL, "input": labels[k], "ours_s": round(ours[k][0], 3),
-            "authors_s": AUTHORS_S[k], "ratio": round(ours[k][0] / AUTHORS_S[k], 3),
-            "cpu_per_thread_s": round(ours[k][1], 3)} for k in labels]
+    out = [seconds_row(MODEL, labels[k], ours[k][0], AUTHORS_S[k],
+                       cpu_per_thread_s=round(ours[k][1], 3)) for k in labels]
     if torch.cuda.is_available():
         for half in (False, True):
-            fps = cuda_fps(half)
-            out.append({"model": MODEL, "input": f"stage 360x240 {'fp16' if half else 'fp32'} frames/s",
-                        "ours_s": round(1 / fps, 4), "authors_s": None, "ratio": None, "fps": round(fps, 2)})
+            out.append(fps_row(MODEL, f"stage 360x240 {'fp16' if half else 'fp32'} frames/s",
+                               cuda_fps(half)))
     return out
 
 
 if __name__ == "__main__":
-    for row in rows():
-        print(row)
+    print_rows(rows())

@@ -22,7 +22,6 @@ Clip parameters (``ClipInfo.params``):
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -35,9 +34,10 @@ import torch.nn.functional as F
 
 from services.stagekit.device import pick_device, pick_dtype
 from services.stagekit.monochrome import is_monochrome
-from services.stagekit.stage import ClipInfo, Stage, StageError
-from services.stagekit.weights import (WeightsError, load_checkpoint, load_strict, manifest,
-                                       sha256_file, unwrap, weights_path)
+from services.stagekit.neural import (NeuralStage, config_missing_ok, load_into, on_device,
+                                      read_config, unfilled)
+from services.stagekit.stage import ClipInfo, StageError
+from services.stagekit.weights import WeightsError, manifest, sha256_file, unwrap, weights_path
 from services.stagekit.windowing import batches
 
 from . import MODEL, TASK
@@ -139,9 +139,8 @@ class Colorizer:
 
     def __init__(self, nets: TCVCNetworks, device="cpu", dtype=torch.float32):
         self.device, self.dtype = torch.device(device), dtype
-        self.nets = nets.to(self.device, dtype).eval()
         # The warp's hard argmax separates cosines ~1e-4 apart: it always runs in float32.
-        self.nets.decoder.warper.warp_layer.float()
+        self.nets = on_device(nets, self.device, dtype, float32_parts=["decoder.warper.warp_layer"])
 
     def prepare(self, frame: np.ndarray, opts: Options) -> Prepared:
         if opts.crop is not None:
@@ -204,25 +203,17 @@ class Shot:
 
 # --------------------------------------------------------------------------- the stage
 
-class TCVCStage(Stage):
+class TCVCStage(NeuralStage):
     task = TASK
     model = MODEL
     window = (0, CLIP_FRAMES - 2)   # a frame waits for the rest of its clip of 3
     max_batch = CLIP_FRAMES - 1
-    accepts = ("rgb24", "rgbf16")
-    backend = "pytorch"
 
     def __init__(self, colorizer: Colorizer, weight_files: list[Path]):
+        super().__init__(colorizer.nets, colorizer.device, dtype=colorizer.dtype,
+                         identity=lambda: files_identity(weight_files))
         self.colorizer = colorizer
         self.weight_files = weight_files
-        self._identity: str | None = None
-
-    def weights_identity(self) -> str:
-        if self._identity is None:
-            known = {f.name: f.sha256 for f in manifest(MODEL)}
-            self._identity = ",".join(
-                f"{p.name}:{(known.get(p.name) or sha256_file(p))[:16]}" for p in self.weight_files)
-        return self._identity
 
     def validate(self, info: ClipInfo) -> None:
         super().validate(info)
@@ -266,11 +257,11 @@ class TCVCStage(Stage):
 def read_arch(arch: Path | None) -> tuple[dict, tuple]:
     """Per-network kwargs and the keys allowed to be absent: a parity config.json, or
     {"colornet": {...}, "model": {...}, ...}; None is the official configuration."""
-    if arch is None:
+    config = read_config(arch)
+    if config is None:
         return {}, ()
-    config = json.loads(Path(arch).read_text())
     if "networks" in config:
-        return kwargs_from_config(config), tuple(config.get("state", {}).get("missing_ok", []))
+        return kwargs_from_config(config), tuple(config_missing_ok(config))
     return config, ()
 
 
@@ -287,7 +278,7 @@ def load_weights(nets: TCVCNetworks, weights: Path | None, missing_ok=()) -> lis
         if path.suffix != ".safetensors":
             raise WeightsError(f"{path}: give the folder holding {COLORNET_FILE}, {ENCODER_FILE} "
                                f"and {DECODER_FILE}, or one prefixed .safetensors file")
-        load_strict(nets, load_checkpoint(path), missing_ok)
+        load_into(nets, path, missing_ok=missing_ok)
         return [path]
     files = official_files(path)
     for file in files:
@@ -301,24 +292,26 @@ def load_weights(nets: TCVCNetworks, weights: Path | None, missing_ok=()) -> lis
     return files
 
 
+def files_identity(files: list[Path]) -> str:
+    """'NAME:HEX' (16 digits of the sha256; the manifest's where it has one) of each file."""
+    known = {f.name: f.sha256 for f in manifest(MODEL)}
+    return ",".join(f"{p.name}:{(known.get(p.name) or sha256_file(p))[:16]}" for p in files)
+
+
 def _load(module, path: Path, key: str | None) -> None:
     # The authors' stage-2 files may carry their argparse Namespace beside the weights.
     torch.serialization.add_safe_globals([argparse.Namespace])
     try:
-        load_strict(module, unwrap(load_checkpoint(path), key))
+        load_into(module, path, lambda checkpoint: unwrap(checkpoint, key))
     except WeightsError as exc:
         raise WeightsError(f"{path.name}{f'[{key!r}]' if key else ''}: {exc}") from exc
 
 
 def build_loaded(weights: Path | None = None, arch: Path | None = None) -> tuple[TCVCNetworks, list[Path]]:
     kwargs, missing_ok = read_arch(arch)
-    if missing_ok:
-        nets = build_networks(**kwargs)
-    else:
-        # Every tensor is about to be overwritten: skip the (slow) random initialisation.
-        with torch.device("meta"):
-            nets = build_networks(**kwargs)
-        nets = nets.to_empty(device="cpu")
+    # Unless some may be absent, every tensor is about to be overwritten: skip the (slow)
+    # random initialisation.
+    nets = build_networks(**kwargs) if missing_ok else unfilled(lambda: build_networks(**kwargs))
     return nets, load_weights(nets, weights, missing_ok)
 
 

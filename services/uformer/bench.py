@@ -8,13 +8,13 @@ shared 2-core CPU (load average 5-10), torch threads = 2, float32, no_grad: inpu
 """
 from __future__ import annotations
 
-import time
 from fractions import Fraction
 
 import numpy as np
 import torch
 
-from services.stagekit.benchmark import median_seconds
+from services.stagekit.benchmark import (fps_row, median_seconds, print_rows, seconds_row,
+                                         stage_frames_per_second)
 from services.stagekit.stage import ClipInfo
 
 from . import MODEL
@@ -36,14 +36,7 @@ def frames_per_second(device: str, half: bool, width: int = 360, height: int = 2
                       count: int = 16, batch: int = 4) -> float:
     """Throughput of the whole stage (padding to 384x384, transfers, rounding) on a clip."""
     stage = UformerStage(build_uformer(), device, half, settings=Settings(batch=batch))
-    frames = np.random.default_rng(0).integers(0, 256, (count, height, width, 3), np.uint8)
-    info = ClipInfo("bench", width=width, height=height, fps=Fraction(25), frame_count=count)
-    list(stage.process(info, iter(frames[:batch])))
-    if stage.device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    produced = len(list(stage.process(info, iter(frames))))
-    return produced / (time.perf_counter() - start)
+    return stage_frames_per_second(stage, width, height, count, warmup=batch)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -67,17 +60,13 @@ def tiling_psnr(stage: UformerStage, frames: np.ndarray, tile: int, overlap: int
 def rows(size: int = 128) -> list[dict]:
     ours = forward_seconds(size)
     authors = AUTHORS_S[size]
-    table = [{"model": MODEL, "input": f"1x3x{size}x{size}, CPU, 2 threads",
-              "ours_s": round(ours, 3), "authors_s": authors, "ratio": round(ours / authors, 3)}]
+    table = [seconds_row(MODEL, f"1x3x{size}x{size}, CPU, 2 threads", ours, authors)]
     if torch.cuda.is_available():
         for name, half in (("fp32", False), ("fp16", True)):
-            fps = frames_per_second("cuda", half)
-            table.append({"model": MODEL, "input": f"360x240 clip, CUDA {name}",
-                          "ours_s": round(1 / fps, 4), "authors_s": None, "ratio": None,
-                          "frames_per_s": round(fps, 2)})
+            table.append(fps_row(MODEL, f"360x240 clip, CUDA {name}",
+                                 frames_per_second("cuda", half)))
     return table
 
 
 if __name__ == "__main__":
-    for row in rows():
-        print(row)
+    print_rows(rows())

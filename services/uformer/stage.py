@@ -28,7 +28,6 @@ Per clip, the header's params may set ``tile``, ``tile_overlap`` and ``batch``.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,10 +37,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from services.stagekit.device import pick_device, pick_dtype
-from services.stagekit.stage import ClipInfo, Stage, StageError
-from services.stagekit.weights import (checkpoint_file, load_checkpoint, load_strict,
-                                       sha256_file, unwrap)
+from services.stagekit.device import pick_device
+from services.stagekit.neural import (NeuralStage, config_kwargs, default_batch, file_identity,
+                                      float32_state, load_into, read_config)
+from services.stagekit.stage import ClipInfo, StageError
+from services.stagekit.weights import checkpoint_file, unwrap
 from services.stagekit.windowing import batches
 
 from . import MODEL, TASK
@@ -148,30 +148,22 @@ def canvas(x: torch.Tensor, tile: Tile) -> torch.Tensor:
     return F.pad(crop, (left, tile.w - left - crop.shape[-1], top, tile.h - top - crop.shape[-2]))
 
 
-class UformerStage(Stage):
+class UformerStage(NeuralStage):
     task = TASK
     model = MODEL
-    accepts = ("rgb24", "rgbf16")
-    backend = "pytorch"
     max_batch = 8
+    cast = True
 
     def __init__(self, network: Uformer, device="cpu", half: bool | None = None,
                  identity: str = "", settings: Settings | None = None):
-        self.device = torch.device(device)
-        self.dtype = pick_dtype(self.device, half)
-        self.network = network.to(device=self.device, dtype=self.dtype).eval()
+        super().__init__(network, device, half=half, identity=identity)
         self.factor = network.factor
-        self.identity = identity
         self.settings = (settings or Settings()).check(self.factor)
-
-    def weights_identity(self) -> str:
-        return self.identity
 
     def describe(self) -> dict:
         s = self.settings
         return {**super().describe(), "factor": self.factor, "tile": s.tile,
-                "tile_overlap": s.tile_overlap, "batch": s.batch, "device": str(self.device),
-                "dtype": str(self.dtype).replace("torch.", ""),
+                "tile_overlap": s.tile_overlap, "batch": s.batch, **self.precision(),
                 "img_size": self.network.img_size}
 
     def validate(self, info: ClipInfo) -> None:
@@ -222,17 +214,13 @@ class UformerStage(Stage):
 
 def read_arch(path: Path | None) -> dict:
     """Network kwargs in the authors' names from a JSON file (see ``arch_kwargs``)."""
-    return {} if path is None else arch_kwargs(json.loads(Path(path).read_text()))
+    return arch_kwargs(read_config(path))
 
 
-def arch_kwargs(data: dict) -> dict:
+def arch_kwargs(data: dict | None) -> dict:
     """Either a plain kwargs object or a parity ``config.json``: then its network's tiny
     kwargs."""
-    if "networks" not in data:
-        return data
-    net = data["networks"][0]
-    extra = {k: v for k, v in net.get("extra_tiny_kwargs", {}).items() if k != "meaning"}
-    return {**net["tiny_kwargs"], **extra}
+    return config_kwargs(data)
 
 
 def checkpoint_state(checkpoint: dict) -> dict:
@@ -244,14 +232,11 @@ def checkpoint_state(checkpoint: dict) -> dict:
     if "state_dict" in checkpoint:
         prefixed = any(name.startswith(CHECKPOINT_PREFIX) for name in checkpoint["state_dict"])
         state = unwrap(checkpoint, "state_dict", CHECKPOINT_PREFIX if prefixed else "")
-    return {name: value.float() if value.is_floating_point() else value
-            for name, value in state.items()}
+    return float32_state(state)
 
 
 def load_uformer(path: Path, missing_ok=(), **kwargs) -> Uformer:
-    network = build_uformer(**kwargs)
-    load_strict(network, checkpoint_state(load_checkpoint(path)), missing_ok=missing_ok)
-    return network
+    return load_into(build_uformer(**kwargs), path, checkpoint_state, missing_ok)
 
 
 def create_stage(weights: Path | None = None, device: str = "auto",
@@ -259,6 +244,5 @@ def create_stage(weights: Path | None = None, device: str = "auto",
     path = checkpoint_file(MODEL, weights)
     network = load_uformer(path, **read_arch(arch))
     chosen = pick_device(device)
-    settings = Settings(batch=4 if chosen.type == "cuda" else 1)
-    identity = f"{path.name} sha256:{sha256_file(path)}"
-    return UformerStage(network, chosen, identity=identity, settings=settings)
+    settings = Settings(batch=default_batch(chosen))
+    return UformerStage(network, chosen, identity=file_identity(path), settings=settings)
