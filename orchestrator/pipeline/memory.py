@@ -18,7 +18,7 @@ from ..errors import UserError
 GIB = 1 << 30
 QUEUE_FRAMES = 8              # frames buffered between two stages ...
 QUEUE_BYTES = 96 << 20        # ... and bytes (one frame always passes, however large)
-BASE_BYTES = 250 << 20        # the interpreter, numpy, OpenCV, PyAV
+BASE_BYTES = 350 << 20        # the interpreter, numpy, OpenCV, PyAV, their arenas
 TORCH_BYTES = 1 << 30         # torch's import, when a local stage runs a neural model
 CODEC_FRAMES = 12             # frames decode + encode hold (threads, x264's look-ahead)
 HEADROOM = 0.85               # share of the available memory a job may plan to use
