@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all clean bench-models bench-quality bench-pipeline bench-sizes images browser
+.PHONY: setup demo test test-all clean bench-models bench-quality bench-pipeline bench-checkpoints bench-sizes images browser
 
 setup: $(VENV)/.installed
 
@@ -43,6 +43,9 @@ bench-quality: setup
 
 bench-pipeline: setup
 	$(PY) -m bench.pipeline
+
+bench-checkpoints: setup
+	$(PY) -m bench.checkpoints
 
 bench-sizes: setup
 	$(PY) -m bench.sizes

@@ -316,7 +316,7 @@ def stage_services(replicas: dict[str, int], sampler: TreeSampler):
 def run_ours(tape: Tape, out: Path, replicas: dict[str, int] | None, label: str) -> Result:
     stats = out.with_suffix(".stats.json")
     command = [sys.executable, "-m", "orchestrator", "submit", str(tape.path), "-o", str(out),
-               "-y", "-q", "--crf", str(CRF), "--stats", str(stats)]
+               "-y", "-q", "--restart", "--crf", str(CRF), "--stats", str(stats)]  # timed whole
     with TreeSampler([]) as sampler, ExitStack() as stack:
         if replicas is not None:
             command += stack.enter_context(stage_services(replicas, sampler))

@@ -18,6 +18,7 @@ from . import stack
 from .lock import locks
 from .stack import ORCHESTRATOR, ROOT, UID, WEIGHTS, Service
 
+INFLIGHT_METRIC = "restoration_stage_inflight_clips"   # the HPAs' metric (StageMetrics)
 GENERATED = "# Written by `python -m deploy.generate` from deploy/stack.py: edit that, not this file.\n"
 CUDA_BASE = "nvidia/cuda:13.0.2-runtime-ubuntu24.04"
 PYTHON_BASE = "python:3.11.14-slim-bookworm"
@@ -26,7 +27,10 @@ PYTHON_VERSION = "3.11.14"
 K8S = ROOT / "deploy" / "k8s"
 TRITON = ROOT / "deploy" / "triton" / "models"
 GPU_PIPELINE = K8S / "overlays" / "gpu" / "pipeline.yaml"
-DRAIN = "45s"   # a stage server drains its streams for up to 30 s after SIGTERM
+DRAIN = "45s"   # preStop's 5 s, then a stage server drains its clips for up to 30 s after SIGTERM
+PRE_STOP_S = 5  # seconds a stopping pod keeps serving while the endpoints forget it
+PROBE_TIMEOUT_S = 5   # health has threads of its own, but a loaded node answers slowly
+PUBLISH = "${RESTORATION_PUBLISH:-127.0.0.1}"   # the job API: this host only, unless asked
 CPU_PIPELINE = K8S / "base" / "pipeline.yaml"
 
 
@@ -131,7 +135,14 @@ def _has_weights(service: Service) -> bool:
     return (ROOT / "services" / service.model / "weights.json").is_file()
 
 
-def _compose_service(service: Service) -> dict:
+def _profile(service: Service, pipeline: set[str]) -> list[str]:
+    """Compose profiles: none (started by default) for what the pipeline names."""
+    if service.model in pipeline:
+        return []
+    return ["image"] if service.image_pipeline else [service.model]
+
+
+def _compose_service(service: Service, profiles: list[str]) -> dict:
     entry = {
         "image": service.image,
         "build": {"context": ".", "dockerfile": str(service.dockerfile.relative_to(ROOT))},
@@ -143,6 +154,8 @@ def _compose_service(service: Service) -> dict:
         "restart": "unless-stopped",
         "stop_grace_period": DRAIN,
     }
+    if profiles:
+        entry["profiles"] = profiles
     if service.gpu:
         entry["volumes"] = [f"weights:{WEIGHTS}:ro"]
         entry["depends_on"] = {"weights": {"condition": "service_completed_successfully"}}
@@ -162,23 +175,28 @@ def compose() -> str:
         "volumes": [f"weights:{WEIGHTS}"],
         "restart": "no",
     }}
+    needed = stack.pipeline_services(gpu=True)
     for service in stack.deployed():
-        services[service.name] = _compose_service(service)
+        services[service.name] = _compose_service(
+            service, _profile(service, {s.model for s in needed}))
     services[ORCHESTRATOR.name] = {
         "image": ORCHESTRATOR.image,
         "build": {"context": ".", "dockerfile": str(ORCHESTRATOR.dockerfile.relative_to(ROOT))},
         "command": ORCHESTRATOR.command,
-        "environment": {"RESTORATION_WEIGHTS": WEIGHTS},
-        "ports": [f"{ORCHESTRATOR.port}:{ORCHESTRATOR.port}"],
+        # an empty token: the job API is open, so it is published on this host only
+        "environment": {"RESTORATION_WEIGHTS": WEIGHTS, "RESTORATION_TOKEN": "${RESTORATION_TOKEN:-}"},
+        "ports": [f"{PUBLISH}:{ORCHESTRATOR.port}:{ORCHESTRATOR.port}"],
         "volumes": [f"jobs:{stack.JOB_STORE}",
                     f"./{GPU_PIPELINE.relative_to(ROOT)}:{stack.PIPELINE}:ro"],
-        "depends_on": {s.name: {"condition": "service_healthy"} for s in stack.deployed()},
+        "depends_on": {s.name: {"condition": "service_healthy"} for s in needed},
         "restart": "unless-stopped",
         "stop_grace_period": DRAIN,
     }
     document = {"name": "restoration", "services": services,
                 "volumes": {"weights": {}, "jobs": {}}}
-    return (GENERATED + "# One GPU host: `docker compose up -d`; RESTORATION_GPU_<MODEL>=N puts a model on GPU N.\n"
+    return (GENERATED + "# One GPU host: `docker compose up -d` starts the video pipeline's services and the\n"
+            "# orchestrator (`--profile image` adds the image models); RESTORATION_GPU_<MODEL>=N puts a\n"
+            "# model on GPU N; RESTORATION_TOKEN=... RESTORATION_PUBLISH=0.0.0.0 opens the job API to others.\n"
             + yaml.safe_dump(document, sort_keys=False, width=120))
 
 
@@ -206,9 +224,11 @@ def _probes(port: int, gpu: bool) -> dict:
     return {
         # loading a checkpoint onto a GPU can take minutes: liveness waits for startup
         "startupProbe": {"grpc": {"port": port}, "periodSeconds": 10,
-                         "failureThreshold": 60 if gpu else 12},
-        "readinessProbe": {"grpc": {"port": port}, "periodSeconds": 10},
-        "livenessProbe": {"grpc": {"port": port}, "periodSeconds": 20, "failureThreshold": 3},
+                         "timeoutSeconds": PROBE_TIMEOUT_S, "failureThreshold": 60 if gpu else 12},
+        "readinessProbe": {"grpc": {"port": port}, "periodSeconds": 10,
+                           "timeoutSeconds": PROBE_TIMEOUT_S},
+        "livenessProbe": {"grpc": {"port": port}, "periodSeconds": 20,
+                          "timeoutSeconds": PROBE_TIMEOUT_S, "failureThreshold": 3},
     }
 
 
@@ -235,13 +255,23 @@ def _stage_container(service: Service) -> dict:
         "name": service.name,
         "image": service.image,
         "command": service.command,
-        "ports": [{"name": "grpc", "containerPort": service.port, "protocol": "TCP"}],
+        "ports": [{"name": "grpc", "containerPort": service.port, "protocol": "TCP"},
+                  {"name": "metrics", "containerPort": service.metrics_port, "protocol": "TCP"}],
         "env": [{"name": "RESTORATION_WEIGHTS", "value": WEIGHTS}, {"name": "HOME", "value": "/tmp"}],
         **_probes(service.port, service.gpu),
+        # SIGTERM drains (no new clips, NOT_SERVING, the clips in flight finish); the pause
+        # before it lets the endpoints drop this pod first
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_S}}},
         "resources": {"requests": {"cpu": service.cpu, "memory": service.memory}, "limits": limits},
         "volumeMounts": mounts,
         "securityContext": _container_security(),
     }
+
+
+def _scraped(port: int) -> dict:
+    """The annotations by which a Prometheus with the usual pod discovery finds /metrics."""
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port),
+            "prometheus.io/path": "/metrics"}
 
 
 def _deployment(service: Service) -> dict:
@@ -259,12 +289,14 @@ def _deployment(service: Service) -> dict:
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": service.name, "labels": labels(service.name, "stage", accelerator)},
+        # no `replicas`: the HPA owns the count, an apply must not reset it
         "spec": {
-            "replicas": 1,
             "selector": {"matchLabels": {"app.kubernetes.io/name": service.name}},
             # no surge: a second pod would wait for a GPU the first still holds
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
-            "template": {"metadata": {"labels": labels(service.name, "stage", accelerator)}, "spec": pod},
+            "template": {"metadata": {"labels": labels(service.name, "stage", accelerator),
+                                      "annotations": _scraped(service.metrics_port)},
+                         "spec": pod},
         },
     }
 
@@ -294,12 +326,11 @@ def _disruption_budget(service: Service) -> dict:
 
 def _autoscaler(service: Service) -> dict:
     if service.gpu:
-        # frames waiting for this model in the orchestrator's queues, served to the HPA
-        # by a metrics adapter (deploy/README.md)
-        metric = {"type": "External", "external": {
-            "metric": {"name": "restoration_stage_queue_frames",
-                       "selector": {"matchLabels": {"model": service.model}}},
-            "target": {"type": "AverageValue", "averageValue": "64"}}}
+        # clips each replica is processing, from its own /metrics (services/stagekit/server.py),
+        # served to the HPA by a metrics adapter (deploy/README.md)
+        metric = {"type": "Pods", "pods": {
+            "metric": {"name": INFLIGHT_METRIC},
+            "target": {"type": "AverageValue", "averageValue": "2"}}}
         most = 4
     else:
         metric = {"type": "Resource", "resource": {
@@ -329,6 +360,8 @@ def weights_claim() -> str:
         # every model's pods mount it, on whichever GPU node they land
         "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "50Gi"}}},
     }
+    if stack.WEIGHTS_STORAGE_CLASS is not None:
+        claim["spec"]["storageClassName"] = stack.WEIGHTS_STORAGE_CLASS
     return GENERATED + yaml.safe_dump(claim, sort_keys=False)
 
 

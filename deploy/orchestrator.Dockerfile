@@ -25,4 +25,4 @@ VOLUME ["/var/lib/restoration", "/weights"]
 EXPOSE 50050
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-m", "deploy.grpc_health", "127.0.0.1:50050"]
-CMD ["orchestrator", "serve", "--listen", "0.0.0.0:50050", "--pipeline", "/etc/restoration/pipeline.yaml", "--store", "/var/lib/restoration"]
+CMD ["orchestrator", "serve", "--listen", "0.0.0.0:50050", "--pipeline", "/etc/restoration/pipeline.yaml", "--store", "/var/lib/restoration", "--metrics-port", "51050", "--health-listen", "0.0.0.0:50049", "--tls-dir", "/etc/restoration-tls"]

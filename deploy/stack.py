@@ -17,6 +17,10 @@ WEIGHTS = "/weights"            # $RESTORATION_WEIGHTS inside every container
 JOB_STORE = "/var/lib/restoration"
 PIPELINE = "/etc/restoration/pipeline.yaml"
 UID = 10001                     # the non-root user every image runs as
+METRICS_OFFSET = 1000           # a service's Prometheus port: its gRPC port + this
+# The weights claim's storage class (Kubernetes): one offering ReadWriteMany, e.g. "nfs-client",
+# "efs-sc", "azurefile"; None uses the cluster's default class.
+WEIGHTS_STORAGE_CLASS: str | None = None
 
 # The video pipeline's tasks in the order a restoration runs them (orchestrator.registry.TASKS).
 VIDEO_TASKS = ("analog", "outpaint", "colorize", "deblur", "denoise", "superres", "interpolate")
@@ -30,6 +34,7 @@ class Service:
     gpu: bool = True
     memory: str = "16Gi"        # what one replica asks of its node
     cpu: str = "4"
+    image_pipeline: bool = False   # a model of the image pipeline: compose profile "image"
 
     @property
     def name(self) -> str:
@@ -44,8 +49,13 @@ class Service:
         return f"0.0.0.0:{self.port}"
 
     @property
+    def metrics_port(self) -> int:
+        return self.port + METRICS_OFFSET
+
+    @property
     def command(self) -> list[str]:
-        return ["python", "-m", f"services.{self.model}", "--listen", self.listen]
+        return ["python", "-m", f"services.{self.model}", "--listen", self.listen,
+                "--metrics-port", str(self.metrics_port)]
 
     @property
     def dockerfile(self) -> Path:
@@ -67,10 +77,19 @@ class Orchestrator:
     image: str = f"{REGISTRY}/orchestrator:{VERSION}"
     dockerfile: Path = ROOT / "deploy" / "orchestrator.Dockerfile"
 
+    health_port: int = 50049    # gRPC health alone, plaintext (probes), beside a TLS job API
+    tls_dir: str = "/etc/restoration-tls"   # TLS when a certificate is there (a Secret)
+
+    @property
+    def metrics_port(self) -> int:
+        return self.port + METRICS_OFFSET
+
     @property
     def command(self) -> list[str]:
         return ["orchestrator", "serve", "--listen", f"0.0.0.0:{self.port}",
-                "--pipeline", PIPELINE, "--store", JOB_STORE]
+                "--pipeline", PIPELINE, "--store", JOB_STORE,
+                "--metrics-port", str(self.metrics_port),
+                "--health-listen", f"0.0.0.0:{self.health_port}", "--tls-dir", self.tls_dir]
 
 
 ORCHESTRATOR = Orchestrator()
@@ -85,11 +104,17 @@ SERVICES = (
     Service("psrt", 50057, ("superres",)),
     Service("sfadacof", 50058, ("interpolate",)),
     # The image pipeline's models: their ports are kept for them.
-    Service("uformer", 50059, ("deblur",)),
-    Service("ddcolor", 50060, ("colorize",)),
-    Service("mat", 50061, ("inpaint",)),
-    Service("diffbir", 50062, ("superres",)),
+    Service("uformer", 50059, ("deblur",), image_pipeline=True),
+    Service("ddcolor", 50060, ("colorize",), image_pipeline=True),
+    Service("mat", 50061, ("inpaint",), image_pipeline=True),
+    Service("diffbir", 50062, ("superres",), image_pipeline=True),
 )
+
+
+def pipeline_services(gpu: bool = True) -> list[Service]:
+    """The services the pipeline file names: what the orchestrator needs running."""
+    models = {stage["model"] for stage in video_pipeline(gpu)}
+    return [s for s in deployed() if s.model in models]
 
 
 def deployed() -> list[Service]:
@@ -115,8 +140,9 @@ def video_pipeline(gpu: bool) -> list[dict]:
     """The pipeline file's stages: each task on its neural model's service (GPU), or on
     the classical service (CPU only)."""
     stages = []
+    video_models = [s for s in neural() if not s.image_pipeline]
     for task in VIDEO_TASKS:
-        service = next((s for s in neural() if task in s.tasks), None) if gpu else None
+        service = next((s for s in video_models if task in s.tasks), None) if gpu else None
         service = service or classical()
         stages.append({"task": task, "model": service.model, "endpoint": service.endpoint})
     return stages

@@ -38,14 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("-y", "--overwrite", action="store_true", help="replace an existing output")
     add_pipeline_flags(submit)
     submit.add_argument("--codec", default="h264", choices=sorted(media.CODECS))
-    submit.add_argument("--crf", type=int, default=18, help="quality for h264/h265 (lower is better)")
+    submit.add_argument("--crf", type=int, help="quality for h264/h265, 0-51 (lower is better; default 18)")
     submit.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     submit.add_argument("--stats", type=Path, metavar="FILE",
                         help="write the run's figures (frames, times, CPU use per stage) as JSON")
     submit.add_argument("--resume", action="store_true",
-                        help="reuse the finished clips of an interrupted run of the same job")
+                        help="reuse the finished clips of an interrupted run of the same job "
+                             "(the default when there are any)")
+    submit.add_argument("--restart", action="store_true",
+                        help="discard the finished clips an interrupted run left and start over")
     submit.add_argument("--keep-going", action="store_true",
                         help="a clip that keeps failing: finish the others, then fail")
+    add_outage_flag(submit)
     add_server_flags(submit, required=False)
     add_service_parsers(sub)
 
@@ -103,6 +107,13 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda for in-process models")
 
 
+def add_outage_flag(parser: argparse.ArgumentParser) -> None:
+    from .pipeline.stagerunners import STAGE_OUTAGE
+    parser.add_argument("--stage-outage", type=float, default=STAGE_OUTAGE, metavar="SECONDS",
+                        help="how long a stage service no replica answers for (a restart, a "
+                             "rollout) is waited for before the job fails (default %(default).0f)")
+
+
 def add_server_flags(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """How to reach an orchestrator service."""
     parser.add_argument("--server", required=required, metavar="HOST:PORT",
@@ -134,6 +145,12 @@ def add_service_parsers(sub) -> None:
     serve.add_argument("--tls-cert", type=Path, help="serve TLS with this certificate (PEM)")
     serve.add_argument("--tls-key", type=Path, help="the certificate's private key")
     serve.add_argument("--tls-client-ca", type=Path, help="require client certificates (mutual TLS)")
+    serve.add_argument("--tls-dir", type=Path, metavar="DIR",
+                       help="TLS from DIR/tls.crt and DIR/tls.key when present (a Kubernetes TLS "
+                            "Secret), mutual with DIR/ca.crt")
+    serve.add_argument("--health-listen", metavar="HOST:PORT",
+                       help="also serve gRPC health alone here, plaintext, on threads of its own "
+                            "(for probes)")
     serve.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     serve.add_argument("--allow-endpoint", action="append", default=[], metavar="ENDPOINT",
                        help="stage endpoints a job may name besides the pipeline's, compared "
@@ -145,6 +162,10 @@ def add_service_parsers(sub) -> None:
                        help="a host name the web page answers to (IP addresses and localhost "
                             "always)")
     serve.add_argument("--device", default="auto", help="auto, cpu or cuda for in-process models")
+    serve.add_argument("--keep-outputs", type=float, default=7.0, metavar="DAYS",
+                       help="days an ended job's output (and its files) stay in the store "
+                            "(default %(default)g)")
+    add_outage_flag(serve)
     for name, text in (("status", "a job's state"), ("watch", "follow a job until it ends"),
                        ("cancel", "stop a job")):
         cmd = sub.add_parser(name, help=text)
@@ -163,18 +184,20 @@ def cmd_submit(args) -> int:
     if args.server:
         from .jobs.cli import submit_remote
         return submit_remote(args)
+    # Every flag is checked before the input is opened: a typo costs nothing.
+    crf = media.quality(args.codec, args.crf)
+    specs = pipeline_specs.from_args(args)
     output = args.output or args.input.with_name(f"{args.input.stem}.restored.mp4")
     if output.suffix.lower() not in media.CONTAINERS:
         raise UserError(f"{output}: unsupported output container (use {', '.join(media.CONTAINERS)})")
     if args.codec == "ffv1" and args.output is None:
         output = output.with_suffix(".mkv")
-    spec = media.OutputSpec(output, args.codec, args.crf)
+    spec = media.OutputSpec(output, args.codec, crf)
     spec.check()
     if output.exists() and output.resolve() == args.input.resolve():
         raise UserError(f"{output}: the output would overwrite the input")
     if output.exists() and not args.overwrite:
         raise UserError(f"{output}: already exists (use -y to replace it)")
-    specs = pipeline_specs.from_args(args)
     source = media.probe(args.input)
     from .jobs.checkpoints import embedded_checkpoints
     from .pipeline.plan import make_plan
@@ -182,10 +205,19 @@ def cmd_submit(args) -> int:
     plan = make_plan(source, specs, **pipeline_specs.sizes_from(args))
     for line in plan.lines():
         log.info("%s", line)
-    checkpoints = embedded_checkpoints(plan, spec, args.resume)
+    if args.resume and args.restart:
+        raise UserError("--resume and --restart exclude each other")
+    checkpoints = embedded_checkpoints(plan, spec, args.resume, args.restart)
     run = ResumableRun(plan, spec, checkpoints, args.device, show_progress=not args.quiet,
-                       keep_going=args.keep_going)
-    path = run.run()
+                       keep_going=args.keep_going, outage=args.stage_outage)
+    try:
+        path = run.run()
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(checkpoints.resume_hint() if checkpoints.done() else "") from None
+    except UserError as exc:
+        if not checkpoints.done():
+            raise
+        raise UserError(f"{exc}; {checkpoints.resume_hint()}") from None
     checkpoints.remove()
     for line in run.job.progress.summary():
         log.info("%s", line)
@@ -245,7 +277,8 @@ def cmd_serve(args) -> int:
     from .jobs.service import Config, Security, limits_from, serve, token_from
     config = Config(store=args.store, pipeline_file=args.pipeline, max_running=args.max_running,
                     limits=limits_from(args), input_roots=args.input_root, device=args.device,
-                    max_attempts=args.max_attempts, allowed_endpoints=args.allow_endpoint)
+                    max_attempts=args.max_attempts, allowed_endpoints=args.allow_endpoint,
+                    stage_outage=args.stage_outage, keep_outputs_days=args.keep_outputs)
     if config.max_running < 1:
         raise UserError("--max-running must be at least 1")
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -253,30 +286,31 @@ def cmd_serve(args) -> int:
     for given in (args.tls_cert, args.tls_key, args.tls_client_ca, args.token_file):
         if given and not given.is_file():
             raise UserError(f"{given}: no such file")
-    security = Security(token_from(args), args.tls_cert, args.tls_key, args.tls_client_ca)
+    security = Security(token_from(args), args.tls_cert, args.tls_key,
+                        args.tls_client_ca).from_folder(args.tls_dir)
     page = None
     if args.http:
         from .web.guard import WebSecurity
         from .web.server import start_beside
         web_dir = Path(args.store) / "web"
         config.input_roots = [*config.input_roots, web_dir / "uploads"]
-        web = WebSecurity(args.tls_cert, args.tls_key, _beside_credentials(args),
+        web = WebSecurity(security.tls_cert, security.tls_key, _beside_credentials(security),
                           args.allow_host, config.limits)
 
         def page():
             start_beside(args.http, args.listen, security.token, web_dir, args.device, web)
-    return serve(config, args.listen, security, args.metrics_port, page)
+    return serve(config, args.listen, security, args.metrics_port, page, args.health_listen)
 
 
-def _beside_credentials(args):
+def _beside_credentials(security):
     """How the page beside a TLS job API reaches it: trusting $RESTORATION_TLS_CA, else the
     server's own certificate (self-signed); with a client certificate when the API asks
     for one ($RESTORATION_TLS_CERT/KEY)."""
-    if not args.tls_cert:
+    if not security.tls_cert:
         return None
     import os
     from .jobs.client import channel_credentials
-    return channel_credentials(os.environ.get("RESTORATION_TLS_CA") or args.tls_cert,
+    return channel_credentials(os.environ.get("RESTORATION_TLS_CA") or security.tls_cert,
                                os.environ.get("RESTORATION_TLS_CERT"),
                                os.environ.get("RESTORATION_TLS_KEY"))
 
@@ -307,8 +341,8 @@ def main(argv=None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print("error: interrupted" + (f": {exc}" if str(exc) else ""), file=sys.stderr)
         return 130
     except Exception as exc:
         if args.debug:

@@ -3,6 +3,7 @@ stretch beside the original."""
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 
 import av
 import cv2
@@ -65,3 +66,30 @@ def test_preview_puts_original_and_restored_side_by_side(shared, tmp_path):
     ours_left = frames[0][:, : width // 2].astype(np.float32)
     assert np.abs(ours_left - left).mean() < 12          # the before half is the original
     assert cv2.imread(str(still)) is not None
+
+
+def test_preview_says_only_what_concerns_the_user(shared, tmp_path):
+    """Issue 27: no warning about its own working files, log times in the video's own
+    clock, the source's exact frame rate, and a wipe labelled before/after."""
+    out, still = tmp_path / "wipe.mp4", tmp_path / "wipe.png"
+    result = run_cli("preview", shared / "footage" / "tape_sim.mp4", "--at", "2.5", "--seconds",
+                     "1", "--stages", "analog,denoise", "--layout", "wipe", "-o", out,
+                     "--still", still, "-q")
+    assert result.returncode == 0, result.stderr
+    assert "Matroska" not in result.stderr and "restored.mkv" not in result.stderr
+    # The grey scene of tape_sim starts at 3 s: logged at 3 s, not 0.5 s into the stretch.
+    assert "black-and-white scene: 3.0" in result.stderr, result.stderr
+    with av.open(str(out)) as container:
+        assert container.streams.video[0].average_rate == Fraction(60000, 1001)
+    picture = cv2.imread(str(still))
+    width = picture.shape[1]
+    # White label text in the top corners: 'before' at the left, 'after' at the right.
+    for corner in (picture[5:35, 5:110], picture[5:35, width - 90:width - 5]):
+        assert (corner.min(axis=-1) > 240).sum() > 40
+
+
+def test_inspect_words_fit_the_pipeline(shared):
+    result = run_cli("inspect", shared / "footage" / "tape_sim.mp4", "--stages", "analog,denoise")
+    assert result.returncode == 0, result.stderr
+    assert "superres" not in result.stdout
+    assert "(of the 720x480 frame)" in result.stdout

@@ -18,7 +18,7 @@ import numpy as np
 
 from services.stagekit import codec
 from services.stagekit.protos import stage_pb2 as pb
-from services.stagekit.server import MAX_MESSAGE
+from services.stagekit.server import CLIENT_OPTIONS
 from services.stagekit.stage import ClipInfo, StageError
 
 SCHEME = "triton://"
@@ -39,9 +39,7 @@ class TritonStageClient:
         self.address, self.model = parse_endpoint(endpoint)
         self.timeout = timeout
         self.triton = triton
-        self.client = triton.InferenceServerClient(
-            self.address, channel_args=[("grpc.max_receive_message_length", MAX_MESSAGE),
-                                        ("grpc.max_send_message_length", MAX_MESSAGE)])
+        self.client = triton.InferenceServerClient(self.address, channel_args=CLIENT_OPTIONS)
 
     def close(self) -> None:
         self.client.close()

@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .. import media
-from ..media.shots import ShotDetector
+from ..media.shots import find_shots
 from ..pipeline import memory
 from ..pipeline.plan import make_plan
 from ..pipeline.sizing import MAX_HEIGHT
@@ -52,19 +52,12 @@ def inspect(path: Path, specs: list[StageSpec], native: str = "auto", scale: str
 
 
 def _scan(source: media.SourceInfo) -> tuple[list, list]:
-    """Shots as (start, end) seconds, and the black-and-white ones among them."""
+    """Shots as (start, end) seconds, and the black-and-white ones among them: the same
+    scan a job makes, so the shots here are the clips it streams."""
     fps = float(source.fps)
-    detector = ShotDetector(fps)
-    starts, grey_counts, count = [0], [0], 0
-    for index, frame in enumerate(media.decode(source)):
-        if detector.is_cut(frame):
-            starts.append(index)
-            grey_counts.append(0)
-        grey_counts[-1] += detector.grey
-        count = index + 1
-    ends = starts[1:] + [count]
-    shots = [(a / fps, b / fps) for a, b in zip(starts, ends)]
-    grey = [shot for shot, n, a, b in zip(shots, grey_counts, starts, ends) if n > 0.9 * (b - a)]
+    found = find_shots(source)
+    shots = [(shot.start / fps, shot.stop / fps) for shot in found]
+    grey = [span for span, shot in zip(shots, found) if shot.grey]
     return shots, _merge(grey)
 
 
@@ -121,6 +114,7 @@ def render(report: dict, as_json: bool = False) -> str:
     native = report["native_resolution"]
     grey = report["black_and_white"]
     bands = report["damaged_bands"]
+    stages, working = report["pipeline"]["stages"], report["pipeline"]["working_size"]
     lines = [
         f"{report['file']}: {report['container']}, {v['codec']} {v['width']}x{v['height']} "
         f"{v['pixel_format']}, {v['duration_s']:.2f}s, {float(_fraction(v['frame_rate'])):.3f} fps"
@@ -132,11 +126,13 @@ def render(report: dict, as_json: bool = False) -> str:
         f"  shots: {report['shots']['count']} (starting at "
         + ", ".join(f"{s:.2f}s" for s in report["shots"]["starts_s"]) + ")",
         "  black-and-white: " + (", ".join(f"{g['from_s']:.2f}s-{g['to_s']:.2f}s" for g in grey) or "none"),
-        "  damaged bands: " + (", ".join(f"{k} {n} px" for k, n in bands.items()) or "none"),
+        "  damaged bands: " + (", ".join(f"{k} {n} px" for k, n in bands.items())
+                               + f" (of the {v['width']}x{v['height']} frame)" if bands else "none"),
         "  audio: " + (", ".join(f"{a['codec']} {a['sample_rate']} Hz {a['channels']} ch" for a in report["audio"]) or "none"),
-        "  would run: " + " -> ".join(f"{s['task']}={s['model']}" for s in report["pipeline"]["stages"])
-        + f", from {report['pipeline']['working_size'][0]}x{report['pipeline']['working_size'][1]}"
-        + f" at {float(_fraction(report['pipeline']['output_fps'])):.3f} fps",
+        "  would run: " + " -> ".join(f"{s['task']}={s['model']}" for s in stages)
+        + f", working at {working[0]}x{working[1]}"
+        + (" (then enlarged by superres)" if any(s["task"] == "superres" for s in stages) else "")
+        + f", output at {float(_fraction(report['pipeline']['output_fps'])):.3f} fps",
         "  " + report["pipeline"]["output"],
         "  " + report["pipeline"]["memory"]["note"],
     ]

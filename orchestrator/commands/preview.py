@@ -7,7 +7,6 @@ import tempfile
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 
@@ -36,24 +35,19 @@ def preview(path: Path, output: Path, at: float, seconds: float, specs: list[Sta
         stretch = _cut(source, at, seconds, Path(tmp) / "stretch.mkv")
         restored = Path(tmp) / "restored.mkv"
         plan = make_plan(stretch, specs, "%dx%d" % working, scale, max_height)
-        Job(plan, media.OutputSpec(restored, "ffv1"), device, show_progress).run()
-        return _compare(stretch, restored, plan.source.dar, output, layout, still)
+        job = Job(plan, media.OutputSpec(restored, "ffv1", intermediate=True), device,
+                  show_progress, time_offset=at)
+        job.run()
+        # The rate the stages made, exactly: Matroska's millisecond clock would round it.
+        fps = job.geometry[2]
+        return _compare(stretch, restored, fps, plan.source.dar, output, layout, still)
 
 
 def _cut(source: media.SourceInfo, at: float, seconds: float, path: Path) -> media.SourceInfo:
     """The stretch as a lossless file, carrying the original's field order and aspect
     (written as it is decoded: a stretch of large frames is never held)."""
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("ffv1", rate=source.fps)
-        stream.pix_fmt = "bgr0"
-        stream.height, stream.width = source.height, source.width
-        for i, rgb in enumerate(_stretch(source, at, seconds)):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="bgr0")
-            frame.pts = i
-            out.mux(stream.encode(frame))
-        out.mux(stream.encode(None))
-    cut = media.probe(path)
-    return dataclasses.replace(cut, field_order=source.field_order, sar=source.sar,
+    cut = media.probe(media.write_lossless(path, _stretch(source, at, seconds), source.fps))
+    return dataclasses.replace(cut, fps=source.fps, field_order=source.field_order, sar=source.sar,
                                rotation=0, audio_codec=None, audio_duration=None)
 
 
@@ -66,12 +60,12 @@ def _stretch(source: media.SourceInfo, at: float, seconds: float):
             yield frame
 
 
-def _compare(before: media.SourceInfo, after_path: Path, dar: Fraction, output: Path,
-             layout: str, still: Path | None) -> Path:
+def _compare(before: media.SourceInfo, after_path: Path, fps: Fraction, dar: Fraction,
+             output: Path, layout: str, still: Path | None) -> Path:
     height = MAX_HEIGHT
     width = int(round(height * dar / 2)) * 2
     originals = media.decode(before)
-    after = media.probe(after_path)
+    after = dataclasses.replace(media.probe(after_path), fps=fps)
     ratio = float(before.fps / after.fps)
     spec = media.OutputSpec(output, "h264", 18)
     out_width = width * 2 if layout == "side" else width
@@ -110,7 +104,8 @@ def _wipe(left: np.ndarray, right: np.ndarray, progress: float) -> np.ndarray:
     picture = right.copy()
     picture[:, :split] = left[:, :split]
     picture[:, max(split - 1, 0):split + 1] = 255
-    return picture
+    (text_width, _), _ = cv2.getTextSize("after", cv2.FONT_HERSHEY_SIMPLEX, 0.8, 4)
+    return _label(_label(picture, "before", 8), "after", picture.shape[1] - text_width - 8)
 
 
 def _label(picture: np.ndarray, text: str, x: int) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Iterator
 import grpc
 
 import services.stagekit.protos  # noqa: F401  (puts proto/ on the import path)
-from services.stagekit.server import GRPC_OPTIONS
+from services.stagekit.server import CLIENT_OPTIONS
 
 jobs_pb2, jobs_pb2_grpc = grpc.protos_and_services("restoration/v1/jobs.proto")
 
@@ -37,8 +37,8 @@ class JobClient:
         self.address = address
         self.timeout = timeout
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self.channel = (grpc.secure_channel(address, credentials, options=GRPC_OPTIONS)
-                        if credentials else grpc.insecure_channel(address, options=GRPC_OPTIONS))
+        self.channel = (grpc.secure_channel(address, credentials, options=CLIENT_OPTIONS)
+                        if credentials else grpc.insecure_channel(address, options=CLIENT_OPTIONS))
         self.stub = jobs_pb2_grpc.JobServiceStub(self.channel)
 
     def close(self) -> None:
@@ -120,14 +120,39 @@ def _upload(start, path: Path):
             yield jobs_pb2.SubmitRequest(data=block)
 
 
+# What a refused call means, for codes whose details alone would not say it.
+CODE_WORDS = {
+    grpc.StatusCode.UNAUTHENTICATED: "the job service needs a valid token (--token or --token-file)",
+    grpc.StatusCode.PERMISSION_DENIED: "the job service does not allow this",
+    grpc.StatusCode.NOT_FOUND: "no such job",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the job service did not answer in time",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "the request is larger than the job service accepts",
+}
+
+
+def in_words(exc: grpc.RpcError, address: str) -> str:
+    """A failed job API call as a sentence, without gRPC's status names."""
+    code, details = exc.code(), (exc.details() or "").strip()
+    if code == grpc.StatusCode.UNAVAILABLE and "shutting down" not in details:
+        return f"cannot reach the job service at {address}"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED or not details:
+        return CODE_WORDS.get(code, f"the job service at {address} failed the request")
+    return details
+
+
 def state_name(status) -> str:
     return STATE_NAMES.get(status.state, "UNKNOWN")
 
 
 def describe(status) -> str:
     """One line for a job, as `orchestrator status` and `list` print it."""
-    parts = [status.job_id, state_name(status), f"clips {status.clips_done}/{status.clips_total or '?'}",
-             f"frames {status.frames_done}/{status.frames_total}"]
+    state = state_name(status)
+    if status.queue_position:
+        state += f" ({queue_words(status.queue_position)})"
+    parts = [status.job_id, state]
+    if status.clips_total:
+        parts.append(f"clips {status.clips_done}/{status.clips_total}")
+    parts.append(f"frames {status.frames_done}/{status.frames_total}")
     parts += [f"{s.name} {s.frames_per_second:.1f} f/s" for s in status.stages]
     if status.eta_seconds >= 0:
         parts.append(f"ETA {status.eta_seconds:.0f}s")
@@ -135,3 +160,8 @@ def describe(status) -> str:
     if status.error:
         parts.append(f"error: {status.error}")
     return " | ".join(parts)
+
+
+def queue_words(position: int) -> str:
+    ahead = position - 1
+    return "next to start" if ahead == 0 else f"{ahead} job{'s' if ahead > 1 else ''} ahead"

@@ -2,9 +2,11 @@
 ``jobs.proto`` over a job store.
 
 Jobs wait in the store (not in memory) and at most ``max_running`` run at once. Every
-finished clip is checkpointed, so a restart resumes each unfinished job at its first
-unfinished clip, and SIGTERM stops taking jobs, leaves the running ones to resume, and
-exits. Uploads are checked (name, size, checksum, readable video, resolution, duration)
+finished clip is checkpointed (as its encoded segment of the output), so a restart resumes
+each unfinished job at its first unfinished clip, and SIGTERM stops taking jobs, leaves the
+running ones to resume, and exits. Disk stays lean: a job's checkpoints and upload are
+deleted once its output is written, a cancelled job's at once, and an ended job's files
+``keep_outputs_days`` after it ended. Uploads are checked (name, size, checksum, readable video, resolution, duration)
 before a job is queued, and are written only inside the store.
 """
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import signal
@@ -25,7 +28,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.stagekit.auth import TokenCheck, read_token
-from services.stagekit.server import FILE_PARAMS, GRPC_OPTIONS, server_credentials
+from services.stagekit.server import FILE_PARAMS, SERVER_OPTIONS, server_credentials
 
 from .. import media
 from ..errors import MediaError, UserError, printable
@@ -36,8 +39,9 @@ from ..pipeline.endpoints import allows, endpoints
 from ..pipeline.plan import make_plan
 from ..pipeline.sizing import MAX_HEIGHT, check_flags
 from ..pipeline.runner import Cancelled, ResumableRun
-from ..pipeline.stagerunners import ClipFailed
+from ..pipeline.stagerunners import STAGE_OUTAGE, ClipFailed
 from .client import CHUNK, jobs_pb2, jobs_pb2_grpc
+from .latest import LatestClips
 from .store import ENDED, JobStore
 
 log = logging.getLogger("restoration.service")
@@ -61,6 +65,8 @@ class Config:
     device: str = "auto"
     max_attempts: int = 3
     allowed_endpoints: list[str] = field(default_factory=list)  # endpoints a job may name
+    stage_outage: float = STAGE_OUTAGE   # seconds a stage no replica answers is waited for
+    keep_outputs_days: float = 7.0       # an ended job's files are deleted after this
 
 
 class Rejected(Exception):
@@ -90,6 +96,8 @@ class Scheduler:
         self.active: dict[str, ResumableRun] = {}
         self.cancelled: set[str] = set()
         self.stopping = threading.Event()
+        self.sweeper = Sweeper(store, config.keep_outputs_days * 86400.0)
+        self.latest = LatestClips(store)
         self.threads = [threading.Thread(target=self._worker, name=f"jobs-{i}", daemon=True)
                         for i in range(config.max_running)]
 
@@ -119,7 +127,8 @@ class Scheduler:
             runs = list(self.active.values())
             self.wake.notify_all()
         for run in runs:
-            run.stop()
+            if run is not None:   # None: claimed, still being prepared (it checks `stopping`)
+                run.stop()
         for thread in self.threads:
             thread.join(timeout=30)
 
@@ -135,6 +144,7 @@ class Scheduler:
 
     def _worker(self) -> None:
         while not self.stopping.is_set():
+            self.sweeper.maybe_sweep()
             job_id = self._claim()
             if job_id is None:
                 continue
@@ -154,8 +164,12 @@ class Scheduler:
                 if self.stopping.is_set() or job_id in self.cancelled:
                     raise Cancelled
                 self.active[job_id] = run
-            run.run()
+            try:
+                run.run()
+            finally:
+                self._keep_rates(job_id, run)
             self.store.set_clips_total(job_id, self.store.clips_done(job_id))
+            self.store.written(job_id)
             self._finish(job_id, "SUCCEEDED")
             self.metrics.job_seconds.observe(time.monotonic() - started)
         except Cancelled:
@@ -168,9 +182,19 @@ class Scheduler:
             log.exception("job %s", job_id)
             self._finish(job_id, "FAILED", f"internal: {type(exc).__name__}: {exc}")
 
+    def _keep_rates(self, job_id: str, run: ResumableRun) -> None:
+        """What a finished (or stopped) job's page still shows: its clips and stage rates."""
+        if run.job is None:
+            return
+        progress = run.job.progress
+        if progress.clips_total is not None:
+            self.store.set_clips_total(job_id, progress.clips_total)
+        self.store.save_progress(job_id, progress.decoded, stage_rates(progress))
+
     def _stopped(self, job_id: str) -> None:
         if job_id in self.cancelled:
             self._finish(job_id, "CANCELLED", "cancelled")
+            self.store.checkpoints(job_id).remove()
         else:
             self.store.set_state(job_id, "QUEUED")  # shutdown: resumes at the next start
 
@@ -190,10 +214,11 @@ class Scheduler:
                          options.get("scale") or "auto", options.get("max_height") or MAX_HEIGHT)
         output = media.OutputSpec(self.store.output_path(job_id), options.get("codec") or "h264",
                                   options.get("crf") or 18)
-        store, metrics = self.store, self.metrics
+        store, metrics, latest = self.store, self.metrics, self.latest
 
         def clip_done(clip_id: str, frames: int) -> None:
             store.clip_done(job_id, clip_id, frames)
+            latest.clip_finished(job_id, clip_id)
             metrics.clips.inc()
             metrics.frames.inc(frames)
 
@@ -205,7 +230,28 @@ class Scheduler:
                             show_progress=False, max_attempts=self.config.max_attempts,
                             keep_going=bool(options.get("keep_going")),
                             attempts=store.attempts(job_id), on_clip=clip_done,
-                            on_failure=clip_failed)
+                            on_failure=clip_failed, outage=self.config.stage_outage)
+
+
+class Sweeper:
+    """Deletes the files of jobs ended more than ``keep`` seconds ago (their rows stay, so
+    `list` still shows them), at most every SWEEP_EVERY seconds."""
+
+    SWEEP_EVERY = 600.0
+
+    def __init__(self, store: JobStore, keep: float):
+        self.store, self.keep = store, keep
+        self.every = min(self.SWEEP_EVERY, max(keep / 4, 0.5))
+        self.last = 0.0
+        self.lock = threading.Lock()
+
+    def maybe_sweep(self) -> None:
+        with self.lock:
+            if time.monotonic() - self.last < self.every:
+                return
+            self.last = time.monotonic()
+        for job_id in self.store.expire(time.time() - self.keep):
+            log.info("job %s: its files expired (kept %.1f days)", job_id, self.keep / 86400)
 
 
 def inside_roots(given: str, roots: list[Path]) -> Path | None:
@@ -300,7 +346,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         scale, max_height = opts.scale or "auto", opts.max_height or MAX_HEIGHT
         try:
             check_flags(scale, max_height)
-            job_specs(self.config, {"stages": stages})
+            pipeline_specs.check_runnable(job_specs(self.config, {"stages": stages}))
         except UserError as exc:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         return {"stages": stages, "codec": codec, "crf": opts.crf or 18,
@@ -417,6 +463,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             self.scheduler.cancel(request.job_id)
             if row["state"] == "QUEUED":
                 self.store.set_state(request.job_id, "CANCELLED", "cancelled")
+                self.store.checkpoints(request.job_id).remove()
         return self._status(request.job_id)
 
     def Fetch(self, request, context):
@@ -425,11 +472,18 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"job {request.job_id} is {row['state'].lower()}, not succeeded")
         path = self.store.output_path(request.job_id)
-        yield jobs_pb2.FetchChunk(info=jobs_pb2.FetchInfo(
-            file_name=path.name, size=path.stat().st_size, sha256=_file_sha256(path)))
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(CHUNK), b""):
-                yield jobs_pb2.FetchChunk(data=block)
+        if not path.is_file():
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"job {request.job_id}: its output expired (outputs are kept "
+                          f"{self.config.keep_outputs_days:g} days)")
+        yield from _file_chunks(path, path.name)
+
+    def FetchLatestClip(self, request, context):
+        self._known(request.job_id, context)
+        shown = self.scheduler.latest.shown(request.job_id)
+        if shown is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no clip of this job has finished yet")
+        yield from _bytes_chunks(shown[1].read_bytes(), f"{shown[0]}.mp4")
 
     def _known(self, job_id: str, context) -> dict:
         row = self.store.get(job_id)
@@ -444,25 +498,56 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             clips_done=self.store.clips_done(job_id), clips_total=row["clips_total"],
             frames_total=row["frames_total"], eta_seconds=-1, error=row["error"],
             failed_stage=row["failed_stage"], input_name=row["input_name"],
-            output_name=row["output_name"], created=row["created"], updated=row["updated"])
-        if row["state"] == "SUCCEEDED":
-            status.frames_done = row["frames_total"]
+            output_name=row["output_name"], created=row["created"], updated=row["updated"],
+            queue_position=self.store.queue_position(job_id) if row["state"] == "QUEUED" else 0,
+            thumbnail=self.scheduler.latest.thumbnail(job_id))
+        shown = self.scheduler.latest.shown(job_id)
+        if shown is not None:
+            status.latest_clip = shown[0]
         run = self.scheduler.active.get(job_id)
         if run is not None and run.job is not None:
             _live(status, run.job.progress)
+            return status
+        last = self.store.progress(job_id)
+        status.frames_done = row["frames_total"] if row["state"] == "SUCCEEDED" else last["frames_done"]
+        for rate in last["stages"]:
+            status.stages.add(**rate)
         return status
 
 
-def _live(status, progress) -> None:
-    """What the running job's progress adds: frames, per-stage rates, ETA."""
+def _file_chunks(path: Path, name: str):
+    """A file as FetchChunks: its name, size and checksum first, then its bytes."""
+    yield jobs_pb2.FetchChunk(info=jobs_pb2.FetchInfo(
+        file_name=name, size=path.stat().st_size, sha256=_file_sha256(path)))
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            yield jobs_pb2.FetchChunk(data=block)
+
+
+def _bytes_chunks(data: bytes, name: str):
+    """Bytes read at once (a file that may be replaced meanwhile) as FetchChunks."""
+    yield jobs_pb2.FetchChunk(info=jobs_pb2.FetchInfo(
+        file_name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest()))
+    for start in range(0, len(data), CHUNK):
+        yield jobs_pb2.FetchChunk(data=data[start:start + CHUNK])
+
+
+def stage_rates(progress) -> list[dict]:
+    """Each stage's frames and rate over the run so far, as StageRate fields."""
     elapsed = max(time.monotonic() - progress.started, 1e-6)
+    return [{"name": name, "frames": counter.frames, "frames_per_second": counter.frames / elapsed}
+            for name, counter in list(progress.stages.items())]
+
+
+def _live(status, progress) -> None:
+    """What the running job's progress adds: frames, clips found, per-stage rates, ETA."""
     status.frames_done = progress.decoded
-    if progress.total_frames and progress.decoded >= progress.total_frames:
-        status.clips_total = progress.clips_seen
+    if progress.clips_total is not None:
+        status.clips_total = progress.clips_total
     eta = progress.eta()
     status.eta_seconds = eta if eta is not None else -1
-    for name, counter in list(progress.stages.items()):
-        status.stages.add(name=name, frames=counter.frames, frames_per_second=counter.frames / elapsed)
+    for rate in stage_rates(progress):
+        status.stages.add(**rate)
 
 
 def default_output(input_name: str, codec: str) -> str:
@@ -511,6 +596,16 @@ class Security:
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
 
+    def from_folder(self, folder: Path | None) -> "Security":
+        """TLS from a folder laid out as a Kubernetes TLS Secret (tls.crt, tls.key, and
+        ca.crt to require client certificates), when it holds a certificate; else as is."""
+        if folder is None or not (Path(folder) / "tls.crt").is_file():
+            return self
+        folder = Path(folder)
+        ca = folder / "ca.crt"
+        return Security(self.token, folder / "tls.crt", folder / "tls.key",
+                        ca if ca.is_file() else self.tls_client_ca)
+
 
 def build_server(config: Config, listen: str, security: Security, metrics: Metrics):
     store = JobStore(config.store)
@@ -519,7 +614,7 @@ def build_server(config: Config, listen: str, security: Security, metrics: Metri
     # Calls beyond the pool are refused (RESOURCE_EXHAUSTED), never queued without bound;
     # watchers beyond MAX_WATCHES are refused by Watch, so they never take the others' threads.
     pool = MAX_CALLS + MAX_WATCHES
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=pool), options=GRPC_OPTIONS,
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=pool), options=SERVER_OPTIONS,
                          interceptors=interceptors, maximum_concurrent_rpcs=pool)
     jobs_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(config, store, scheduler, metrics), server)
     health_servicer = health.HealthServicer()
@@ -536,15 +631,36 @@ def build_server(config: Config, listen: str, security: Security, metrics: Metri
     return server, scheduler, health_servicer, store
 
 
+def health_server(health_servicer, listen: str):
+    """The health service alone, plaintext, on threads of its own: what probes call when the
+    job API speaks TLS (kubelet's gRPC probes cannot) or holds its calls with watchers."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), options=SERVER_OPTIONS)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if server.add_insecure_port(listen) == 0:
+        raise OSError(f"cannot listen on {listen}")
+    return server
+
+
 def serve(config: Config, listen: str, security: Security, metrics_port: int | None = None,
-          on_started=None) -> int:
+          on_started=None, health_listen: str | None = None) -> int:
     """Serve until SIGTERM; ``on_started`` runs once the job API answers (the web page
-    beside it starts then, so that it never answers 'cannot be reached' meanwhile)."""
+    beside it starts then, so that it never answers 'cannot be reached' meanwhile);
+    ``health_listen``: health alone there too."""
     metrics = Metrics()
     server, scheduler, health_servicer, store = build_server(config, listen, security, metrics)
+    servers = [server] + ([health_server(health_servicer, health_listen)] if health_listen else [])
     if metrics_port:
         metrics.serve(metrics_port)
-    server.start()
+    stopping = threading.Event()
+
+    def drain(signum, frame):
+        stopping.set()
+
+    # before it answers SERVING: a SIGTERM from then on stops cleanly, never kills
+    signal.signal(signal.SIGTERM, drain)
+    signal.signal(signal.SIGINT, drain)
+    for running in servers:
+        running.start()
     scheduler.start()
     metrics.update_queue(store)
     if on_started:
@@ -552,23 +668,18 @@ def serve(config: Config, listen: str, security: Security, metrics_port: int | N
             on_started()
         except BaseException:
             scheduler.stop()
-            server.stop(grace=None)
+            for running in servers:
+                running.stop(grace=None)
             store.close()
             raise
     log.info("orchestrator serving jobs on %s (store %s, %d at a time)", listen, config.store,
              config.max_running)
-    stopping = threading.Event()
-
-    def drain(signum, frame):
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, drain)
-    signal.signal(signal.SIGINT, drain)
     stopping.wait()
     log.info("shutting down: no new jobs; running jobs keep their checkpoints")
     health_servicer.enter_graceful_shutdown()
     scheduler.stop()
-    server.stop(grace=5).wait()
+    for running in servers:
+        running.stop(grace=5).wait()
     store.close()
     return 0
 
@@ -593,5 +704,8 @@ def limits_from(args) -> Limits:
 
 
 def token_from(args) -> str | None:
-    return read_token(args.token, args.token_file)
+    """--token-file, --token, else $RESTORATION_TOKEN (how a container gets it from a
+    Kubernetes Secret or compose's environment); empty means none."""
+    return (read_token(args.token, args.token_file)
+            or os.environ.get("RESTORATION_TOKEN", "").strip() or None)
 

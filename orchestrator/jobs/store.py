@@ -2,7 +2,7 @@
 
     STORE/jobs.db                      jobs, clips (state, attempts, failure reason)
     STORE/jobs/JOB/input/NAME          the uploaded tape (never outside the store)
-    STORE/jobs/JOB/clips/CLIP.mkv      a finished clip's output frames, lossless (FFV1, RGB)
+    STORE/jobs/JOB/clips/CLIP.EXT      a finished clip, encoded as the output (until it is written)
     STORE/jobs/JOB/clips/CLIP.json     its geometry; written last, so it marks the clip done
     STORE/jobs/JOB/output/NAME         the result
 
@@ -11,6 +11,7 @@ The clip checkpoints themselves are `checkpoints.py`'s.
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import threading
 import time
@@ -67,6 +68,21 @@ class JobStore:
     def checkpoints(self, job_id: str) -> ClipCheckpoints:
         return ClipCheckpoints(self.folder(job_id) / "clips")
 
+    def written(self, job_id: str) -> None:
+        """The job's output is whole: its checkpoints and its upload are no longer needed."""
+        self.checkpoints(job_id).remove()
+        shutil.rmtree(self.folder(job_id) / "input", ignore_errors=True)
+
+    def expire(self, ended_before: float) -> list[str]:
+        """Delete the files of jobs that ended before ``ended_before`` (a time.time());
+        returns their ids."""
+        rows = self._query("SELECT id FROM jobs WHERE state IN ('SUCCEEDED', 'FAILED', "
+                           "'CANCELLED') AND updated < ?", ended_before)
+        gone = [r["id"] for r in rows if self.folder(r["id"]).exists()]
+        for job_id in gone:
+            shutil.rmtree(self.folder(job_id), ignore_errors=True)
+        return gone
+
     def output_path(self, job_id: str) -> Path:
         return self.folder(job_id) / "output" / self.get(job_id)["output_name"]
 
@@ -85,6 +101,22 @@ class JobStore:
 
     def set_clips_total(self, job_id: str, total: int) -> None:
         self._run("UPDATE jobs SET clips_total=?, updated=? WHERE id=?", total, time.time(), job_id)
+
+    def save_progress(self, job_id: str, frames_done: int, rates: list[dict]) -> None:
+        """Where a job's last run got to (frames, per-stage figures): shown after it ended."""
+        (self.folder(job_id) / "progress.json").write_text(
+            json.dumps({"frames_done": frames_done, "stages": rates}))
+
+    def progress(self, job_id: str) -> dict:
+        try:
+            return json.loads((self.folder(job_id) / "progress.json").read_text())
+        except (OSError, ValueError):
+            return {"frames_done": 0, "stages": []}
+
+    def queue_position(self, job_id: str) -> int:
+        """1 for the queued job that starts next, 2 for the one after; 0 when not queued."""
+        queued = [j["id"] for j in self.unfinished() if j["state"] == "QUEUED"]
+        return queued.index(job_id) + 1 if job_id in queued else 0
 
     def clip_done(self, job_id: str, clip_id: str, frames: int) -> None:
         self._run("INSERT INTO clips (job_id, clip_id, state, frames) VALUES (?, ?, 'done', ?) "

@@ -7,11 +7,12 @@
     simulate.py   old-footage damage applied to a clean clip, keeping the truth
 
 The video I/O is the package's own API: ``media.probe(path)``, ``media.decode(info)``,
-``media.VideoWriter``.
+``media.VideoWriter``, ``media.join_segments``.
 """
 from ..errors import MediaError
 from .open import Limits, open_input
-from .video import CODECS, CONTAINERS, OutputSpec, SourceInfo, VideoWriter, decode, probe
+from .video import (CODECS, CONTAINERS, OutputSpec, SourceInfo, VideoWriter, decode,
+                    join_segments, probe, quality, write_lossless)
 
 __all__ = ["CODECS", "CONTAINERS", "Limits", "MediaError", "OutputSpec", "SourceInfo", "VideoWriter",
-           "decode", "open_input", "probe"]
+           "decode", "join_segments", "open_input", "probe", "quality", "write_lossless"]

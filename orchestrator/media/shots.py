@@ -7,11 +7,14 @@ across a cut, so a missed cut costs a blend and a false one only a little contex
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from services.stagekit.monochrome import MONOCHROME_SPREAD, chroma_spread, thumbnail
+from services.stagekit.monochrome import MONOCHROME_SPREAD, THUMB, chroma_spread, thumbnail
+
+from .video import decode
 
 
 
@@ -57,3 +60,35 @@ class ShotDetector:
             self.recent.clear()
             return True
         return False
+
+
+@dataclass(frozen=True)
+class Shot:
+    """Frames ``start`` to ``stop`` (exclusive) of one shot; ``grey`` when black-and-white."""
+
+    start: int
+    stop: int
+    grey: bool
+
+
+# The shot scan decodes small: its statistics are taken on a 64x36 thumbnail anyway, and
+# scaling in the decoder's scaler costs a fraction of full-size RGB frames.
+SCAN_SIZE = (4 * THUMB[0], 4 * THUMB[1])
+
+
+def find_shots(source, on_frame=None) -> list[Shot]:
+    """Every shot of the video, from one fast pass over it: the clips a job will stream
+    (known before any work, so progress counts against a fixed total). ``on_frame`` is
+    called after each frame scanned."""
+    detector = ShotDetector(float(source.fps))
+    starts, greys, count = [0], [0], 0
+    for index, frame in enumerate(decode(source, SCAN_SIZE)):
+        if detector.is_cut(frame):  # every frame feeds the detector, the first too
+            starts.append(index)
+            greys.append(0)
+        greys[-1] += detector.grey
+        count = index + 1
+        if on_frame is not None:
+            on_frame()
+    stops = starts[1:] + [count]
+    return [Shot(a, b, n > 0.9 * (b - a)) for a, b, n in zip(starts, stops, greys)]

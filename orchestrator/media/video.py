@@ -109,8 +109,9 @@ def _duration(container, stream) -> float:
     return header_duration(container, stream) or 0.0
 
 
-def decode(info: SourceInfo) -> Iterator[np.ndarray]:
-    """RGB24 frames at the constant rate ``info.fps``, upright.
+def decode(info: SourceInfo, size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+    """RGB24 frames at the constant rate ``info.fps``, upright (scaled to ``size``, WxH
+    before rotation, when given: a cheap pass for frame statistics).
 
     Variable-rate input is resampled to the nominal rate by repeating or dropping frames
     at their presentation times (as ffmpeg's -fps_mode cfr), so every later stage can
@@ -126,7 +127,9 @@ def decode(info: SourceInfo) -> Iterator[np.ndarray]:
                 if frame.is_corrupt:
                     raise MediaError(f"{info.path}: corrupt video frame at "
                                      f"{frame.time or 0:.2f}s (the file is damaged)")
-                rgb = _upright(frame.to_ndarray(format="rgb24"), info.rotation)
+                scaled = {} if size is None else {"width": size[0], "height": size[1],
+                                                  "interpolation": "AREA"}
+                rgb = _upright(frame.to_ndarray(format="rgb24", **scaled), info.rotation)
                 when = frame.time if frame.time is not None else next_slot / float(info.fps)
                 start = when if start is None else start
                 slot = round((when - start) * info.fps)
@@ -160,6 +163,21 @@ CODECS = {  # --codec name: (encoder, pixel format, options)
     "ffv1": ("ffv1", "yuv444p", {"level": "3", "slices": "4"}),
 }
 CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+CRF_RANGE = {"h264": (0, 51), "h265": (0, 51)}   # as x264 and x265 take it; ffv1 is lossless
+DEFAULT_CRF = 18
+
+
+def quality(codec: str, crf: int | None) -> int:
+    """The CRF to encode ``codec`` with: ``crf`` checked against the encoder's range, or
+    the default when none is given."""
+    if crf is None:
+        return DEFAULT_CRF
+    if codec not in CRF_RANGE:
+        raise MediaError(f"--crf: {codec} is lossless and takes no quality setting")
+    low, high = CRF_RANGE[codec]
+    if not low <= crf <= high:
+        raise MediaError(f"--crf {crf}: out of range for {codec} ({low}-{high}, lower is better)")
+    return crf
 MP4_AUDIO = {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"}
 
 
@@ -168,6 +186,8 @@ class OutputSpec:
     path: Path
     codec: str = "h264"
     crf: int = 18
+    # A working file of ours the user never sees: nothing to warn about what it records.
+    intermediate: bool = False
 
     def check(self) -> None:
         """Fail before any work when the output cannot be written as asked."""
@@ -191,6 +211,7 @@ class OutputSpec:
             raise MediaError(f"{self.path}: cannot write output ({exc.strerror})") from None
 
 
+AUDIO_LEAD = 0.5  # seconds of audio muxed ahead of the video written so far
 LOOKAHEAD = 40            # x264's frames of look-ahead (preset medium) up to full HD ...
 LOOKAHEAD_PIXELS = 1920 * 1080   # ... and fewer above, so the encoder holds a fixed area
 
@@ -199,21 +220,41 @@ def lookahead(width: int, height: int) -> int:
     return max(10, min(LOOKAHEAD, LOOKAHEAD * LOOKAHEAD_PIXELS // (width * height)))
 
 
-class VideoWriter:
-    """Encodes RGB frames, with the source's audio muxed alongside as they go, into a
-    hidden part file beside the output; ``finish`` moves it into place atomically,
-    ``abort`` removes every trace."""
+def write_lossless(path: Path, frames, fps: Fraction) -> Path:
+    """RGB frames, bit-exact: FFV1 over packed RGB (bgr0 only reorders the bytes), Matroska."""
+    with av.open(str(path), "w", format="matroska") as out:
+        stream = None
+        for i, rgb in enumerate(frames):
+            if stream is None:
+                stream = out.add_stream("ffv1", rate=fps)
+                stream.height, stream.width = rgb.shape[:2]
+                stream.pix_fmt = "bgr0"
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="bgr0")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        if stream is not None:
+            out.mux(stream.encode(None))
+    return path
 
-    AUDIO_LEAD = 0.5  # seconds of audio muxed ahead of the video written so far
+
+def _part(path: Path) -> Path:
+    """The hidden name a file is written under until it is whole."""
+    return path.with_name(f".{path.name}.part")
+
+
+class VideoWriter:
+    """Encodes RGB frames, with the source's audio muxed alongside as they go (none when
+    ``source`` is None or has none), into a hidden part file beside the output; ``finish``
+    moves it into place atomically, ``abort`` removes every trace."""
 
     def __init__(self, spec: OutputSpec, width: int, height: int, fps: Fraction, sar: Fraction,
-                 source: SourceInfo):
+                 source: SourceInfo | None):
         self.spec = spec
         self.fps = Fraction(fps)
-        self.part = spec.path.with_name(f".{spec.path.name}.part")
+        self.part = _part(spec.path)
         encoder, pix_fmt, options = CODECS[spec.codec]
         self.container = av.open(str(self.part), "w", format=CONTAINERS[spec.path.suffix.lower()])
-        self.audio = _AudioCopy(source, self.container) if source.audio_codec else None
+        self.audio = _AudioCopy(source, self.container) if source and source.audio_codec else None
         self.stream = self.container.add_stream(encoder, rate=self.fps)
         ctx = self.stream.codec_context
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, pix_fmt
@@ -229,7 +270,8 @@ class VideoWriter:
             opts["rc-lookahead"] = str(lookahead(width, height))
         ctx.options = opts
         self.frames = 0
-        if spec.codec == "ffv1" and self.container.format.name == "matroska" and sar != 1:
+        if (spec.codec == "ffv1" and self.container.format.name == "matroska" and sar != 1
+                and not spec.intermediate):
             # PyAV's Matroska muxer drops the aspect ratio and FFV1 has no field for it.
             log.warning("%s: Matroska/FFV1 cannot record the pixel aspect ratio %s here; "
                         "play it with that aspect ratio or use --codec h264/h265",
@@ -242,7 +284,7 @@ class VideoWriter:
         self.frames += 1
         self.container.mux(self.stream.encode(frame))
         if self.audio is not None:
-            self.audio.copy_until(float(self.frames / self.fps) + self.AUDIO_LEAD)
+            self.audio.copy_until(float(self.frames / self.fps) + AUDIO_LEAD)
 
     def finish(self) -> Path:
         try:
@@ -258,13 +300,65 @@ class VideoWriter:
         return self.spec.path
 
     def abort(self) -> None:
-        for closing in (self.audio.close if self.audio else None, self.container.close):
-            try:
-                if closing:
-                    closing()
-            except Exception:  # half-open containers: cleanup goes on regardless
-                pass
-        self.part.unlink(missing_ok=True)
+        _discard(self.part, self.audio, self.container)
+
+
+def _discard(part: Path, *opened) -> None:
+    for thing in opened:
+        try:
+            if thing is not None:
+                thing.close()
+        except Exception:  # half-open containers: cleanup goes on regardless
+            pass
+    part.unlink(missing_ok=True)
+
+
+def join_segments(segments: list[tuple[Path, int]], spec: OutputSpec, fps: Fraction,
+                  sar: Fraction, source: SourceInfo | None) -> Path:
+    """The output from encoded segments (each a file and its frame count, in order, every
+    one starting with a keyframe and made by the same encoder settings): their packets
+    remuxed one after another, with the source's audio muxed once alongside. Nothing is
+    re-encoded, so the output holds exactly the segments' pictures."""
+    part = _part(spec.path)
+    out = av.open(str(part), "w", format=CONTAINERS[spec.path.suffix.lower()])
+    audio = stream = None
+    try:
+        audio = _AudioCopy(source, out) if source and source.audio_codec else None
+        frame_time = 1 / Fraction(fps)
+        offset = 0
+        for path, frames in segments:
+            with av.open(str(path)) as segment:
+                seg = segment.streams.video[0]
+                if stream is None:
+                    stream = out.add_stream_from_template(seg)
+                    stream.sample_aspect_ratio = sar
+                    extradata = seg.codec_context.extradata
+                elif seg.codec_context.extradata != extradata:
+                    raise MediaError(f"{path.name}: encoded with other settings than the "
+                                     "segments before it; it cannot be joined to them")
+                in_frames = seg.time_base / frame_time
+                for packet in segment.demux(seg):
+                    if packet.pts is None:
+                        continue  # the demuxer's end marker
+                    packet.pts = offset + round(packet.pts * in_frames)
+                    packet.dts = offset + round(packet.dts * in_frames)
+                    packet.time_base, packet.duration = frame_time, 1
+                    packet.stream = stream
+                    out.mux(packet)
+                    if audio is not None:   # interleaved as it goes, as VideoWriter does
+                        audio.copy_until(float(packet.dts * frame_time) + AUDIO_LEAD)
+            offset += frames
+        if stream is None:
+            raise MediaError("no frames came out of the pipeline")
+        if audio is not None:
+            audio.copy_until(float("inf"))
+            audio.close()
+        out.close()
+        os.replace(part, spec.path)
+    except BaseException:
+        _discard(part, audio, out)
+        raise
+    return spec.path
 
 
 class _AudioCopy:

@@ -5,7 +5,9 @@
     plan.py          what a job will do, decided before any work (models, sizes, frame rate)
     endpoints.py     replicas of a remote stage, and a failed call in words
     stagerunners.py  how a step reaches its stage: in process, gRPC or Triton, with retries
+                     and an outage window
     transforms.py    steps the orchestrator adds itself (resampling to the working size)
-    runner.py        the streaming job: decode, clips at shot cuts, stages, encode, resume
+    segments.py      finished clips as encoded segments of the output (checkpoints)
+    runner.py        the streaming job: decode, clips at shot cuts, stages, segments, join
     progress.py      frames per stage, ETA, the terminal line and the run's figures
 """

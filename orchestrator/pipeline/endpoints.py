@@ -10,9 +10,16 @@ def endpoints(endpoint: str) -> list[str]:
 
 
 def rpc_reason(exc: Exception) -> str:
-    """A failed call in words: a gRPC error's details, else the exception's message."""
-    details = getattr(exc, "details", None)
-    return details() if callable(details) else str(exc)
+    """A failed call in words: a gRPC error's details, else the exception's message. When
+    the service cannot be reached, gRPC's own wording names status codes and backends:
+    the socket's reason at its end says it plainly."""
+    details, code = getattr(exc, "details", None), getattr(exc, "code", None)
+    if not callable(details):
+        return str(exc)
+    text = (details() or "").strip()
+    if callable(code) and getattr(code(), "name", "") == "UNAVAILABLE" and "last error" in text:
+        return "no answer: " + text.rsplit(": ", 1)[-1].lower()
+    return text
 
 
 def allows(rule: str, endpoint: str) -> bool:

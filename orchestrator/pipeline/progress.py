@@ -1,11 +1,18 @@
-"""Progress of a job: frames through each stage, rate, ETA; shown live on a terminal and
-as plain lines otherwise (logs, CI, a job service's watchers)."""
+"""Progress of a job: frames through each stage, rate, ETA; shown live on a terminal (a
+tqdm bar as wide as the terminal, logs above it) and as plain lines otherwise (logs, CI, a
+job service's watchers)."""
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 
 @dataclass
@@ -20,7 +27,8 @@ class Progress:
     total_frames: int | None = None
     started: float = field(default_factory=time.monotonic)
     clips_done: int = 0
-    clips_seen: int = 0
+    clips_total: int | None = None   # known once the shot scan has run
+    scanned: int = 0                 # frames the shot scan has looked at
     decoded: int = 0
     written: int = 0
     # Wall clock (time.time) and this process's CPU seconds at the first decoded frame
@@ -31,6 +39,9 @@ class Progress:
     def __post_init__(self):
         self.lock = threading.Lock()
         self.stages = {name: StageCounter() for name in self.names}
+
+    def frame_scanned(self) -> None:
+        self.scanned += 1
 
     def frame_decoded(self) -> None:
         if self.first_decoded is None:
@@ -75,14 +86,21 @@ class Progress:
             return None
         return elapsed * (1 - done) / done
 
+    def details(self) -> list[str]:
+        """What the job is doing, most telling first: the phase or clip, each stage's rate."""
+        if self.clips_total is None:
+            return ["finding shots" + (f" ({self.scanned} of {self.total_frames} frames)"
+                                       if self.total_frames else "")]
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        return [f"clip {self.clips_done}/{self.clips_total}",
+                *(f"{name} {counter.frames / elapsed:.1f} f/s"
+                  for name, counter in self.stages.items())]
+
     def line(self) -> str:
         elapsed = time.monotonic() - self.started
-        parts = [f"clip {self.clips_done}/{self.clips_seen}"]
-        for name, counter in self.stages.items():
-            rate = counter.frames / max(elapsed, 1e-6)
-            parts.append(f"{name} {rate:5.1f} f/s")
+        parts = self.details()
         done = self.fraction()
-        if done is not None:
+        if done is not None and self.clips_total is not None:
             eta = self.eta()
             parts.append(f"{100 * done:3.0f}%" + (f" ETA {clock(eta)}" if eta is not None else ""))
         parts.append(f"{clock(elapsed)} elapsed")
@@ -106,34 +124,107 @@ def clock(seconds: float) -> str:
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-class Display:
-    """Renders a Progress until stopped: one rewritten line on a terminal, a plain line
-    every ``interval`` seconds otherwise."""
+# The percentage and ETA come first, so that a narrow terminal cuts only the details.
+BAR_FORMAT = "{percentage:3.0f}% ETA {remaining} |{bar}| {desc}"
+MIN_BAR = 10              # columns the bar keeps however much there is to say
+HEAD = len("100% ETA 1:00:00 || ")   # the widest the rest of BAR_FORMAT gets
+DEFAULT_COLUMNS = 80
 
-    def __init__(self, progress: Progress, stream=None, interval: float | None = None):
+
+class LiveBar:
+    """A tqdm progress bar on a terminal, as wide as the terminal; while it is open, log
+    records are printed above it instead of through it."""
+
+    def __init__(self, stream, width: int | None = None):
+        self.stream = stream
+        self.width = width           # None: the terminal's, read at every refresh
+        self.stack = ExitStack()
+        self.bar: tqdm | None = None
+        self.phase = ""
+
+    def __enter__(self):
+        self.bar = self.stack.enter_context(tqdm(
+            total=None, file=self.stream, bar_format=BAR_FORMAT, leave=False, mininterval=0,
+            smoothing=0.1, ncols=self.columns()))
+        self.stack.enter_context(logging_redirect_tqdm(loggers=[logging.root]))
+        return self
+
+    def __exit__(self, *exc):
+        self.stack.close()
+        self.stream.flush()
+
+    def columns(self) -> int:
+        if self.width:
+            return self.width
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, ValueError, AttributeError):
+            return DEFAULT_COLUMNS
+
+    def show(self, done: int, total: int | None, details: list[str], phase: str = "") -> None:
+        """``done`` of ``total`` with as many of ``details`` as fit; a new phase (or total)
+        starts the count, and the ETA's clock, afresh."""
+        bar = self.bar
+        if (total, phase) != (bar.total, self.phase):
+            bar.reset(total=total)
+            self.phase = phase
+        bar.ncols = self.columns()
+        bar.n = min(done, total) if total else done
+        bar.set_description_str(fit(details, bar.ncols - HEAD - MIN_BAR), refresh=False)
+        bar.refresh()
+
+
+def fit(parts: list[str], room: int, sep: str = " | ") -> str:
+    """The leading ``parts`` that fit in ``room`` columns, whole."""
+    text = ""
+    for part in parts:
+        longer = part if not text else text + sep + part
+        if len(longer) > room:
+            break
+        text = longer
+    return text
+
+
+class Display:
+    """Renders a Progress until stopped: a live bar on a terminal, a plain line every
+    ``interval`` seconds otherwise."""
+
+    def __init__(self, progress: Progress, stream=None, interval: float | None = None,
+                 width: int | None = None):
         self.progress = progress
         self.stream = stream or sys.stderr
         self.live = self.stream.isatty()
         self.interval = interval or (0.5 if self.live else 10.0)
+        self.bar = LiveBar(self.stream, width) if self.live else None
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
     def __enter__(self):
+        if self.bar is not None:
+            self.bar.__enter__()
         self.thread.start()
         return self
 
     def __exit__(self, *exc):
         self.stopped.set()
         self.thread.join()
-        if self.live:
-            self.stream.write("\r\033[K")
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
         self.stream.flush()
 
     def _loop(self):
         while not self.stopped.wait(self.interval):
-            text = self.progress.line()
-            if self.live:
-                self.stream.write("\r\033[K" + text[: 200])
+            if self.bar is not None:
+                self._draw()
             else:
-                self.stream.write(text + "\n")
-            self.stream.flush()
+                self.stream.write(self.progress.line() + "\n")
+                self.stream.flush()
+
+    def _draw(self) -> None:
+        p = self.progress
+        if p.clips_total is None:
+            self.bar.show(p.scanned, p.total_frames, p.details(), "scan")
+        else:
+            # Decoding runs a few frames ahead of encoding: 100% only once all is written.
+            done = p.decoded if p.last_encoded or not p.total_frames else min(p.decoded, p.total_frames - 1)
+            self.bar.show(done, p.total_frames, p.details(), "restore")

@@ -71,15 +71,43 @@ def resolve(task: str, model: str) -> str:
                              f"(choose {', '.join(models(task))} or auto)")
         return model
     for candidate in NEURAL.get(task, ()):
-        # weights first: importing a model's code loads torch (most of a gigabyte resident),
-        # which a run of classical stages never needs
-        if weights_present(candidate) and status(task, candidate).runnable:
+        # The weights first: looking for them is cheap, importing a model's code is not.
+        if has_weights(candidate) and _installed(candidate):
             return candidate
     return CLASSICAL
 
 
+def has_weights(model: str) -> bool:
+    return model == CLASSICAL or weights_present(model)
+
+
+def installed(model: str) -> bool:
+    """Whether the model's code is in this installation (importing it: not free)."""
+    return _installed(model)
+
+
 # Classical stages that do another task's job: rebuilding a band is inpainting it.
 CLASSICAL_STANDS_IN = {"inpaint": "outpaint"}
+
+
+def stage_params(task: str, model: str) -> tuple[str, ...] | None:
+    """The parameters the stage of ``model`` for ``task`` declares, read from its class
+    (nothing is built or loaded); None when it does not declare them."""
+    from services.stagekit.stage import Stage
+    try:
+        module = importlib.import_module(f"services.{model}.stage")
+    except ImportError:
+        return None
+    wanted = _served_task(task, model)
+    for value in vars(module).values():
+        if (isinstance(value, type) and issubclass(value, Stage) and value.task == wanted
+                and value.params is not None):
+            return tuple(value.params)
+    return None
+
+
+def _served_task(task: str, model: str) -> str:
+    return CLASSICAL_STANDS_IN.get(task, task) if model == CLASSICAL else task
 
 
 def create_local(task: str, model: str, device: str = "auto"):
@@ -87,7 +115,7 @@ def create_local(task: str, model: str, device: str = "auto"):
     module = importlib.import_module(f"services.{model}.stage")
     made = module.create_stage(weights=None, device=device, arch=None)
     stages = made if isinstance(made, list) else [made]
-    wanted = CLASSICAL_STANDS_IN.get(task, task) if model == CLASSICAL else task
+    wanted = _served_task(task, model)
     for stage in stages:
         if stage.task == wanted:
             return stage

@@ -8,6 +8,8 @@ across a shot cut."""
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 import threading
 import time
 from fractions import Fraction
@@ -21,11 +23,12 @@ from services.stagekit import ClipInfo, StageError
 
 from .. import media
 from ..errors import UserError
-from ..media.shots import ShotDetector
+from ..media.shots import Shot, find_shots
 from .memory import QUEUE_BYTES, QUEUE_FRAMES
 from .plan import Plan
 from .progress import Display, Progress
-from .stagerunners import ClipFailed, Step, build_steps
+from .segments import ClipSegments
+from .stagerunners import STAGE_OUTAGE, ClipFailed, Step, build_steps
 
 log = logging.getLogger("restoration.orchestrator")
 
@@ -102,16 +105,20 @@ class ClipFrames:
 class Job:
     """One run of a plan from the source file to the output file.
 
-    With ``checkpoints`` every finished clip is kept, and a clip already kept is not
-    processed again: its frames come from the checkpoint (shot detection still decodes
-    it, so clips are the same every run). Clips in ``skip`` are left out of this run's
-    work; the output is then not written. ``attempts`` counts earlier failures per clip,
-    which moves a retried clip to the next replica of a remote stage."""
+    Every finished clip is encoded as its segment of the output and the output is the
+    segments joined. With ``checkpoints`` (a ClipSegments) the segments are kept there, and
+    a clip already kept is not processed again (shot detection still decodes it, so clips
+    are the same every run); without, they go to a scratch folder beside the output. Clips
+    in ``skip`` are left out of this run's work; the output is then not written.
+    ``attempts`` counts earlier failures per clip, which moves a retried clip to the next
+    replica of a remote stage; ``outage`` is how long a stage no replica serves is waited
+    for."""
 
     def __init__(self, plan: Plan, output: media.OutputSpec, device: str = "auto",
                  show_progress: bool = True, checkpoints=None,
                  attempts: dict[str, int] | None = None, skip: set[str] | None = None,
-                 on_clip=None):
+                 on_clip=None, outage: float = STAGE_OUTAGE, shots: list[Shot] | None = None,
+                 time_offset: float = 0.0):
         self.plan = plan
         self.output = output
         self.cancel = threading.Event()
@@ -119,13 +126,32 @@ class Job:
         self.checkpoints = checkpoints
         self.skip = skip or set()
         self.on_clip = on_clip or (lambda clip_id, frames: None)
-        self.steps = build_steps(plan, device, attempts)
+        self.steps = build_steps(plan, device, attempts, outage, self.cancel)
         self.progress = Progress([s.name for s in self.steps], plan.source.frame_count)
         self.show_progress = show_progress
         self.grey_scenes: list[tuple[float, float]] = []
-        self.writer: media.VideoWriter | None = None
+        self.geometry: tuple[int, int, Fraction] | None = None
+        self.finished: list[tuple[Path, int]] = []   # every clip's segment, in order
+        self.shots = shots   # found by the first run's scan when not given
+        self.time_offset = time_offset   # where the source starts in the user's video (s)
 
     def run(self):
+        scratch = None
+        if self.checkpoints is None:
+            scratch = Path(tempfile.mkdtemp(prefix=f".{self.output.path.name}.",
+                                            dir=self.output.path.parent))
+            self.checkpoints = ClipSegments(scratch)
+        try:
+            if self.show_progress:
+                with Display(self.progress):
+                    return self._run()
+            return self._run()
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+
+    def _run(self):
+        self._find_shots()
         channels = [Channel(self.cancel) for _ in range(len(self.steps) + 1)]
         threads = [threading.Thread(target=self._guard, args=(self._source, channels[0]),
                                     name="decode", daemon=True)]
@@ -135,21 +161,17 @@ class Job:
         for thread in threads:
             thread.start()
         try:
-            if self.show_progress:
-                with Display(self.progress):
-                    self._sink(channels[-1])
-            else:
-                self._sink(channels[-1])
+            self._sink(channels[-1])
             self._raise_failure()
             if self.skip:
                 raise UserError(f"{len(self.skip)} clip(s) failed: {', '.join(sorted(self.skip))}")
-            path = self.writer.finish()
+            width, height, fps = self.geometry
+            path = media.join_segments(self.finished, self.output, fps,
+                                       self._output_sar(width, height), self.plan.source)
             self.progress.encoding_finished()
             return path
         except BaseException as exc:
             self.cancel.set()
-            if self.writer is not None:
-                self.writer.abort()
             for thread in threads:
                 thread.join(timeout=5)
             if isinstance(exc, Cancelled):
@@ -172,31 +194,23 @@ class Job:
             self.cancel.set()
 
     def _source(self, out: Channel):
+        """Frames in clips, cut where the shot scan found the shots."""
         src = self.plan.source
-        detector = ShotDetector(float(src.fps))
-        clip = 0
-        start = 0
-        grey = 0
-        count = 0
+        starts = {shot.start: number for number, shot in enumerate(self.shots)}
         kept = None       # this clip is already done (or left out): no frames go on
         for index, frame in enumerate(media.decode(src)):
-            cut = detector.is_cut(frame)  # every frame feeds the detector, the first too
-            if index == 0 or cut:
+            if index in starts:
                 if index:
-                    self._end_clip(out, clip, start, index, grey, kept)
-                    clip += 1
-                start, grey = index, 0
-                self.progress.clips_seen += 1
-                info = ClipInfo(clip_id=f"clip{clip:05d}", width=src.width, height=src.height,
-                                fps=src.fps, sar=src.sar, start_time=index / float(src.fps))
+                    self._end_clip(out, kept)
+                info = ClipInfo(clip_id=f"clip{starts[index]:05d}", width=src.width,
+                                height=src.height, fps=src.fps, sar=src.sar,
+                                start_time=index / float(src.fps))
                 kept = self._kept(info.clip_id)
                 out.put((kept or "start", info))
-            grey += detector.grey
             if not kept:
                 out.put(("frame", frame))
             self.progress.frame_decoded()
-            count = index + 1
-        self._end_clip(out, clip, start, count, grey, kept)
+        self._end_clip(out, kept)
         out.put(("stop", None))
 
     def _kept(self, clip_id: str) -> str | None:
@@ -207,13 +221,21 @@ class Job:
             return "done"
         return None
 
-    def _end_clip(self, out: Channel, clip: int, start: int, stop: int, grey: int, kept):
-        fps = float(self.plan.source.fps)
-        if grey > 0.9 * (stop - start):
-            self.grey_scenes.append((start / fps, stop / fps))
-            log.info("black-and-white scene: %.2fs-%.2fs (clip %d)", start / fps, stop / fps, clip)
+    def _end_clip(self, out: Channel, kept) -> None:
         if not kept:
             out.put(("end", None))
+
+    def _find_shots(self) -> None:
+        if self.shots is None:
+            self.shots = find_shots(self.plan.source, self.progress.frame_scanned)
+        self.progress.clips_total = len(self.shots)
+        fps = float(self.plan.source.fps)
+        for number, shot in enumerate(self.shots):
+            if shot.grey:
+                start, stop = shot.start / fps, shot.stop / fps
+                self.grey_scenes.append((start, stop))
+                log.info("black-and-white scene: %.2fs-%.2fs (clip %d)", start + self.time_offset,
+                         stop + self.time_offset, number)
 
     def _stage(self, step: Step, inbox: Channel, outbox: Channel):
         """A clip that fails here travels on as a 'fail' marker behind the clips finished
@@ -245,8 +267,9 @@ class Job:
         else:
             try:
                 out_info, out_frames = step.runner.run(info, iter(frames))
-            except StageError as exc:
-                raise UserError(f"stage {step.name}: {exc}") from None
+            except StageError as exc:  # its message may already name the stage
+                reason = str(exc).removeprefix(f"{step.name}: ")
+                raise UserError(f"stage {step.name}: {reason}") from None
         outbox.put(("start", out_info))
         clock, waited = time.monotonic(), frames.waited
         for frame in out_frames:
@@ -262,81 +285,77 @@ class Job:
         outbox.put(("end", None))
 
     def _sink(self, inbox: Channel) -> None:
-        self.geometry = None
         keeper = None
-        while True:
-            kind, value = inbox.get()
-            if kind == "stop":
-                break
-            if kind == "start":
-                self._open_writer(value)
-                keeper = self.checkpoints.writer(value) if self.checkpoints is not None else None
-            elif kind == "frame":
-                self._write(value)
-                if keeper is not None:
+        try:
+            while True:
+                kind, value = inbox.get()
+                if kind == "stop":
+                    break
+                if kind == "start":
+                    self._check_geometry(value.clip_id, value.width, value.height, value.fps)
+                    keeper = self.checkpoints.writer(
+                        value, self.output, self._output_sar(value.width, value.height))
+                elif kind == "frame":
                     keeper.write(value)
-            elif kind == "end":
-                self._clip_finished(keeper)
-                keeper = None
-            elif kind == "done":
-                self._copy_checkpoint(value.clip_id)
-            elif kind == "fail":
-                if keeper is not None:
-                    keeper.abort()
-                raise value
-        if self.writer is None and not self.skip:
+                    self.progress.written += 1
+                elif kind == "end":
+                    self._clip_finished(keeper)
+                    keeper = None
+                elif kind == "done":
+                    self._reuse(value.clip_id)
+                elif kind == "fail":
+                    raise value
+        finally:
+            if keeper is not None:   # a clip cut off: its part file goes
+                keeper.abort()
+        if not self.finished and not self.skip:
             raise UserError("no frames came out of the pipeline")
 
-    def _open_writer(self, info: ClipInfo) -> None:
-        this = (info.width, info.height, info.fps)
-        if self.skip:
-            return  # an incomplete output is never written: only checkpoints are kept
-        if self.writer is None:
+    def _check_geometry(self, clip_id: str, width: int, height: int, fps: Fraction) -> None:
+        this = (width, height, Fraction(fps))
+        if self.geometry is None:
             self.geometry = this
-            self.writer = media.VideoWriter(self.output, info.width, info.height, info.fps,
-                                            self._output_sar(info), self.plan.source)
         elif this != self.geometry:
-            raise UserError(f"{info.clip_id} came out {this[0]}x{this[1]} at "
+            raise UserError(f"{clip_id} came out {this[0]}x{this[1]} at "
                             f"{float(this[2]):.3f} fps, earlier clips "
                             f"{self.geometry[0]}x{self.geometry[1]} at {float(self.geometry[2]):.3f}")
 
-    def _write(self, frame: np.ndarray) -> None:
-        if self.writer is not None:
-            self.writer.write(frame)
-        self.progress.written += 1
-
     def _clip_finished(self, keeper) -> None:
+        keeper.commit()
+        self.finished.append((keeper.path, keeper.count))
         self.progress.clips_done += 1
-        if keeper is not None:
-            keeper.commit()
-            self.on_clip(keeper.info.clip_id, keeper.count)
+        self.on_clip(keeper.info.clip_id, keeper.count)
 
-    def _copy_checkpoint(self, clip_id: str) -> None:
-        info, frames = self.checkpoints.read(clip_id)
-        self._open_writer(info)
-        for frame in frames:
-            self._write(frame)
+    def _reuse(self, clip_id: str) -> None:
+        """A clip finished in an earlier run: its segment goes into the output as it is."""
+        meta = self.checkpoints.meta(clip_id)
+        self._check_geometry(clip_id, meta["width"], meta["height"], meta["fps"])
+        self.finished.append((meta["path"], meta["frames"]))
+        self.progress.written += meta["frames"]
         self.progress.clips_done += 1
 
-    def _output_sar(self, info: ClipInfo) -> Fraction:
+    def _output_sar(self, width: int, height: int) -> Fraction:
         """Keep the source's display aspect ratio whatever the stages did to the size."""
-        return self.plan.source.dar * Fraction(info.height, info.width)
+        return self.plan.source.dar * Fraction(height, width)
 
 
 MAX_ATTEMPTS = 3          # tries of one clip (each on the next replica) before it fails
+OUTAGE_PAUSE = (0.5, 10.0)  # seconds before retrying a clip its stage refused: first, most
 
 
 class ResumableRun:
     """Runs a plan to its output through checkpoints: a clip that fails is tried again
     (the job rerun from its checkpoints, the clip on the next replica) up to
     ``max_attempts``; then it fails the job, or with ``keep_going`` the other clips are
-    still finished and kept before the job fails. ``job`` is the run in progress."""
+    still finished and kept before the job fails. A stage out for longer than ``outage``
+    seconds fails the job at once. ``job`` is the run in progress."""
 
     def __init__(self, plan: Plan, output: media.OutputSpec, checkpoints, device: str = "auto",
                  show_progress: bool = True, max_attempts: int = MAX_ATTEMPTS,
                  keep_going: bool = False, attempts: dict[str, int] | None = None,
-                 on_clip=None, on_failure=None):
+                 on_clip=None, on_failure=None, outage: float = STAGE_OUTAGE):
         self.plan, self.output, self.checkpoints = plan, output, checkpoints
+        self.outage = outage
         self.device, self.show_progress = device, show_progress
         self.max_attempts, self.keep_going = max_attempts, keep_going
         self.attempts = dict(attempts or {})
@@ -346,11 +365,16 @@ class ResumableRun:
         self.job: Job | None = None
         self.stopped = threading.Event()
         self.failures: dict[str, ClipFailed] = {}
+        self.outages: dict[str, int] = {}        # transient failures per clip (not attempts)
+        self.out_since: dict[str, float] = {}    # when a clip's stage first was out of reach
 
     def run(self) -> Path:
         while True:
+            tries = {c: self.attempts.get(c, 0) + self.outages.get(c, 0)
+                     for c in {*self.attempts, *self.outages}}   # each retry: the next replica
+            shots = self.job.shots if self.job is not None else None  # one scan per run
             self.job = Job(self.plan, self.output, self.device, self.show_progress,
-                           self.checkpoints, self.attempts, self.failed, self.on_clip)
+                           self.checkpoints, tries, self.failed, self.on_clip, self.outage, shots)
             if self.stopped.is_set():
                 raise Cancelled
             try:
@@ -378,13 +402,32 @@ class ResumableRun:
             self.job.cancel.set()
 
     def _count(self, exc: ClipFailed) -> None:
+        if exc.transient and not exc.final:
+            self._wait_out(exc)
+            return
         attempt = self.attempts.get(exc.clip_id, 0) + 1
         self.attempts[exc.clip_id] = attempt
         self.failures[exc.clip_id] = exc
         self.on_failure(exc, attempt)
         log.warning("%s (attempt %d of %d)", exc, attempt, self.max_attempts)
+        if exc.final:
+            raise exc
         if attempt < self.max_attempts:
             return
         if not self.keep_going:
             raise exc
         self.failed.add(exc.clip_id)
+
+    def _wait_out(self, exc: ClipFailed) -> None:
+        """The stage was out of reach or refused the clip (a restart, a drain, busy): not
+        an attempt; the clip is tried again after a pause, within the outage window."""
+        clip = exc.clip_id
+        since = self.out_since.setdefault(clip, time.monotonic())
+        if time.monotonic() - since > self.outage:
+            raise ClipFailed(exc.stage, clip, f"{exc.reason} (for {self.outage:.0f} s)",
+                             final=True)
+        self.outages[clip] = self.outages.get(clip, 0) + 1
+        pause = min(OUTAGE_PAUSE[0] * 2 ** (self.outages[clip] - 1), OUTAGE_PAUSE[1])
+        log.warning("%s; trying again in %.1f s", exc, pause)
+        if self.stopped.wait(pause):
+            raise Cancelled

@@ -12,6 +12,7 @@ precedence:
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,9 +79,14 @@ def build(file: Path | None = None, stages: str | None = None, skip: list[str] |
     specs = load_file(file) if file else default_stages()
     if stages:
         by_task = {s.task: s for s in specs}
-        specs = [by_task.get(t.strip(), StageSpec(t.strip())) for t in stages.split(",") if t.strip()]
+        chosen = [t.strip() for t in stages.split(",") if t.strip()]
+        for task in chosen:
+            known_task(task, "--stages")
+        specs = [by_task.get(t, StageSpec(t)) for t in chosen]
     if skip:
-        skipped = {t.strip() for item in skip for t in item.split(",")}
+        skipped = {t.strip() for item in skip for t in item.split(",") if t.strip()}
+        for task in sorted(skipped):
+            known_task(task, "--skip")
         specs = [s for s in specs if s.task not in skipped]
     by_task = {s.task: s for s in specs}
     for task, model in _pairs(models, "--model"):
@@ -101,7 +107,24 @@ def build(file: Path | None = None, stages: str | None = None, skip: list[str] |
     return specs
 
 
+ALL_TASKS = registry.TASKS + registry.IMAGE_TASKS
+
+
+def known_task(task: str, flag: str) -> str:
+    """``task`` if it is one; else a UserError naming the flag, with a suggestion."""
+    if task not in ALL_TASKS:
+        raise UserError(f"{flag}: unknown task '{task}'{did_you_mean(task, ALL_TASKS)} "
+                        f"(tasks: {', '.join(ALL_TASKS)})")
+    return task
+
+
+def did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
 def _spec(by_task: dict, task: str, flag: str) -> StageSpec:
+    known_task(task, flag)
     if task not in by_task:
         raise UserError(f"{flag}: no '{task}' stage in this pipeline "
                         f"(stages: {', '.join(by_task) or 'none'})")
@@ -109,20 +132,48 @@ def _spec(by_task: dict, task: str, flag: str) -> StageSpec:
 
 
 def _check(spec: StageSpec) -> None:
-    if spec.task not in registry.TASKS + registry.IMAGE_TASKS:
-        raise UserError(f"unknown task '{spec.task}' "
-                        f"(tasks: {', '.join(registry.TASKS + registry.IMAGE_TASKS)})")
+    if spec.task not in ALL_TASKS:
+        raise UserError(f"unknown task '{spec.task}'{did_you_mean(spec.task, ALL_TASKS)} "
+                        f"(tasks: {', '.join(ALL_TASKS)})")
     if spec.model != "auto" and spec.model not in registry.models(spec.task):
-        raise UserError(f"no model '{spec.model}' for task '{spec.task}' "
-                        f"(choose {', '.join(registry.models(spec.task))} or auto)")
+        choices = registry.models(spec.task)
+        raise UserError(f"no model '{spec.model}' for task '{spec.task}'"
+                        f"{did_you_mean(spec.model, choices)} (choose {', '.join(choices)} or auto)")
     if spec.endpoint != "local" and not spec.endpoint.startswith(("grpc://", "triton://")):
         raise UserError(f"stage {spec.task}: endpoint must be 'local', grpc://HOST:PORT or "
                         f"triton://HOST:PORT/MODEL, not {spec.endpoint!r}")
 
 
-def from_args(args) -> list[StageSpec]:
-    """The stages the pipeline flags of `submit`, `inspect` and `preview` choose."""
-    return build(args.pipeline, args.stages, args.skip, args.model, args.sets, args.endpoint)
+def check_runnable(specs: list[StageSpec]) -> None:
+    """What can be known here before any work about the stages that run in this process: a
+    model chosen by name has its weights, and every parameter set is one its stage takes."""
+    for spec in specs:
+        if spec.endpoint != "local":
+            continue
+        model = registry.resolve(spec.task, spec.model)
+        if spec.model != "auto":
+            if not registry.has_weights(model):
+                raise UserError(f"stage {spec.task}/{model}: no weights installed "
+                                f"(run `orchestrator weights pull {model}`, or choose "
+                                f"--model {spec.task}=auto)")
+            if not registry.installed(model):
+                raise UserError(f"stage {spec.task}/{model}: the model is not installed here")
+        known = registry.stage_params(spec.task, model) if spec.params else None
+        unknown = sorted(set(spec.params) - set(known)) if known is not None else []
+        if unknown:
+            hint = did_you_mean(unknown[0], known)
+            raise UserError(f"stage {spec.task}/{model}: unknown parameter "
+                            f"{', '.join(repr(p) for p in unknown)}{hint} "
+                            f"(known: {', '.join(known) or 'none'})")
+
+
+def from_args(args, local: bool = True) -> list[StageSpec]:
+    """The stages the pipeline flags of `submit`, `inspect` and `preview` choose; with
+    ``local``, checked as the stages of a run on this machine."""
+    specs = build(args.pipeline, args.stages, args.skip, args.model, args.sets, args.endpoint)
+    if local:
+        check_runnable(specs)
+    return specs
 
 
 def sizes_from(args) -> dict:

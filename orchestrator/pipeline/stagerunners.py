@@ -1,7 +1,10 @@
 """How a step of the pipeline reaches its stage: in process, or on one of a stage's
-replicas over gRPC (or Triton), with retries that move a failed clip to the next replica."""
+replicas over gRPC (or Triton), with retries that move a failed clip to the next replica
+and an outage window during which a stage that no replica serves is waited for."""
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from dataclasses import dataclass
 
@@ -15,6 +18,8 @@ from .sizing import NATIVE_FACTORS
 from .specs import StageSpec
 from .transforms import Resample
 
+log = logging.getLogger("restoration.orchestrator")
+
 
 class LocalRunner:
     def __init__(self, stage: Stage):
@@ -25,28 +30,49 @@ class LocalRunner:
 
 
 class ClipFailed(UserError):
-    """One clip could not go through one stage; a rerun may send it to another replica."""
+    """One clip could not go through one stage; a rerun may send it to another replica.
+    ``transient``: the stage was out of reach or refused it (a restart, a drain, busy), not
+    the clip's fault; ``final``: retrying cannot help (out for the whole outage window)."""
 
-    def __init__(self, stage: str, clip_id: str, reason: str):
+    def __init__(self, stage: str, clip_id: str, reason: str, final: bool = False,
+                 transient: bool = False):
         super().__init__(f"stage {stage}: {clip_id}: {reason}")
         self.stage, self.clip_id, self.reason = stage, clip_id, reason
+        self.final, self.transient = final, transient
+
+    @classmethod
+    def of(cls, stage: str, clip_id: str, exc: Exception) -> "ClipFailed":
+        return cls(stage, clip_id, rpc_reason(exc), transient=_unreachable(exc))
 
 
-CONNECT_TRIES = 3         # waits for an UNAVAILABLE replica before trying the next
-CONNECT_BACKOFF = 0.25    # seconds, doubled each try
+def _unreachable(exc: Exception) -> bool:
+    """A gRPC failure that says the replica was gone or refused new work, not that the clip
+    failed in it."""
+    import grpc
+    code = exc.code() if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)) else None
+    return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+STAGE_OUTAGE = 600.0      # seconds a stage no replica serves is waited for (a restart, a rollout)
+CONNECT_WAIT = 1.0        # seconds one replica is given to connect per round
+BACKOFF = (0.5, 10.0)     # seconds between rounds over the replicas: first, doubling to most
 DOWN_FOR = 30.0           # seconds a replica that did not answer is tried last
 CLIP_DEADLINE = 3600.0    # seconds one clip may take in one stage service
 
 
 class RemoteRunner:
     """A stage served by one or more replicas: clips go round robin, a clip retried after a
-    failure starts at the next replica, a replica that does not answer is waited for with
-    backoff and then passed over."""
+    failure starts at the next replica, a replica that does not answer is passed over; when
+    none answers, they are tried again with backoff for ``outage`` seconds before the clip
+    fails for good."""
 
     def __init__(self, spec: StageSpec, attempts: dict[str, int] | None = None,
-                 deadline: float = CLIP_DEADLINE):
+                 deadline: float = CLIP_DEADLINE, outage: float = STAGE_OUTAGE,
+                 stop: threading.Event | None = None):
         from deploy.triton.client import client_for
         self.spec = spec
+        self.outage = outage
+        self.stop = stop or threading.Event()   # the job is stopping: waiting is over
         self.attempts = attempts if attempts is not None else {}
         self.replicas = endpoints(spec.endpoint)
         self.clients = [client_for(e, timeout=deadline) for e in self.replicas]
@@ -60,34 +86,50 @@ class RemoteRunner:
             out_info, out_frames = client.process(info, frames, task=self.spec.task,
                                                   model=self.spec.model)
         except Exception as exc:
-            raise ClipFailed(name, info.clip_id, rpc_reason(exc)) from None
+            raise ClipFailed.of(name, info.clip_id, exc) from None
         return out_info, _failing_as(name, info.clip_id, out_frames)
 
     def _pick(self, clip_id: str) -> int:
         first = _clip_number(clip_id) + self.attempts.get(clip_id, 0)
         order = [(first + i) % len(self.clients) for i in range(len(self.clients))]
         order.sort(key=lambda r: self.down_until[r] > time.monotonic())  # stable: answering first
-        for replica in order:
-            if _wait_ready(self.clients[replica], CONNECT_TRIES, CONNECT_BACKOFF):
-                return replica
-            self.down_until[replica] = time.monotonic() + DOWN_FOR
+        give_up = time.monotonic() + self.outage
+        pause = BACKOFF[0]
+        while True:
+            for replica in order:
+                if _ready(self.clients[replica]):
+                    return replica
+                self.down_until[replica] = time.monotonic() + DOWN_FOR
+            left = give_up - time.monotonic()
+            if left <= 0:
+                break
+            log.warning("stage %s/%s: no replica answers (%s); waiting up to %.0f s more",
+                        self.spec.task, self.spec.model, ", ".join(self.replicas), left)
+            if self.stop.wait(min(pause, left)):
+                break
+            pause = min(pause * 2, BACKOFF[1])
         where = ", ".join(self.replicas)
-        raise ClipFailed(f"{self.spec.task}/{self.spec.model}", clip_id, f"no replica answers ({where})")
+        raise ClipFailed(f"{self.spec.task}/{self.spec.model}", clip_id,
+                         f"no replica answers ({where}) for {self.outage:.0f} s", final=True)
 
 
-def _wait_ready(client, tries: int, backoff: float) -> bool:
-    """Whether the replica's channel connects, retrying with doubling waits."""
+def _ready(client) -> bool:
+    """Whether the replica connects within CONNECT_WAIT and says it is SERVING (one that
+    drains answers NOT_SERVING: new clips go elsewhere or wait for its successor)."""
     import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
     channel = getattr(client, "channel", None)
     if channel is None:
         return True  # a client without a gRPC channel of its own reports failures in process()
-    for attempt in range(tries):
-        try:
-            grpc.channel_ready_future(channel).result(timeout=backoff * 2 ** attempt)
-            return True
-        except grpc.FutureTimeoutError:
-            continue
-    return False
+    try:
+        grpc.channel_ready_future(channel).result(timeout=CONNECT_WAIT)
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                          timeout=CONNECT_WAIT)
+    except grpc.FutureTimeoutError:
+        return False
+    except grpc.RpcError as exc:
+        return exc.code() == grpc.StatusCode.UNIMPLEMENTED   # no health service: assume so
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def _clip_number(clip_id: str) -> int:
@@ -99,7 +141,7 @@ def _failing_as(name: str, clip_id: str, frames):
     try:
         yield from frames
     except Exception as exc:
-        raise ClipFailed(name, clip_id, rpc_reason(exc)) from None
+        raise ClipFailed.of(name, clip_id, exc) from None
 
 
 @dataclass
@@ -125,8 +167,8 @@ class Step:
                 and params.get("factor", "").strip() == "1")
 
 
-def build_steps(plan: Plan, device: str = "auto",
-                attempts: dict[str, int] | None = None) -> list[Step]:
+def build_steps(plan: Plan, device: str = "auto", attempts: dict[str, int] | None = None,
+                outage: float = STAGE_OUTAGE, stop: threading.Event | None = None) -> list[Step]:
     steps: list[Step] = []
     resampled = plan.working_size == (plan.source.width, plan.source.height)
     if not plan.source.interlaced and not resampled:
@@ -142,7 +184,7 @@ def build_steps(plan: Plan, device: str = "auto",
         if spec.task == "superres" and spec.model in NATIVE_FACTORS:
             params["scale"] = str(plan.sizing.model_factor)
         runner = (LocalRunner(registry.create_local(spec.task, spec.model, device))
-                  if spec.endpoint == "local" else RemoteRunner(spec, attempts))
+                  if spec.endpoint == "local" else RemoteRunner(spec, attempts, outage=outage, stop=stop))
         steps.append(Step(f"{spec.task}/{spec.model}", runner, params, spec))
         if spec.task == "analog" and not resampled:
             steps.append(Step("resample", LocalRunner(Resample(*plan.working_size)), {}))

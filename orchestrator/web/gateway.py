@@ -8,9 +8,9 @@ from pathlib import Path
 
 import grpc
 
-from services.stagekit.server import GRPC_OPTIONS
+from services.stagekit.server import CLIENT_OPTIONS
 
-from ..jobs.client import jobs_pb2, jobs_pb2_grpc, state_name
+from ..jobs.client import CODE_WORDS, jobs_pb2, jobs_pb2_grpc, state_name
 
 CHUNK = 1024 * 1024
 
@@ -34,7 +34,8 @@ def _translate(exc: grpc.RpcError) -> JobServiceError:
     code = exc.code()
     if code == grpc.StatusCode.UNAVAILABLE:
         return JobServiceError(502, "the job service cannot be reached")
-    return JobServiceError(HTTP_STATUS.get(code, 500), exc.details() or code.name.lower())
+    return JobServiceError(HTTP_STATUS.get(code, 500),
+                           exc.details() or CODE_WORDS.get(code, "the job service failed the request"))
 
 
 class Gateway:
@@ -42,8 +43,8 @@ class Gateway:
         """``credentials``: TLS to the job API (grpc.ChannelCredentials), None for plain."""
         self.address = address
         self.timeout = timeout
-        self.channel = (grpc.secure_channel(address, credentials, options=GRPC_OPTIONS)
-                        if credentials else grpc.insecure_channel(address, options=GRPC_OPTIONS))
+        self.channel = (grpc.secure_channel(address, credentials, options=CLIENT_OPTIONS)
+                        if credentials else grpc.insecure_channel(address, options=CLIENT_OPTIONS))
         self.stub = jobs_pb2_grpc.JobServiceStub(self.channel)
 
     def close(self) -> None:
@@ -74,12 +75,18 @@ class Gateway:
 
     def fetch(self, job_id: str, output: Path, token: str | None) -> tuple[Path, str]:
         """The result into ``output`` with its checksum checked; returns it and its name."""
+        return self._download(self.stub.Fetch, job_id, output, token)
+
+    def fetch_latest_clip(self, job_id: str, output: Path, token: str | None) -> tuple[Path, str]:
+        """The latest finished clip's small video, as ``fetch`` does the result."""
+        return self._download(self.stub.FetchLatestClip, job_id, output, token)
+
+    def _download(self, method, job_id: str, output: Path, token: str | None) -> tuple[Path, str]:
         part = output.with_name(f".{output.name}.part")
         digest, info = hashlib.sha256(), None
         try:
             with open(part, "wb") as f:
-                for chunk in self.stub.Fetch(jobs_pb2.JobRef(job_id=job_id),
-                                             metadata=_metadata(token)):
+                for chunk in method(jobs_pb2.JobRef(job_id=job_id), metadata=_metadata(token)):
                     if chunk.HasField("info"):
                         info = chunk.info
                         continue
@@ -131,6 +138,8 @@ def status_json(status) -> dict:
         "error": status.error, "failed_stage": status.failed_stage,
         "input_name": status.input_name, "output_name": status.output_name,
         "created": status.created, "updated": status.updated,
+        "queue_position": status.queue_position,
+        "latest_clip": getattr(status, "latest_clip", ""),
     }
 
 

@@ -6,6 +6,7 @@ orchestrator's JobService over gRPC with the caller's token.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import json
 import logging
@@ -34,7 +35,8 @@ log = logging.getLogger("restoration.web")
 
 STATIC = Path(__file__).with_name("static")
 STATIC_FILES = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js",
-                "/style.css": "style.css"}
+                "/style.css": "style.css", "/favicon.svg": "favicon.svg",
+                "/favicon.ico": "favicon.svg"}
 MAX_JSON_BODY = 64 * 1024
 MAX_PREVIEW_SECONDS = 10.0
 JOB_ID = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
@@ -42,12 +44,16 @@ DEFAULT_MAX_UPLOAD = 64 * 1024 ** 3
 # Small enough that a dropped connection loses little, large enough to keep requests few.
 DEFAULT_CHUNK = 8 * 1024 * 1024
 
+# The first is the default: the command line's own pipeline, every task.
 PRESETS = {
-    "clean": {"label": "Quick clean-up (tape noise and artefacts)", "tasks": ["analog", "denoise"]},
-    "sharp": {"label": "Clean, sharpen and enlarge",
+    "full": {"label": "Everything: the full restoration (as the command line does)",
+             "tasks": list(registry.TASKS)},
+    "sharp": {"label": "Clean, sharpen and enlarge (no colour, no smoother motion)",
               "tasks": ["analog", "deblur", "denoise", "superres"]},
-    "full": {"label": "Everything (slowest)", "tasks": list(registry.TASKS)},
+    "clean": {"label": "Quick clean-up only (tape noise and artefacts, size kept small)",
+              "tasks": ["analog", "denoise"]},
 }
+DEFAULT_PRESET = next(iter(PRESETS))
 TASK_LABELS = {
     "analog": "Remove tape artefacts and deinterlace", "outpaint": "Rebuild damaged borders",
     "colorize": "Colour black-and-white scenes", "deblur": "Sharpen blur",
@@ -94,10 +100,11 @@ class WebApp:
         self.heavy_slots = threading.BoundedSemaphore(security.max_heavy)
         self.inspected: dict[tuple, dict] = {}
         self.fetching: dict[str, threading.Lock] = {}
+        self.thumbnails: dict[str, tuple[str, str]] = {}   # job -> (picture digest, its link)
 
     def config(self) -> dict:
         return {"token_required": bool(self.token), "tasks": list(registry.TASKS),
-                "task_labels": TASK_LABELS, "presets": PRESETS,
+                "task_labels": TASK_LABELS, "presets": PRESETS, "default_preset": DEFAULT_PRESET,
                 "max_upload_bytes": self.uploads.max_bytes,
                 "chunk_bytes": min(self.chunk_bytes, self.uploads.max_chunk),
                 "thumbnail_from_service": has_thumbnail_field()}
@@ -123,7 +130,7 @@ class WebApp:
         upload = self.checked(upload_id)
         tasks = _tasks(body)
         key = (upload_id, tuple(tasks))
-        with self._heavy_turn():
+        with self._heavy_turn(), _named_as(upload):
             if key not in self.inspected:
                 report = inspect(upload.path, _specs(tasks))
                 report["file"] = upload.name
@@ -140,7 +147,7 @@ class WebApp:
         folder.mkdir()
         video, still = folder / "compare.mp4", folder / "compare.png"
         try:
-            with self._heavy_turn():
+            with self._heavy_turn(), _named_as(upload):
                 preview(upload.path, video, at, seconds, _specs(_tasks(body)), "auto",
                         self.device, "side", still, show_progress=False)
         except BaseException:
@@ -192,6 +199,15 @@ class WebApp:
     def cancel(self, job_id: str, token: str | None) -> dict:
         return self._job_json(self.gateway.cancel(_job_id(job_id), token))
 
+    def latest(self, job_id: str, token: str | None) -> dict:
+        """The latest finished clip of a job, viewable while the job still runs."""
+        job_id = _job_id(job_id)
+        folder = self.results / job_id
+        folder.mkdir(parents=True, exist_ok=True)
+        with self.fetching.setdefault(f"{job_id}/latest", threading.Lock()):
+            path, name = self.gateway.fetch_latest_clip(job_id, folder / "latest-clip.mp4", token)
+        return {"url": self.tickets.issue(path, _download_name(name)), "clip": Path(name).stem}
+
     def download(self, job_id: str, token: str | None) -> dict:
         """Fetch the result once into the server's folder; hand out a link and a thumbnail."""
         job_id = _job_id(job_id)
@@ -233,13 +249,22 @@ class WebApp:
     def _service_thumbnail(self, status) -> str | None:
         if not has_thumbnail_field() or not status.thumbnail or not JOB_ID.match(status.job_id):
             return None
+        # Each picture once, under its own name: pages poll, and a link stays valid.
+        digest = hashlib.sha256(status.thumbnail).hexdigest()[:16]
+        known = self.thumbnails.get(status.job_id)
         folder = self.results / status.job_id
+        path = folder / f"latest-{digest}.jpg"
+        if known is not None and known[0] == digest and path.exists():  # a download clears the folder
+            return known[1]
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "latest.jpg"
         part = folder / f".latest-{secrets.token_hex(4)}.jpg"
         part.write_bytes(status.thumbnail)
         os.replace(part, path)
-        return self.tickets.issue(path, "latest.jpg")
+        if known is not None and known[0] != digest:
+            (folder / f"latest-{known[0]}.jpg").unlink(missing_ok=True)
+        url = self.tickets.issue(path, "latest.jpg")
+        self.thumbnails[status.job_id] = (digest, url)
+        return url
 
 
 def _tasks(body: dict) -> list[str]:
@@ -250,6 +275,19 @@ def _tasks(body: dict) -> list[str]:
     if unknown:
         raise HttpError(400, f"unknown task(s): {', '.join(map(str, unknown))}")
     return [t for t in registry.TASKS if t in tasks]
+
+
+@contextlib.contextmanager
+def _named_as(upload):
+    """A failure about the upload's file names it as the person did, never by the
+    server's path."""
+    try:
+        yield
+    except UserError as exc:
+        message = str(exc)
+        for path in (upload.path, upload.folder):
+            message = message.replace(str(path), upload.name)
+        raise UserError(message) from None
 
 
 def _specs(tasks: list[str]) -> list:
@@ -288,6 +326,7 @@ ROUTES = [
     ("GET", re.compile(r"^/api/jobs/([^/]+)$"), "job", True),
     ("POST", re.compile(r"^/api/jobs/([^/]+)/cancel$"), "cancel", True),
     ("POST", re.compile(r"^/api/jobs/([^/]+)/download$"), "download", True),
+    ("POST", re.compile(r"^/api/jobs/([^/]+)/latest$"), "latest", True),
 ]
 
 

@@ -156,6 +156,7 @@ def to_frame(bgr: np.ndarray, pixel_format: str) -> np.ndarray:
 class DDColorStage(NeuralStage):
     task = TASK
     model = MODEL
+    params = PARAMS
     window = (0, 0)
     max_batch = 8
 

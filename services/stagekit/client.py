@@ -20,7 +20,7 @@ from . import codec
 from .auth import stage_metadata
 from .protos import stage_pb2 as pb
 from .protos import stage_pb2_grpc as pb_grpc
-from .server import GRPC_OPTIONS
+from .server import CLIENT_OPTIONS
 from .stage import ClipInfo, StageError
 
 
@@ -42,7 +42,7 @@ class StageClient:
         self.address = address
         self.timeout = timeout
         # Round robin over every address a name resolves to (a headless Service's pods).
-        options = GRPC_OPTIONS + [("grpc.lb_policy_name", "round_robin")]
+        options = CLIENT_OPTIONS + [("grpc.lb_policy_name", "round_robin")]
         credentials = credentials or default_credentials()
         self.channel = (grpc.secure_channel(address, credentials, options=options)
                         if credentials else grpc.insecure_channel(address, options=options))

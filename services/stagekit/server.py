@@ -2,13 +2,16 @@
 
 It serves StageService (Process, Describe), grpc.health.v1 and reflection, with message
 limits sized for large frames. A bad request is answered INVALID_ARGUMENT with the reason
-and the server keeps serving; SIGTERM drains the streams in flight, then exits. A clip
+and the server keeps serving. SIGTERM drains: new streams are refused (UNAVAILABLE, so a
+client moves them to another replica), health answers NOT_SERVING, the clips in flight
+finish within ``--drain-timeout``, then it exits. Health checks have threads of their own
+(streams beyond ``--workers`` are refused, never queued in front of them). A clip
 whose frames are larger than ``--max-frame-pixels`` is refused from its header, before any
 frame is received; a parameter naming a file (a colour reference) is honoured only inside
 an ``--input-root``. Optional: a bearer token (``--token``/``--token-file``; clients send
 ``$RESTORATION_STAGE_TOKEN``), TLS (``--tls-cert/--tls-key``, mutual with
 ``--tls-client-ca``) and a Prometheus endpoint (``--metrics-port``: frames, clip latency,
-errors, streams in flight).
+errors, clips in flight).
 """
 from __future__ import annotations
 
@@ -41,6 +44,26 @@ OUTPUT_BATCH_BYTES = 32 * 1024 * 1024
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StageService"].full_name
 GRPC_OPTIONS = [("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE)]
+# Keepalive: a peer that vanished (a node lost, a pod killed without a FIN) is seen within
+# KEEPALIVE_S + KEEPALIVE_TIMEOUT_S instead of at a clip's deadline (gRPC waits for a ping's
+# answer for the longer of its keepalive and ping timeouts: both are set). Servers must
+# accept the clients' pings (by default they answer frequent ones with GOAWAY "too_many_pings").
+KEEPALIVE_S, KEEPALIVE_TIMEOUT_S = 10, 5
+_KEEPALIVE = [("grpc.keepalive_time_ms", KEEPALIVE_S * 1000),
+              ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_S * 1000),
+              ("grpc.keepalive_permit_without_calls", 1),
+              ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_S * 1000)]
+SERVER_OPTIONS = GRPC_OPTIONS + _KEEPALIVE + [
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", KEEPALIVE_S * 1000 // 2),
+    ("grpc.http2.max_ping_strikes", 0)]
+# Clients also reconnect quickly to a replica that comes back (gRPC's backoff grows to 120 s).
+CLIENT_OPTIONS = GRPC_OPTIONS + _KEEPALIVE + [
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.min_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5000)]
+DRAIN_FLUSH = 5.0         # seconds the last replies of drained streams have to reach clients
+HEALTH_THREADS = 4        # threads kept free of streams, for health checks and Describe
 # 8K UHD: a 4K input, or a 1080p one after 4x super-resolution (as interpolation gets it).
 MAX_FRAME_PIXELS = 7680 * 4320
 FILE_PARAMS = ("reference",)  # stage parameters that name a file on the host running it
@@ -55,8 +78,9 @@ class StageMetrics:
         self.frames = Counter("stage_frames", "frames sent back", ["task", "model"], registry=r)
         self.clips = Counter("stage_clips", "clips processed", ["task", "model"], registry=r)
         self.errors = Counter("stage_errors", "requests failed", ["code"], registry=r)
-        self.in_flight = Gauge("stage_streams_in_flight", "clips being processed (queue depth)",
-                               registry=r)
+        # what each model's HorizontalPodAutoscaler reads (deploy/generate.py)
+        self.in_flight = Gauge("restoration_stage_inflight_clips",
+                               "clips being processed (queue depth)", registry=r)
         self.latency = Histogram("stage_clip_seconds", "wall time of one clip",
                                  buckets=(0.1, 0.5, 1, 5, 30, 120, 600, 3600), registry=r)
 
@@ -77,11 +101,16 @@ class _NoMetrics:
 
 class StageServicer(pb_grpc.StageServiceServicer):
     def __init__(self, stages: Iterable[Stage], metrics=None,
-                 max_frame_pixels: int = MAX_FRAME_PIXELS, input_roots: Iterable[Path] = ()):
+                 max_frame_pixels: int = MAX_FRAME_PIXELS, input_roots: Iterable[Path] = (),
+                 streams: int = 16):
         self.stages = list(stages)
         self.metrics = metrics or _NoMetrics()
         self.max_frame_pixels = max_frame_pixels
         self.input_roots = [Path(root).resolve() for root in input_roots]
+        self.capacity = streams
+        self.in_flight = 0
+        self.draining = False
+        self.idle = threading.Condition()
 
     def admit(self, info) -> None:
         """What a client may ask, checked on the header before any frame is received."""
@@ -94,6 +123,30 @@ class StageServicer(pb_grpc.StageServiceServicer):
                 if not any(path.is_relative_to(root) for root in self.input_roots):
                     raise StageError(f"{param}: not allowed (this service reads files only "
                                      "inside its --input-root)")
+
+    def drain(self, timeout: float) -> bool:
+        """Refuse new streams from now on; wait up to ``timeout`` seconds for those in
+        flight to finish. Whether they all did."""
+        with self.idle:
+            self.draining = True
+            return self.idle.wait_for(lambda: self.in_flight == 0, timeout)
+
+    def _enter(self, context) -> None:
+        with self.idle:
+            if self.draining:
+                refusal = (grpc.StatusCode.UNAVAILABLE, "draining: this replica is shutting down")
+            elif self.in_flight >= self.capacity:
+                refusal = (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"busy: {self.in_flight} clips in flight (--workers {self.capacity})")
+            else:
+                self.in_flight += 1
+                return
+        context.abort(*refusal)
+
+    def _leave(self) -> None:
+        with self.idle:
+            self.in_flight -= 1
+            self.idle.notify_all()
 
     def pick(self, task: str, model: str) -> Stage:
         """The stage for ``task`` and ``model``; no model means the service's first (its
@@ -109,6 +162,7 @@ class StageServicer(pb_grpc.StageServiceServicer):
         return found[0]
 
     def Process(self, request_iterator, context):
+        self._enter(context)
         self.metrics.in_flight.inc()
         clock = time.monotonic()
         try:
@@ -129,12 +183,15 @@ class StageServicer(pb_grpc.StageServiceServicer):
         except StageError as exc:
             self.metrics.errors.labels("invalid_argument").inc()
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except grpc.RpcError:  # the client went away (cancelled, timed out): nobody to answer
+            log.info("clip abandoned by its client")
         except Exception as exc:  # a stage bug must not take the server down: report it
             log.exception("stage failed")
             self.metrics.errors.labels("internal").inc()
             context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         finally:
             self.metrics.in_flight.dec()
+            self._leave()
 
     def Describe(self, request, context):
         from . import __version__
@@ -159,11 +216,13 @@ def server_credentials(cert: Path, key: Path, client_ca: Path | None = None):
 def build_server(stages: list[Stage], listen: str, workers: int = 16, credentials=None,
                  metrics=None, max_frame_pixels: int = MAX_FRAME_PIXELS,
                  token: str | None = None, input_roots: Iterable[Path] = ()):
+    """The server, its health servicer and its stage servicer: ``workers`` streams at once,
+    and HEALTH_THREADS more threads that no stream can take."""
     interceptors = [TokenCheck(token, SERVICE_NAME)] if token else []
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=GRPC_OPTIONS,
-                         interceptors=interceptors)
-    pb_grpc.add_StageServiceServicer_to_server(
-        StageServicer(stages, metrics, max_frame_pixels, input_roots), server)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers + HEALTH_THREADS),
+                         options=SERVER_OPTIONS, interceptors=interceptors)
+    servicer = StageServicer(stages, metrics, max_frame_pixels, input_roots, workers)
+    pb_grpc.add_StageServiceServicer_to_server(servicer, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -174,7 +233,7 @@ def build_server(stages: list[Stage], listen: str, workers: int = 16, credential
         raise OSError(f"cannot listen on {listen}")
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, health_servicer
+    return server, health_servicer, servicer
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -200,8 +259,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--input-root", type=Path, action="append", default=[],
                         help="folder whose files clips may name (colour references); none "
                              "by default")
-    parser.add_argument("--grace", type=float, default=30.0,
-                        help="seconds SIGTERM waits for streams in flight")
+    parser.add_argument("--drain-timeout", "--grace", type=float, default=30.0, dest="drain",
+                        help="seconds SIGTERM waits for the clips in flight to finish")
     return parser.parse_args(argv)
 
 
@@ -215,22 +274,26 @@ def main(create_stage: Callable[..., Stage | list[Stage]], argv=None) -> None:
         credentials = (server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
                        if args.tls_cert else None)
         metrics = StageMetrics() if args.metrics_port else None
-        server, health_servicer = build_server(
+        server, health_servicer, servicer = build_server(
             stages, args.listen, args.workers, credentials, metrics, args.max_frame_pixels,
             read_token(args.token, args.token_file), args.input_root)
         if metrics:
             metrics.serve(args.metrics_port)
     except (WeightsError, StageError, OSError, ValueError) as exc:
         sys.exit(f"error: {exc}")
-    server.start()
-    log.info("serving %s on %s", ", ".join(f"{s.task}/{s.model}" for s in stages), args.listen)
     stopping = threading.Event()
 
     def drain(signum, frame):
         health_servicer.enter_graceful_shutdown()
         stopping.set()
 
+    # before it answers SERVING: a SIGTERM from then on drains, never kills
     signal.signal(signal.SIGTERM, drain)
     signal.signal(signal.SIGINT, drain)
+    server.start()
+    log.info("serving %s on %s", ", ".join(f"{s.task}/{s.model}" for s in stages), args.listen)
     stopping.wait()
-    server.stop(grace=args.grace).wait()
+    log.info("draining: new streams refused, %d clip(s) in flight", servicer.in_flight)
+    if not servicer.drain(args.drain):
+        log.warning("drain timeout: %d clip(s) still in flight are cut off", servicer.in_flight)
+    server.stop(grace=DRAIN_FLUSH).wait()

@@ -64,6 +64,9 @@ class Stage(abc.ABC):
     max_batch: int = 8
     accepts: tuple[str, ...] = ("rgb24",)
     backend: str = "numpy"
+    # The clip parameters the stage takes; a caller checks a job's against them before any
+    # work. None: not declared (the stage itself judges its parameters when a clip comes).
+    params: tuple[str, ...] | None = None
 
     def weights_identity(self) -> str:
         """sha256 (or another stable identity) of the weights in use; '' for none."""

@@ -9,7 +9,8 @@ import jsonschema
 import pytest
 import yaml
 
-from deploy.stack import JOB_STORE, ORCHESTRATOR, PIPELINE, ROOT, WEIGHTS, by_model, deployed, neural
+from deploy.stack import (JOB_STORE, ORCHESTRATOR, PIPELINE, ROOT, WEIGHTS, by_model, deployed, neural,
+                          pipeline_services)
 from services.stagekit.testing import shared_dir
 
 from .recipes import Recipe
@@ -78,11 +79,31 @@ def test_model_services_reserve_a_gpu_after_the_weights_are_pulled(compose):
     assert "deploy" not in services["classical"]
 
 
-def test_the_orchestrator_starts_after_every_service_is_healthy_and_keeps_its_jobs(compose):
+def test_the_orchestrator_starts_after_its_pipelines_services_and_keeps_its_jobs(compose):
     entry = compose["services"][ORCHESTRATOR.name]
     assert entry["command"] == ORCHESTRATOR.command
     assert f"jobs:{JOB_STORE}" in entry["volumes"] and "jobs" in compose["volumes"]
-    assert entry["depends_on"] == {s.name: {"condition": "service_healthy"} for s in deployed()}
+    named = {by_model(stage["model"]).name for stage in mounted_pipeline(compose)}
+    assert entry["depends_on"] == {name: {"condition": "service_healthy"} for name in named}
+
+
+def test_the_default_profile_starts_exactly_the_pipelines_services(compose):
+    started = {name for name, entry in compose["services"].items() if not entry.get("profiles")}
+    named = {by_model(stage["model"]).name for stage in mounted_pipeline(compose)}
+    assert started == named | {"weights", ORCHESTRATOR.name}
+    assert named == {s.name for s in pipeline_services()} and len(named) == 7
+    for service in deployed():
+        if service.image_pipeline:
+            assert compose["services"][service.name]["profiles"] == ["image"]
+
+
+def test_the_job_api_is_published_on_this_host_unless_a_token_is_set(compose):
+    entry = compose["services"][ORCHESTRATOR.name]
+    (published,) = entry["ports"]
+    assert published == f"${{RESTORATION_PUBLISH:-127.0.0.1}}:{ORCHESTRATOR.port}:{ORCHESTRATOR.port}"
+    assert entry["environment"]["RESTORATION_TOKEN"] == "${RESTORATION_TOKEN:-}"
+    for name, other in compose["services"].items():
+        assert all(p.startswith("127.0.0.1:") for p in other.get("ports", [])) or name == ORCHESTRATOR.name
 
 
 def test_every_built_image_matches_its_dockerfile(compose):

@@ -78,7 +78,11 @@ def test_gpu_models_get_a_gpu_node_and_their_weights_from_the_volume():
         pod = deployments[service.name]["spec"]["template"]["spec"]
         main = container(deployments[service.name])
         assert main["resources"]["limits"]["nvidia.com/gpu"] == 1
-        assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        # the resource schedules it; the feature-discovery label is only preferred
+        assert "nodeSelector" not in pod
+        (preferred,) = pod["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        assert preferred["preference"]["matchExpressions"][0]["key"] == "nvidia.com/gpu.present"
+        assert "requiredDuringSchedulingIgnoredDuringExecution" not in pod["affinity"]["nodeAffinity"]
         assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
         assert {"name": "RESTORATION_WEIGHTS", "value": WEIGHTS} in main["env"]
         assert {"name": "weights", "mountPath": WEIGHTS, "readOnly": True} in main["volumeMounts"]
@@ -107,8 +111,9 @@ def test_only_the_orchestrator_reaches_the_stage_services(overlay):
     _, objects = overlay
     (policy,) = objects_of(objects, "NetworkPolicy").values()
     assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/component": "stage"}
-    (rule,) = policy["spec"]["ingress"]
-    assert rule["from"] == [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": ORCHESTRATOR.name}}}]
+    rule, metrics = policy["spec"]["ingress"]
+    assert rule == {"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": ORCHESTRATOR.name}}}]}
+    assert metrics == {"ports": [{"port": "metrics", "protocol": "TCP"}]}   # Prometheus, nothing else
     for name, deployment in objects_of(objects, "Deployment").items():
         component = deployment["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
         assert (component == "stage") == (name != ORCHESTRATOR.name)
@@ -148,3 +153,60 @@ def test_the_minimal_renderer_agrees_with_kubectl(name):
             found[(obj["kind"], obj["metadata"]["name"])] = obj
         return found
     assert keyed(render_minimal(OVERLAYS / name)) == keyed(render_kubectl(OVERLAYS / name))
+
+
+def test_the_job_api_token_comes_from_a_secret_and_is_required():
+    objects = render(OVERLAYS / "gpu")
+    main = container(objects_of(objects, "Deployment")[ORCHESTRATOR.name])
+    (token,) = [e for e in main["env"] if e["name"] == "RESTORATION_TOKEN"]
+    ref = token["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == "jobs-token" and ref["key"] == "token"
+    assert not ref.get("optional", False), "a missing Secret must keep the job API down"
+    assert "--metrics-port" in main["command"]
+    # TLS when its Secret is given; probes on the plaintext health port either way
+    pod = objects_of(objects, "Deployment")[ORCHESTRATOR.name]["spec"]["template"]["spec"]
+    (tls,) = [v for v in pod["volumes"] if v["name"] == "tls"]
+    assert tls["secret"] == {"secretName": "jobs-tls", "optional": True}
+    mounted = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}
+    assert main["command"][main["command"].index("--tls-dir") + 1] == mounted["tls"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert main[probe]["grpc"]["port"] == ORCHESTRATOR.health_port
+
+
+def test_no_autoscaled_deployment_sets_replicas_and_every_metric_is_exported(overlay):
+    from orchestrator.jobs.service import Metrics
+    from services.stagekit.server import StageMetrics
+    exported = {m.name for registry in (StageMetrics().registry, Metrics().registry)
+                for m in registry.collect()}
+    _, objects = overlay
+    deployments = objects_of(objects, "Deployment")
+    for scaler in objects_of(objects, "HorizontalPodAutoscaler").values():
+        target = deployments[scaler["spec"]["scaleTargetRef"]["name"]]
+        assert "replicas" not in target["spec"], target["metadata"]["name"]
+        for metric in scaler["spec"]["metrics"]:
+            if metric["type"] != "Resource":
+                name = metric[metric["type"].lower()]["metric"]["name"]
+                assert name in exported, f"{name}: no code exports it"
+                port = next(p for p in container(target)["ports"] if p["name"] == "metrics")
+                annotations = target["spec"]["template"]["metadata"]["annotations"]
+                assert annotations["prometheus.io/port"] == str(port["containerPort"])
+                assert "--metrics-port" in container(target)["command"]
+
+
+def test_probes_wait_long_enough_and_stages_drain_before_they_are_killed(overlay):
+    _, objects = overlay
+    for name, deployment in objects_of(objects, "Deployment").items():
+        main = container(deployment)
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert main[probe]["timeoutSeconds"] >= 5, (name, probe)
+        if name != ORCHESTRATOR.name:
+            pause = main["lifecycle"]["preStop"]["sleep"]["seconds"]
+            grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+            assert grace >= pause + 30   # the stage server's default --drain-timeout
+
+
+def test_the_weights_claim_takes_a_storage_class(monkeypatch):
+    from deploy import generate, stack
+    assert "storageClassName" not in yaml.safe_load(generate.weights_claim())["spec"]
+    monkeypatch.setattr(stack, "WEIGHTS_STORAGE_CLASS", "nfs-client")
+    assert yaml.safe_load(generate.weights_claim())["spec"]["storageClassName"] == "nfs-client"

@@ -20,13 +20,14 @@ TINTS = [(1.0, 0.3, 0.3), (0.3, 1.0, 0.3), (0.3, 0.3, 1.0), (1.0, 1.0, 0.2), (0.
          (1.0, 0.2, 1.0)]
 
 
-def make_tape(path: Path, scenes: int = 4, frames: int = 10, size=(64, 48)) -> Path:
+def make_tape(path: Path, scenes: int = 4, frames: int = 10, size=(64, 48),
+              audio_seconds: float | None = None) -> Path:
     """Scenes of differently tinted moving texture: one clip each (shot cuts between)."""
     out = []
     for k in range(scenes):
         tint = np.array(TINTS[k % len(TINTS)])
         out += [np.clip(f * tint, 0, 255).astype(np.uint8) for f in textured(k, size, frames)]
-    return write_video(path, out)
+    return write_video(path, out, audio_seconds=audio_seconds)
 
 
 class Orchestrator:
@@ -60,7 +61,15 @@ class Orchestrator:
 
     def restart(self) -> "Orchestrator":
         self.stop()
-        return Orchestrator(self.store, *self.args, port=self.port)
+        self.successor = Orchestrator(self.store, *self.args, port=self.port)
+        return self.successor
+
+    def stop_all(self) -> None:
+        """This one and every one restarted from it."""
+        server = self
+        while server is not None:
+            server.stop()
+            server = getattr(server, "successor", None)
 
     def peak_rss_mib(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -81,7 +90,7 @@ def orchestrator(tmp_path):
 
     yield start
     for server in started:
-        server.stop()
+        server.stop_all()
 
 
 @contextlib.contextmanager

@@ -122,3 +122,25 @@ def test_a_job_cannot_send_frames_to_an_endpoint_the_server_does_not_allow(tmp_p
             client.submit(tape, probe_options("grpc://198.51.100.7:50051"))
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "198.51.100.7" in caught.value.details()
+
+
+def test_tls_from_a_secret_folder_with_health_alone_on_a_plaintext_port(tmp_path):
+    cert, key = make_cert(tmp_path)
+    secret = tmp_path / "tls"
+    secret.mkdir()
+    (secret / "tls.crt").write_bytes(cert.read_bytes())
+    (secret / "tls.key").write_bytes(key.read_bytes())
+    from services.stagekit.testing import free_port, wait_serving
+    from .conftest import Orchestrator
+    health = f"127.0.0.1:{free_port()}"
+    server = Orchestrator(tmp_path / "store", "--tls-dir", str(secret), "--health-listen", health,
+                          "--token", "s3cret", healthy=False)
+    try:
+        wait_serving(health, 60, server.proc)     # plaintext, while the job API is TLS only
+        with JobClient(server.address, "s3cret", credentials=channel_credentials(cert)) as client:
+            assert len(client.list()) == 0
+        with JobClient(server.address, "s3cret", timeout=5) as plaintext:
+            with pytest.raises(grpc.RpcError):
+                plaintext.list()
+    finally:
+        server.stop()

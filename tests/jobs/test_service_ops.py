@@ -55,7 +55,7 @@ def test_metrics_of_orchestrator_and_stage(tmp_path, orchestrator):
         text = metrics(stage_port)
         assert 'stage_frames_total{model="probe",task="denoise"} 16.0' in text
         # the stream's bookkeeping ends just after the client has its last frame
-        wait_for(lambda: "stage_streams_in_flight 0.0" in metrics(stage_port), timeout=10)
+        wait_for(lambda: "restoration_stage_inflight_clips 0.0" in metrics(stage_port), timeout=10)
         assert "stage_clip_seconds_count 2.0" in text
 
 
@@ -99,7 +99,7 @@ def test_cli_submit_to_server_status_list_fetch(tmp_path, orchestrator):
                        "--stages", "denoise", "--endpoint", f"denoise=grpc://{stage}", *flags)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == str(out)
-        assert "clip " in done.stderr and "elapsed" in done.stderr
+        assert ("clip " in done.stderr or "finding shots" in done.stderr) and "elapsed" in done.stderr
         job_id = done.stderr.split("job ", 1)[1].split()[0]
         assert len(read_frames(out)) == 16
         status = run_cli("status", job_id, *flags)
@@ -124,9 +124,10 @@ def test_cli_cancel_a_running_job(tmp_path, orchestrator):
             cancelled = run_cli("cancel", job.job_id, "--server", server.address)
             assert cancelled.returncode == 0, cancelled.stderr
             assert state_name(finished(client, job.job_id)) == "CANCELLED"
+            assert not (server.store / "jobs" / job.job_id / "clips").exists()
 
 
-def test_embedded_resume_after_a_kill(tmp_path):
+def test_embedded_run_interrupted_says_how_to_resume_and_resumes(tmp_path):
     tape = make_tape(tmp_path / "tape.mp4", scenes=4)
     log = tmp_path / "probe.log"
     out = tmp_path / "out.mkv"
@@ -135,14 +136,19 @@ def test_embedded_resume_after_a_kill(tmp_path):
         cmd = [sys.executable, "-m", "orchestrator", "submit", str(tape), "-o", str(out),
                "--codec", "ffv1", "--native", "full", "-q", "--stages", "denoise",
                "--endpoint", f"denoise={endpoint}"]
-        proc = subprocess.Popen(cmd, cwd=REPO)
+        proc = subprocess.Popen(cmd, cwd=REPO, stderr=subprocess.PIPE, text=True)
         clips = tmp_path / ".out.mkv.clips"
-        wait_for(lambda: len(list(clips.glob("*.json"))) >= 2, interval=0.05)
-        proc.kill()
-        proc.wait()
+        wait_for(lambda: len(list(clips.glob("clip*.json"))) >= 2, interval=0.05)
+        proc.send_signal(signal.SIGINT)                       # Ctrl-C
+        interrupted = proc.communicate(timeout=60)[1]
+        assert proc.returncode == 130
+        assert "finished clip(s) kept" in interrupted and "run the same command again" in interrupted
         done_before = sorted(p.stem for p in clips.glob("clip*.json"))
         logged_before = len(clips_logged(log))
-        resumed = subprocess.run(cmd + ["--resume"], cwd=REPO, capture_output=True, text=True)
+        other = subprocess.run(cmd + ["--crf", "20"], cwd=REPO, capture_output=True, text=True)
+        assert other.returncode == 1 and "--restart discards them" in other.stderr, other.stderr
+        assert sorted(p.stem for p in clips.glob("clip*.json")) == done_before  # nothing lost
+        resumed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)  # the default
         assert resumed.returncode == 0, resumed.stderr
         assert "resuming:" in resumed.stderr
         assert not set(done_before) & set(clips_logged(log)[logged_before:])

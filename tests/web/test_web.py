@@ -1,8 +1,10 @@
-"""Acceptance 3 of issue 7 in a real browser: Debian's chromium driven by Playwright.
+"""Acceptance 3 of issue 7 and 2 of issue 27 in a real browser: Debian's chromium driven
+by Playwright.
 
 Upload a clip (with the token the page asks for), see what inspect found, run a preview,
-move the before/after slider, run the job to the end, download a playable result; each
-step is a screenshot in $WEB_SCREENSHOTS (default: the test's tmp folder)."""
+move the before/after slider, run the job to the end, download a playable result, cancel
+a second job; a bad upload and a phone-width screen. Each step is a screenshot in
+$RESTORATION_ARTEFACTS/web (or $WEB_SCREENSHOTS; default: the test's tmp folder)."""
 from __future__ import annotations
 
 import os
@@ -10,6 +12,8 @@ from pathlib import Path
 
 import av
 import pytest
+
+from orchestrator.pipeline.registry import TASKS
 
 from .conftest import TOKEN
 
@@ -35,8 +39,11 @@ def browser():
 
 @pytest.fixture
 def shots(tmp_path) -> Path:
-    folder = Path(os.environ.get("WEB_SCREENSHOTS") or tmp_path / "screenshots")
+    artefacts = os.environ.get("RESTORATION_ARTEFACTS")
+    folder = Path(os.environ.get("WEB_SCREENSHOTS") or (Path(artefacts) / "web" if artefacts
+                                                       else tmp_path / "screenshots"))
     folder.mkdir(parents=True, exist_ok=True)
+    print(f"screenshots in {folder}")
     return folder
 
 
@@ -69,6 +76,9 @@ def test_restore_a_tape_in_the_browser(stack, tape, browser, shots, tmp_path):
     findings = page.inner_text("#findings")
     assert "top field first" in findings and "4:3" in findings and "sound track" in findings
     snap("02-uploaded-and-inspected")
+    # The default is the command line's pipeline: every task, so nothing comes back smaller.
+    assert page.is_checked("#preset-full")
+    assert all(page.is_checked(f"#task-{task}") for task in TASKS)
 
     page.check("#preset-clean")
     page.fill("#preview-seconds", "1")
@@ -83,12 +93,16 @@ def test_restore_a_tape_in_the_browser(stack, tape, browser, shots, tmp_path):
 
     page.click("#start-button")
     page.locator("#job").wait_for(state="visible")
+    assert page.is_disabled("#start-button"), "Start must wait for the running job"
     snap("05-job-started")
     page.wait_for_selector("#stage-table tbody tr", timeout=JOB_SECONDS * 1000)
+    assert page.is_disabled("#start-button")
     snap("06-job-running")
     page.locator("#download").wait_for(state="visible", timeout=JOB_SECONDS * 1000)
     assert "finished" in page.inner_text("#job-text")
+    assert "finished" in page.inner_text("#message") and "started" not in page.inner_text("#message")
     assert page.locator("#stage-table tbody tr").count() >= 2
+    assert page.is_enabled("#start-button")
     page.wait_for_function("document.getElementById('thumb').naturalWidth > 0")
     snap("07-job-finished")
 
@@ -105,13 +119,76 @@ def test_restore_a_tape_in_the_browser(stack, tape, browser, shots, tmp_path):
     page.wait_for_selector("#job-text:has-text('restoring'), #job-text:has-text('waiting')")
     page.click("#cancel-button")
     page.wait_for_selector("#job-text:has-text('cancelled')", timeout=60_000)
+    # Cancelled is said everywhere alike: the banner, the job, the list, and Start is back.
+    page.wait_for_selector("#message:has-text('cancelled')")
+    assert "started" not in page.inner_text("#message")
+    assert page.is_hidden("#cancel-button") and page.is_enabled("#start-button")
     snap("08-second-job-cancelled")
 
     page.click("#refresh-jobs")
     page.wait_for_selector("#jobs-table td:has-text('finished')")
     page.wait_for_selector("#jobs-table td:has-text('cancelled')")
+    finished_row = page.locator("#jobs-table tr:has-text('finished')")
+    assert finished_row.locator("td", has_text="100%").count() == 1
+    assert finished_row.locator("img.job-thumb").count() == 1
+
+    # An old job, shown again after a reload, still has its work per step.
+    page.reload()
+    page.wait_for_selector("#jobs-table td:has-text('finished')")
+    finished_row = page.locator("#jobs-table tr:has-text('finished')")
+    finished_row.locator("button").click()
+    page.wait_for_selector("#stage-table tbody tr")
+    assert page.locator("#stage-table tbody tr").count() >= 2
+    # The finished job's picture in the list comes from the job service (its last scene).
+    page.wait_for_function("() => [...document.querySelectorAll('#jobs-table img.job-thumb')]"
+                           ".some((i) => i.complete && i.naturalWidth > 0)")
     page.set_viewport_size({"width": 390, "height": 844})
     snap("09-phone")
+    assert not errors, errors
+    page.close()
+
+
+def test_bad_upload_and_phone_width(stack, tape, browser, shots, tmp_path):
+    """A file that is not a video: the page says so in words, without any server path; at
+    375 px every control is on screen; the page has an icon."""
+    page = browser.new_page(viewport={"width": 375, "height": 812}, is_mobile=True,
+                            has_touch=True, device_scale_factor=2)
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.add_init_script(f"sessionStorage.setItem('token', '{TOKEN}')")
+    page.goto(stack.url)
+    snap = lambda name: page.screenshot(path=str(shots / f"{name}.png"), full_page=True)  # noqa: E731
+    icon = page.eval_on_selector("link[rel=icon]", "e => e.href")
+    assert page.request.get(icon).status == 200
+
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("wedding, june 1994\n" * 200)
+    page.set_input_files("#file", str(notes))
+    page.wait_for_selector("#message:has-text('could not read')", timeout=60_000)
+    message = page.inner_text("#message")
+    assert "notes.mp4" in message
+    for leak in (str(stack.uploads), "/tmp", "/root", "/home", ".cache", "uploads/"):
+        assert leak not in message, message
+    snap("10-phone-bad-upload")
+
+    page.set_input_files("#file", str(tape))
+    page.wait_for_selector("#findings li:has-text('Interlaced')", timeout=60_000)
+    page.wait_for_selector("#jobs-table tbody tr")
+    snap("11-phone-uploaded")
+    width = page.evaluate("document.documentElement.clientWidth")
+    assert page.evaluate("document.documentElement.scrollWidth") <= width
+    controls = page.locator("button:visible, .button:visible, input:visible, a[href]:visible, summary:visible")
+    assert controls.count() > 10
+    for i in range(controls.count()):
+        box = controls.nth(i).bounding_box()
+        if box is None or box["width"] <= 2:   # the visually hidden file input
+            continue
+        what = controls.nth(i).evaluate("e => e.outerHTML.slice(0, 80)")
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width + 0.5, (what, box)
+    shows = page.locator("#jobs-table button")
+    for i in range(shows.count()):
+        box = shows.nth(i).bounding_box()
+        assert box["x"] + box["width"] <= width and box["width"] >= 44
     assert not errors, errors
     page.close()
 

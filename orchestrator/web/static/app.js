@@ -3,7 +3,7 @@
 // nothing from the internet.
 
 const $ = (id) => document.getElementById(id);
-const state = { config: null, upload: null, tasks: [], preview: null, jobId: null, polling: null };
+const state = { config: null, upload: null, tasks: [], preview: null, jobId: null, polling: null, startedFor: null, polls: 0 };
 
 class ApiError extends Error {
   constructor(status, body) {
@@ -95,6 +95,7 @@ function showUpload(file, offset) {
 
 async function uploaded() {
   for (const id of ["inspect-section", "choose-section", "preview-section", "job-section"]) $(id).hidden = false;
+  setStartable();
   $("preview-result").hidden = true;
   $("job").hidden = true;
   await runInspect();
@@ -111,6 +112,7 @@ async function runInspect() {
     $("preview-at").max = Math.max(0, result.report.video.duration_s - 0.5);
   } catch (error) {
     $("findings").innerHTML = "";
+    for (const id of ["inspect-section", "choose-section", "preview-section", "job-section"]) $(id).hidden = true;
     say(`We could not read this video: ${error.message}`);
   }
 }
@@ -124,7 +126,7 @@ function showFindings(report) {
   items.push(`${report.shots.count} shot${report.shots.count === 1 ? "" : "s"}`);
   for (const span of report.black_and_white) items.push(`Black and white from ${span.from_s.toFixed(1)} s to ${span.to_s.toFixed(1)} s`);
   const bands = Object.entries(report.damaged_bands || {}).filter(([, px]) => px > 0);
-  if (bands.length) items.push(`Damaged edges: ${bands.map(([side, px]) => `${side} ${px} px`).join(", ")}`);
+  if (bands.length) items.push(`Damaged edges: ${bands.map(([side, px]) => `${side} ${px} px`).join(", ")} (of the ${v.width}×${v.height} frame)`);
   items.push(report.audio.length ? `${report.audio.length} sound track${report.audio.length > 1 ? "s" : ""} (kept as they are)` : "No sound");
   $("findings").replaceChildren(...items.map((text) => Object.assign(document.createElement("li"), { textContent: text })));
 }
@@ -139,7 +141,7 @@ function buildChoices() {
   for (const task of tasks) taskBox.append(choice("checkbox", "task", task, labels[task] || task));
   presetBox.addEventListener("change", (event) => applyPreset(event.target.value));
   taskBox.addEventListener("change", () => { readTasks(); markCustom(); });
-  applyPreset("clean");
+  applyPreset(state.config.default_preset || Object.keys(presets)[0]);
 }
 
 function choice(type, name, value, text) {
@@ -208,17 +210,25 @@ function setWipe(value) {
 
 async function startJob() {
   if (!state.tasks.length) return say("Choose at least one task.");
-  $("start-button").disabled = true;
+  state.startedFor = state.upload.id;
+  setStartable();
   try {
     const job = await api("POST", "/api/jobs", { upload: state.upload.id, tasks: state.tasks });
     say("The job has started. You can close this page and come back: it keeps running.", true);
     follow(job.id);
   } catch (error) {
+    state.startedFor = null;
+    setStartable();
     say(`The job could not start: ${error.message}`);
-  } finally {
-    $("start-button").disabled = false;
   }
   refreshJobs();
+}
+
+// One job at a time per upload: Start comes back once that job has ended.
+function setStartable() {
+  const busy = state.startedFor !== null && state.upload && state.startedFor === state.upload.id;
+  $("start-button").disabled = busy;
+  $("start-button").title = busy ? "This video is being restored; wait for the job to end or cancel it" : "";
 }
 
 function follow(jobId) {
@@ -228,7 +238,10 @@ function follow(jobId) {
   $("job").hidden = false;
   $("download").hidden = true;
   $("thumb-figure").hidden = true;
+  $("latest-figure").hidden = true;
+  state.latestClip = null;
   $("stage-table").tBodies[0].replaceChildren();
+  $("stage-table").hidden = true;
   poll();
 }
 
@@ -239,6 +252,7 @@ async function poll() {
     if (jobId !== state.jobId) return;
     showJob(job);
     if (job.finished) return finished(job);
+    if (++state.polls % 3 === 0) refreshJobs();  // the list keeps up with the job shown
   } catch (error) {
     $("job-text").textContent = `Cannot reach the job: ${error.message}`;
   }
@@ -247,17 +261,34 @@ async function poll() {
 
 function showJob(job) {
   const percent = job.fraction === null ? null : Math.round(job.fraction * 100);
-  const parts = [`${job.input_name}: ${words(job.state)}`];
+  const parts = [`${job.input_name}: ${words(job.state)}${job.queue_position ? ` (${queueWords(job.queue_position)})` : ""}`];
   if (percent !== null) parts.push(`${percent}% (${job.frames_done} of ${job.frames_total} frames)`);
-  if (job.clips_total) parts.push(`scene ${Math.min(job.clips_done + 1, job.clips_total)} of ${job.clips_total}`);
+  if (job.clips_total && job.state === "RUNNING") parts.push(`scene ${Math.min(job.clips_done + 1, job.clips_total)} of ${job.clips_total}`);
   if (job.eta_seconds !== null && !job.finished) parts.push(`about ${clock(job.eta_seconds)} left`);
-  if (job.error) parts.push(`error: ${job.error}`);
+  if (job.error && job.state === "FAILED") parts.push(`error: ${job.error}`);
   $("job-text").textContent = parts.join(" · ");
   $("job-bar").value = job.fraction || (job.state === "SUCCEEDED" ? 1 : 0);
   // A finished job's status may no longer carry rates: keep the last ones seen.
   if (job.stages.length) $("stage-table").tBodies[0].replaceChildren(...job.stages.map(stageRow));
+  $("stage-table").hidden = !$("stage-table").tBodies[0].rows.length;
   $("cancel-button").hidden = job.finished;
   showThumbnail(job);
+  if (job.latest_clip && job.latest_clip !== state.latestClip && job.state !== "SUCCEEDED") showLatestClip(job);
+}
+
+// While the job runs, its latest finished scene can be watched (a small, short video).
+async function showLatestClip(job) {
+  state.latestClip = job.latest_clip;
+  try {
+    const latest = await api("POST", `/api/jobs/${encodeURIComponent(job.id)}/latest`);
+    if (job.id !== state.jobId) return;
+    $("latest-video").src = latest.url;
+    const number = Number(latest.clip.replace(/\D/g, "")) + 1;
+    $("latest-caption").textContent = `The latest finished scene (${number} of ${job.clips_total || "?"}), as restored`;
+    $("latest-figure").hidden = false;
+  } catch (error) {
+    state.latestClip = null;  // tried again at the next poll
+  }
 }
 
 function stageRow(stage) {
@@ -269,7 +300,7 @@ function stageRow(stage) {
 function showThumbnail(job) {
   // The job service may not send frames while it works; the preview shows what to expect.
   let src = job.thumbnail, caption = "Latest restored frame";
-  if (!src && state.preview && !job.finished) { src = state.preview.after; caption = "From your preview (frames of the full job appear when it finishes)"; }
+  if (!src && state.preview && !job.finished) { src = state.preview.after; caption = "From your preview (the job's own frames appear when its first scene is done)"; }
   if (!src) { $("thumb-figure").hidden = true; return; }
   if ($("thumb").getAttribute("src") !== src) $("thumb").src = src;
   $("thumb-caption").textContent = caption;
@@ -278,7 +309,11 @@ function showThumbnail(job) {
 
 async function finished(job) {
   refreshJobs();
+  if (state.startedFor !== null) { state.startedFor = null; setStartable(); }
+  if (job.state === "CANCELLED") say("The job was cancelled.", true);
+  else if (job.state === "FAILED") say(`The job failed: ${job.error || "no reason given"}`);
   if (job.state !== "SUCCEEDED") return;
+  say("The job has finished: the restored video is below.", true);
   $("job-text").textContent += " · preparing the download…";
   try {
     const download = await api("POST", `/api/jobs/${encodeURIComponent(job.id)}/download`);
@@ -287,6 +322,7 @@ async function finished(job) {
     $("result-video").poster = download.thumbnail || "";
     $("result-video").src = download.url;
     $("download").hidden = false;
+    $("latest-figure").hidden = true;
     showJob({ ...job, thumbnail: download.thumbnail || job.thumbnail });
   } catch (error) {
     say(`The result could not be fetched: ${error.message}`);
@@ -296,7 +332,9 @@ async function finished(job) {
 async function cancelJob() {
   if (!state.jobId) return;
   try {
-    showJob(await api("POST", `/api/jobs/${encodeURIComponent(state.jobId)}/cancel`));
+    const job = await api("POST", `/api/jobs/${encodeURIComponent(state.jobId)}/cancel`);
+    showJob(job);
+    if (job.finished) { clearTimeout(state.polling); finished(job); }
   } catch (error) {
     say(`Could not cancel: ${error.message}`);
   }
@@ -318,7 +356,11 @@ async function refreshJobs() {
 function jobRow(job) {
   const row = document.createElement("tr");
   const progress = job.fraction === null ? "–" : `${Math.round(job.fraction * 100)}%`;
-  for (const text of [job.input_name, words(job.state), progress]) row.append(Object.assign(document.createElement("td"), { textContent: text }));
+  const picture = document.createElement("td");
+  if (job.thumbnail) picture.append(Object.assign(document.createElement("img"), { src: job.thumbnail, alt: "", className: "job-thumb" }));
+  row.append(picture);
+  const state = job.queue_position ? `${words(job.state)} (${queueWords(job.queue_position)})` : words(job.state);
+  for (const text of [job.input_name, state, progress]) row.append(Object.assign(document.createElement("td"), { textContent: text }));
   const cell = document.createElement("td"), button = document.createElement("button");
   button.type = "button";
   button.textContent = "Show";
@@ -333,6 +375,7 @@ function jobRow(job) {
 
 const STATE_WORDS = { QUEUED: "waiting to start", RUNNING: "restoring", SUCCEEDED: "finished", FAILED: "failed", CANCELLED: "cancelled" };
 function words(name) { return STATE_WORDS[name] || name.toLowerCase(); }
+function queueWords(position) { return position === 1 ? "next in line" : `${position - 1} job${position > 2 ? "s" : ""} ahead`; }
 function megabytes(bytes) { return `${(bytes / 1048576).toFixed(bytes < 10485760 ? 1 : 0)} MB`; }
 function clock(seconds) { const s = Math.round(seconds); return s < 90 ? `${s} s` : `${Math.floor(s / 60)} min ${s % 60} s`; }
 function rate(text) { const [n, d] = String(text).split("/").map(Number); return d ? (n / d).toFixed(2).replace(/\.?0+$/, "") : text; }
