@@ -74,8 +74,9 @@ class SegmentWriter:
         self.info, self.sar = info, sar
         self.path = folder / f"{info.clip_id}{output.path.suffix.lower()}"
         self.meta_path = folder / f"{info.clip_id}.json"
-        self.video = media.VideoWriter(media.OutputSpec(self.path, output.codec, output.crf),
-                                       info.width, info.height, info.fps, sar, None)
+        # a segment is as much a working file as the output it makes (a preview's: no warning)
+        spec = media.OutputSpec(self.path, output.codec, output.crf, intermediate=output.intermediate)
+        self.video = media.VideoWriter(spec, info.width, info.height, info.fps, sar, None)
         self.count = 0
 
     def write(self, frame: np.ndarray) -> None:

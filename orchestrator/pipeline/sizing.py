@@ -65,7 +65,7 @@ def decide(working: tuple[int, int], scale: str, max_height: int,
     if height > max_height:
         return _reduced(working, max_height)
     if superres_model is None:
-        return _sizing(working, 1, None, "the pipeline has no superres stage")
+        return _sizing(working, 1, None, "no stage of this pipeline enlarges the frames")
     if height >= HD_LINES:
         return _sizing(working, 1, superres_model,
                        f"the real resolution ({height} lines) is already HD ({HD_LINES}+ lines)")
