@@ -99,8 +99,8 @@ def dockerfile(service: Service) -> str:
 
 def orchestrator_dockerfile() -> str:
     lines = [
-        "# The orchestrator: job service, `orchestrator weights pull` (compose's weights service and",
-        "# the Kubernetes init containers), classical stages in-process. Build from the repository root:",
+        "# The orchestrator: job service, `orchestrator weights list`, classical stages in-process",
+        "# (each model's own image pulls its weights). Build from the repository root:",
         f"#   docker build -f deploy/orchestrator.Dockerfile -t {ORCHESTRATOR.image} .",
         *_common_head(False, "deploy/orchestrator.requirements.lock"),
         "COPY pyproject.toml ./",
@@ -135,6 +135,32 @@ def _has_weights(service: Service) -> bool:
     return (ROOT / "services" / service.model / "weights.json").is_file()
 
 
+# --- pulling weights: each model in its own image (where torch and its loader are), so a
+# file is verified by loading it, MAT's is converted, and one model's missing weights keep
+# only that model from starting.
+
+def pull_name(service: Service) -> str:
+    return f"weights-{service.model}"
+
+
+def pull_command(service: Service) -> list[str]:
+    return ["python", "-m", "services.stagekit.fetch", service.model]
+
+
+def _compose_pull(service: Service, profiles: list[str]) -> dict:
+    entry = {
+        "image": service.image,
+        "build": {"context": ".", "dockerfile": str(service.dockerfile.relative_to(ROOT))},
+        "command": pull_command(service),
+        "environment": {"RESTORATION_WEIGHTS": WEIGHTS},
+        "volumes": [f"weights:{WEIGHTS}"],
+        "restart": "no",
+    }
+    if profiles:
+        entry["profiles"] = profiles
+    return entry
+
+
 def _profile(service: Service, pipeline: set[str]) -> list[str]:
     """Compose profiles: none (started by default) for what the pipeline names."""
     if service.model in pipeline:
@@ -158,7 +184,8 @@ def _compose_service(service: Service, profiles: list[str]) -> dict:
         entry["profiles"] = profiles
     if service.gpu:
         entry["volumes"] = [f"weights:{WEIGHTS}:ro"]
-        entry["depends_on"] = {"weights": {"condition": "service_completed_successfully"}}
+        if _has_weights(service):
+            entry["depends_on"] = {pull_name(service): {"condition": "service_completed_successfully"}}
         variable = f"RESTORATION_GPU_{service.model.upper()}"
         entry["deploy"] = {"resources": {"reservations": {"devices": [
             {"driver": "nvidia", "device_ids": [f"${{{variable}:-0}}"], "capabilities": ["gpu"]}]}}}
@@ -166,19 +193,13 @@ def _compose_service(service: Service, profiles: list[str]) -> dict:
 
 
 def compose() -> str:
-    services = {"weights": {
-        "image": ORCHESTRATOR.image,
-        "build": {"context": ".", "dockerfile": str(ORCHESTRATOR.dockerfile.relative_to(ROOT))},
-        "command": ["orchestrator", "weights", "pull",
-                    *[s.model for s in stack.neural() if _has_weights(s)]],
-        "environment": {"RESTORATION_WEIGHTS": WEIGHTS},
-        "volumes": [f"weights:{WEIGHTS}"],
-        "restart": "no",
-    }}
     needed = stack.pipeline_services(gpu=True)
+    models = {s.model for s in needed}
+    services = {pull_name(s): _compose_pull(s, _profile(s, models))
+                for s in stack.neural() if _has_weights(s)}
     for service in stack.deployed():
         services[service.name] = _compose_service(
-            service, _profile(service, {s.model for s in needed}))
+            service, _profile(service, models))
     services[ORCHESTRATOR.name] = {
         "image": ORCHESTRATOR.image,
         "build": {"context": ".", "dockerfile": str(ORCHESTRATOR.dockerfile.relative_to(ROOT))},
@@ -188,7 +209,9 @@ def compose() -> str:
         "ports": [f"{PUBLISH}:{ORCHESTRATOR.port}:{ORCHESTRATOR.port}"],
         "volumes": [f"jobs:{stack.JOB_STORE}",
                     f"./{GPU_PIPELINE.relative_to(ROOT)}:{stack.PIPELINE}:ro"],
-        "depends_on": {s.name: {"condition": "service_healthy"} for s in needed},
+        # a model kept down by its weights does not keep the orchestrator down
+        "depends_on": {s.name: {"condition": "service_healthy", **({"required": False} if s.gpu else {})}
+                       for s in needed},
         "restart": "unless-stopped",
         "stop_grace_period": DRAIN,
     }
@@ -233,13 +256,15 @@ def _probes(port: int, gpu: bool) -> dict:
 
 
 def _weights_init(service: Service) -> dict:
+    # verifying loads the checkpoint into its network: the memory the model itself asks for
     return {
         "name": "weights",
-        "image": ORCHESTRATOR.image,
-        "command": ["orchestrator", "weights", "pull", service.model],
+        "image": service.image,
+        "command": pull_command(service),
         "env": [{"name": "RESTORATION_WEIGHTS", "value": WEIGHTS}, {"name": "HOME", "value": "/tmp"}],
         "volumeMounts": [{"name": "weights", "mountPath": WEIGHTS}, {"name": "tmp", "mountPath": "/tmp"}],
-        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "resources": {"requests": {"cpu": "1", "memory": service.memory},
+                      "limits": {"memory": service.memory}},
         "securityContext": _container_security(),
     }
 

@@ -1,6 +1,6 @@
 # Written by `python -m deploy.generate` from deploy/stack.py: edit that, not this file.
-# The orchestrator: job service, `orchestrator weights pull` (compose's weights service and
-# the Kubernetes init containers), classical stages in-process. Build from the repository root:
+# The orchestrator: job service, `orchestrator weights list`, classical stages in-process
+# (each model's own image pulls its weights). Build from the repository root:
 #   docker build -f deploy/orchestrator.Dockerfile -t restoration/orchestrator:0.1.0 .
 FROM python:3.11.14-slim-bookworm
 RUN python -m venv /opt/venv

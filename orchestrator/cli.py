@@ -78,12 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     wts = sub.add_parser("weights", help="list or download model weights")
     wsub = wts.add_subparsers(dest="action", required=True)
-    pull = wsub.add_parser("pull", help="download a model's weights and check them")
+    pull = wsub.add_parser("pull", help="download models' weights, verify them by loading them")
     pull.add_argument("models", nargs="+", help="model names, or 'all'")
     pull.add_argument("--mirror", help="base URL to download MODEL/FILE from instead")
     pull.add_argument("--optional", action="store_true",
                       help="also the alternative variants a manifest lists as optional")
-    wsub.add_parser("list", help="what the weights store holds")
+    add = wsub.add_parser("add", help="import files fetched by hand: identified, converted, verified")
+    add.add_argument("model", help="the model the files belong to")
+    add.add_argument("files", nargs="+", type=Path, help="the downloaded files")
+    wsub.add_parser("list", help="what the weights store holds, verified or not, and the licences")
     return parser
 
 
@@ -246,9 +249,10 @@ def cmd_weights(args) -> int:
     if args.action == "list":
         print("\n".join(weights.listing()))
         return 0
-    names = weights.known_models() if args.models == ["all"] else args.models
-    for name in names:
-        weights.pull(name, mirror=args.mirror, optional=args.optional)
+    if args.action == "add":
+        weights.add(args.model, args.files)
+        return 0
+    weights.pull(args.models, mirror=args.mirror, optional=args.optional)
     return 0
 
 

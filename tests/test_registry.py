@@ -1,10 +1,10 @@
-"""`auto` picks a neural model exactly when its weights are in the store; `stages` says so."""
+"""`auto` picks a neural model exactly when its weights are in the store, verified; `stages` says so."""
 from __future__ import annotations
 
 import pytest
 
 from orchestrator.pipeline import registry
-from services.stagekit.weights import manifest, weights_path
+from services.stagekit.weights import manifest, record_verified, sha256_file, weights_path
 
 from .helpers import run_cli
 
@@ -21,6 +21,10 @@ def test_auto_uses_a_model_once_its_weights_are_present(tmp_path, monkeypatch, t
             path = weights_path(model, entry.loaded)   # what the service reads
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"weights")
+    assert registry.resolve(task, "auto") == "classical"     # present, never verified
+    for entry in manifest(model):
+        if not entry.optional:
+            record_verified(model, entry.loaded, sha256_file(weights_path(model, entry.loaded)))
     preferred = [m for m in registry.NEURAL[task] if registry.status(task, m).runnable]
     assert registry.resolve(task, "auto") == preferred[0]
     assert model in preferred

@@ -1,17 +1,14 @@
-"""`orchestrator weights pull|list`: fetch checkpoints from the manifests, verified."""
+"""`orchestrator weights pull|add|list`: the weights store, every file proven before it counts.
+
+The work is services/stagekit/fetch.py's (the same code the deployments' per-model pulls
+run in each model's image); this is its command line. Pulling and adding need torch and the
+model's code (a file counts only once it has loaded into its network); listing does not.
+"""
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-from services.stagekit.weights import WeightsFile, manifest, weights_dir, weights_path
+from services.stagekit.weights import WeightsError, file_state, manifest, weights_dir
 
 from ..errors import UserError
 from ..pipeline import registry
@@ -22,104 +19,66 @@ def known_models() -> list[str]:
     return sorted(m for m in names if manifest(m))
 
 
-def pull(model: str, root: Path | None = None, mirror: str | None = None, say=print,
-         optional: bool = False) -> list[Path]:
-    """Download every file of ``model``'s manifest that is not already in the store
-    (the optional ones, alternative variants, only when asked); a file whose size or
-    sha256 does not match is refused and removed."""
-    files = [f for f in manifest(model) if optional or not f.optional]
-    if not files:
-        raise UserError(f"no weights manifest for '{model}' (models: {', '.join(known_models())})")
-    got = []
-    for entry in files:
-        target = weights_path(model, entry.name, root)
-        if weights_path(model, entry.loaded, root).is_file() and entry.converted:
-            say(f"{model}/{entry.loaded}: present")
-        elif target.is_file() and _matches(target, entry):
-            say(f"{model}/{entry.name}: present")
-        else:
-            url = f"{mirror.rstrip('/')}/{model}/{entry.name}" if mirror else entry.url
-            say(f"{model}/{entry.name}: downloading {url}")
-            try:
-                _download(url, target, entry)
-            except UserError as exc:
-                if not entry.optional:
-                    raise
-                say(f"{model}/{entry.name}: optional, not downloaded ({exc})")
-                continue
-        if entry.convert and not weights_path(model, entry.loaded, root).is_file():
-            say(f"{model}/{entry.name}: converting to {entry.converted}")
-            _convert(entry, target)
-        got.append(weights_path(model, entry.loaded, root))
-    return got
+def _models(names: list[str]) -> list[str]:
+    known = known_models()
+    models = known if names == ["all"] else names
+    unknown = [m for m in models if m not in known]
+    if unknown:
+        raise UserError(f"no weights manifest for '{unknown[0]}' (models: {', '.join(known)})")
+    return models
 
 
-def _convert(entry: WeightsFile, path: Path) -> None:
-    """Run the model's converter as its own process (it reads the authors' file with a
-    restricted unpickler and writes what the service loads)."""
-    result = subprocess.run([sys.executable, "-m", entry.convert, str(path)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        reason = (result.stderr.strip().splitlines() or ["no message"])[-1]
-        raise UserError(f"{entry.name}: conversion with {entry.convert} failed ({reason})")
+def pull(names: list[str], root: Path | None = None, mirror: str | None = None, say=print,
+         optional: bool = False) -> list:
+    """Pull every model named ('all': every model): each one it can, then a summary that
+    lists the files to fetch by hand and where from. Raises UserError when a required
+    file is not installed."""
+    from services.stagekit import fetch
 
-
-def _matches(path: Path, entry: WeightsFile) -> bool:
-    if entry.size is not None and path.stat().st_size != entry.size:
-        return False
-    return entry.sha256 is None or _sha256(path) == entry.sha256
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _download(url: str, target: Path, entry: WeightsFile) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # A unique part file: several init containers may pull into one shared volume at once.
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(handle)
-    part = Path(name)
-    digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(url, timeout=60) as reply, open(part, "wb") as fh:
-            while block := reply.read(1 << 20):
-                digest.update(block)
-                fh.write(block)
-        size = part.stat().st_size
-        if entry.size is not None and size != entry.size:
-            raise UserError(f"{entry.name}: downloaded {size} bytes, the manifest says {entry.size}")
-        if entry.sha256 is not None and digest.hexdigest() != entry.sha256:
-            raise UserError(f"{entry.name}: sha256 {digest.hexdigest()} does not match the "
-                            f"manifest's {entry.sha256}")
-        os.replace(part, target)
-    except (urllib.error.URLError, OSError) as exc:
-        raise UserError(f"{entry.name}: download from {url} failed ({getattr(exc, 'reason', exc)})") from None
-    finally:
-        part.unlink(missing_ok=True)
+        outcomes = [fetch.pull(model, root, mirror, say, optional) for model in _models(names)]
+    except WeightsError as exc:
+        raise UserError(str(exc)) from None
+    for line in fetch.summary(outcomes):
+        say(line)
+    incomplete = [o.model for o in outcomes if not o.complete]
+    if incomplete:
+        raise UserError(f"weights incomplete for {', '.join(incomplete)} (see above)")
+    return outcomes
+
+
+def add(model: str, files: list[Path], root: Path | None = None, say=print) -> None:
+    """Import files fetched by hand: each identified, converted, verified and copied in;
+    a refused one is named with its reason (the others are still imported)."""
+    from services.stagekit import fetch
+
+    _models([model])
+    refused = []
+    for file in files:
+        try:
+            entry, digest = fetch.add(model, Path(file), root)
+        except WeightsError as exc:
+            refused.append(f"{file}: {exc}")
+            continue
+        say(f"{model}/{entry.loaded}: verified (sha256 {digest}) from {file}")
+    if refused:
+        for line in refused[:-1]:
+            say(f"error: {line}")
+        raise UserError(refused[-1])
 
 
 def listing(root: Path | None = None) -> list[str]:
+    """Per file: missing / verified (sha256) / failed (why) / unverified / altered, and
+    the licence; where a file must be fetched by hand, from where."""
     rows = [f"weights store: {root or weights_dir()}"]
     for model in known_models():
         for entry in manifest(model):
-            present = weights_path(model, entry.name, root).is_file()
-            rows.append(f"  {model:<11} {entry.name:<40} {'present' if present else 'missing':<8} "
-                        f"licence: {entry.licence}")
+            state = file_state(model, entry, root)
+            detail = state.detail
+            if state.state == "missing":
+                detail = (f"fetch by hand: {entry.where}" if entry.by_hand
+                          else "run: orchestrator weights pull " + model)
+            rows.append(f"  {model:<11} {entry.loaded:<42} {state.state:<10} "
+                        f"{'(optional) ' if entry.optional else ''}{detail}")
+            rows.append(f"  {'':<11} {'':<42} licence: {entry.licence}")
     return rows
-
-
-def copy_in(model: str, source: Path, root: Path | None = None) -> Path:
-    """Put a checkpoint the user already has into the store under its manifest name."""
-    files = manifest(model)
-    if len(files) != 1:
-        raise UserError(f"'{model}' needs {len(files)} files; copy them into "
-                        f"{weights_path(model, '', root)}")
-    target = weights_path(model, files[0].name, root)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
-    return target

@@ -257,6 +257,12 @@ def load_ddcolor(path: Path, **kwargs) -> DDColor:
     return network_from_state(checkpoint_state(load_checkpoint(path)), **kwargs)
 
 
+def verify_checkpoint(name: str, path: Path, arch: Path | None = None) -> None:
+    """Load ``path``, the manifest's file ``name``, as the service does: strictly, on the
+    CPU (``arch``: the network configuration, None for the released one)."""
+    load_ddcolor(path, **read_arch(arch))
+
+
 def create_stage(weights: Path | None = None, device: str = "auto",
                  arch: Path | None = None) -> DDColorStage:
     path = checkpoint_file(MODEL, weights)

@@ -173,6 +173,12 @@ def load_network(weights: Path | str | None = None, arch: Path | str | dict | No
     return load_into(network, read_state(path), missing_ok=missing_ok), path
 
 
+def verify_checkpoint(name: str, path: Path, arch: Path | str | dict | None = None) -> None:
+    """Load ``path``, the manifest's file ``name``, as the service does: strictly, on the
+    CPU (``arch``: the network configuration, None for the released one)."""
+    load_network(path, arch)
+
+
 def create_stage(weights: Path | str | None = None, device: str = "auto",
                  arch: Path | str | dict | None = None, half: bool | None = None,
                  settings: Settings | None = None) -> DiffBIRStage:

@@ -327,6 +327,12 @@ def recorded_draws() -> dict | None:
                 if key in ("z", "drop_mask_stg1", "drop_mask_stg2") or key.startswith("noise__")}
 
 
+def verify_checkpoint(name: str, path: Path, arch: Path | str | dict | None = None) -> None:
+    """Load ``path``, the manifest's file ``name``, as the service does: strictly, on the
+    CPU (``arch``: the network configuration, None for the released one)."""
+    load_network(path, arch)
+
+
 def create_stage(weights: Path | str | None = None, device: str = "auto",
                  arch: Path | str | dict | None = None, half: bool | None = None) -> MatStage:
     """The stage with the converted checkpoint loaded strictly. ``device`` 'auto' lets

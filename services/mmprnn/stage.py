@@ -231,6 +231,12 @@ def load_mmpnet(path: Path, mmpnet_base_width: int = 16) -> MMPNet:
     return load_into(build_mmpnet(mmpnet_base_width), path, lambda c: unwrap(c, "state_dict"))
 
 
+def verify_checkpoint(name: str, path: Path, arch: Path | None = None) -> None:
+    """Load ``path``, the manifest's file ``name``, as the service does: strictly, on the
+    CPU (``arch``: the network configuration, None for the released one)."""
+    load_mmprnn(path, **read_arch(arch))
+
+
 def create_stage(weights: Path | None = None, device: str = "auto",
                  arch: Path | None = None) -> MMPRNNStage:
     path = checkpoint_file(MODEL, weights)

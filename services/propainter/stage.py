@@ -170,11 +170,17 @@ def load_official(nets: ProPainterNetworks, folder: Path | None) -> str:
     """Load the authors' three files (from ``folder`` or the weights store) strictly, as
     they ship them; returns the weights' identity (their sha256s)."""
     parts = []
-    for name, (file_name, prefix) in CHECKPOINTS.items():
+    for name, (file_name, _) in CHECKPOINTS.items():
         path = folder / file_name if folder is not None else weights_path(MODEL, file_name)
-        load_into(getattr(nets, name), path, lambda checkpoint: unwrap(checkpoint, None, prefix))
+        load_part(nets, name, path)
         parts.append(f"{file_name}:sha256:{sha256_file(path)[:16]}")
     return " ".join(parts)
+
+
+def load_part(nets: ProPainterNetworks, name: str, path: Path) -> None:
+    """Load the authors' file of the network ``name`` (a key of CHECKPOINTS) strictly."""
+    prefix = CHECKPOINTS[name][1]
+    load_into(getattr(nets, name), path, lambda checkpoint: unwrap(checkpoint, None, prefix))
 
 
 def load_combined(nets: ProPainterNetworks, path: Path, missing_ok=()) -> str:
@@ -187,6 +193,14 @@ def load_combined(nets: ProPainterNetworks, path: Path, missing_ok=()) -> str:
 def load_arch(arch: Path | None) -> tuple[dict | None, tuple]:
     config = read_config(arch)
     return config, tuple(config_missing_ok(config))
+
+
+def verify_checkpoint(name: str, path: Path, arch: Path | None = None) -> None:
+    """Load ``path``, the manifest's file ``name``, as the service does: strictly, on the
+    CPU (``arch``: the network configuration, None for the released one)."""
+    config, _ = load_arch(arch)
+    nets = build(kwargs_from_config(config) if config is not None else None)
+    load_part(nets, next(net for net, (file, _) in CHECKPOINTS.items() if file == name), path)
 
 
 def create_stage(weights: Path | None = None, device: str = "auto",

@@ -238,17 +238,38 @@ def load_weights(network: BasicRecurrentSwin, main: Path, spynet: Path | None = 
     The only keys the main file may lack are the index buffers the network rebuilds
     and, when a SpyNet file was given, SpyNet's. Returns the keys it lacked."""
     if spynet is not None:
-        load_into(network.spynet, read_state(spynet), missing_ok=("mean", "std"))
+        load_spynet(network, spynet)
     state = read_state(main)
-    optional = set(index_buffer_keys(network))
-    if spynet is not None:
-        optional |= {k for k in network.state_dict() if k.startswith("spynet.")}
-    load_into(network, state, missing_ok=optional)
+    load_into(network, state, missing_ok=main_optional(network, spynet is not None))
     lacked = sorted(k for k in network.state_dict() if k not in state)
     if lacked:
         log.info("%s lacks %d key(s), kept from the network/SpyNet file: %s%s", main.name,
                  len(lacked), ", ".join(lacked[:3]), " ..." if len(lacked) > 3 else "")
     return lacked
+
+
+def load_spynet(network: BasicRecurrentSwin, spynet: Path) -> None:
+    load_into(network.spynet, read_state(spynet), missing_ok=("mean", "std"))
+
+
+def main_optional(network: BasicRecurrentSwin, spynet_file: bool) -> set[str]:
+    """The keys the main checkpoint may lack: the index buffers the network rebuilds, and
+    SpyNet's when its own file provides them."""
+    optional = set(index_buffer_keys(network))
+    if spynet_file:
+        optional |= {k for k in network.state_dict() if k.startswith("spynet.")}
+    return optional
+
+
+def verify_checkpoint(name: str, path: Path, arch: Path | None = None) -> None:
+    """Load ``path``, the manifest's file ``name``, as the service does: strictly, on the
+    CPU (``arch``: the network configuration, None for the released one). The main file
+    may lack SpyNet's keys: the manifest's SpyNet file, also required, provides them."""
+    network = build_network(**arch_kwargs(arch))
+    if name == SPYNET_CHECKPOINT:
+        load_spynet(network, path)
+    else:
+        load_into(network, read_state(path), missing_ok=main_optional(network, True))
 
 
 def arch_kwargs(arch: Path | None) -> dict:

@@ -313,6 +313,13 @@ def load_weights(net: RVRT, path: Path, missing_ok_patterns=()) -> None:
     load_into(net, path, state_of, keys_matching(net, missing_ok_patterns))
 
 
+def verify_checkpoint(name: str, path: Path, arch: Path | None = None) -> None:
+    """Load ``path``, the manifest's file ``name``, as the service does: strictly, on the
+    CPU (``arch``: the network configuration, None for the released one)."""
+    kwargs, missing_ok = read_arch(arch)
+    load_weights(build_network(**kwargs), path, missing_ok)
+
+
 def create_stage(weights: Path | None = None, device: str = "auto",
                  arch: Path | None = None) -> RVRTStage:
     """The denoise stage: RVRT with the authors' checkpoint (or ``weights``), built from

@@ -1,14 +1,21 @@
 """The weights store: where checkpoints live, what each model needs, strict loading.
 
 Each model folder has ``weights.json`` (its manifest): the files it needs, the authors'
-download URL, size, sha256 where known, and the licence the authors attached. Nothing is
-fetched at import or test time; ``orchestrator weights pull MODEL`` downloads explicitly.
+download URL (or, where they publish only a folder page, which file to pick there), size,
+sha256 where known, and the licence the authors attached. Nothing is fetched at import or
+test time; ``orchestrator weights pull MODEL`` downloads explicitly (services/stagekit/fetch.py).
+
+A file in the store counts only once it has been verified by loading it into its network:
+each model folder's ``lock.json`` records the sha256, size and time of every verified file,
+and a file that no longer matches its record is refused, by ``weights_present`` (so ``auto``
+never picks it) and by ``load_checkpoint`` (so a service never loads it).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +35,19 @@ class WeightsFile:
     licence: str
     role: str = ""
     optional: bool = False   # an alternative model's file: the model runs without it
-    convert: str = ""        # a module run as `python -m MODULE FILE` once downloaded...
-    converted: str = ""      # ...which writes this file beside it: what the service loads
+    convert: str = ""        # a module run as `python -m MODULE FILE OUT` once downloaded...
+    converted: str = ""      # ...which writes OUT: what the service loads
+    by_hand: str = ""        # the authors publish only a folder page: which file to pick there
 
     @property
     def loaded(self) -> str:
         """The file the service reads: the converted one when there is a conversion."""
         return self.converted or self.name
+
+    @property
+    def where(self) -> str:
+        """Where a person gets the file: the URL, and for a folder page the file to pick."""
+        return f"{self.url} ({self.by_hand})" if self.by_hand else self.url
 
 
 def weights_dir() -> Path:
@@ -56,8 +69,9 @@ def weights_path(model: str, name: str, root: Path | None = None) -> Path:
 
 
 def weights_present(model: str, root: Path | None = None) -> bool:
+    """Every required file of ``model`` is in the store, verified and unchanged since."""
     files = [f for f in manifest(model) if not f.optional]
-    return bool(files) and all(weights_path(model, f.loaded, root).is_file() for f in files)
+    return bool(files) and all(file_state(model, f, root).verified for f in files)
 
 
 def sha256_file(path: Path) -> str:
@@ -69,10 +83,12 @@ def sha256_file(path: Path) -> str:
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint as the authors ship it (.pth/.pt/.ckpt via torch, or safetensors)."""
+    """Read a checkpoint as the authors ship it (.pth/.pt/.ckpt via torch, or safetensors);
+    a store file only as it was verified."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
+    refuse_unverified(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -142,9 +158,121 @@ def checkpoint_file(model: str, weights: Path | None = None) -> Path:
     for entry in entries:
         for path in places(entry.name) if entry.convert else ():
             if path.is_file():
-                raise WeightsError(f"{path} is not converted yet: run "
-                                   f"'python -m {entry.convert} {path}'")
+                raise WeightsError(f"{path} is not converted yet: run 'orchestrator weights "
+                                   f"add {model} {path}' (converts and verifies it into the "
+                                   f"store), or 'python -m {entry.convert} {path}'")
     where = places(entries[0].loaded)[0] if entries else (root or weights_dir()) / model
-    then = f", then python -m {entries[0].convert}" if entries and entries[0].convert else ""
-    raise WeightsError(f"{model} weights not found at {where} "
-                       f"(run: orchestrator weights pull {model}{then})")
+    how = (f"fetch {entries[0].name} by hand from {entries[0].where}, then: orchestrator "
+           f"weights add {model} FILE" if entries and entries[0].by_hand
+           else f"run: orchestrator weights pull {model}")
+    raise WeightsError(f"{model} weights not found at {where} ({how})")
+
+
+# --- the lock: what was verified -----------------------------------------------------------
+
+LOCK = "lock.json"
+
+
+@dataclass(frozen=True)
+class FileState:
+    """A manifest file in the store: 'missing', 'verified', 'failed' (its last pull or
+    add was refused), 'unverified' (present, never verified) or 'altered' (changed on
+    disk since it was verified); ``detail`` is the sha256 or the reason."""
+    state: str
+    detail: str = ""
+
+    @property
+    def verified(self) -> bool:
+        return self.state == "verified"
+
+
+def lock_file(model: str, root: Path | None = None) -> Path:
+    return weights_path(model, LOCK, root)
+
+
+def read_lock(model: str, root: Path | None = None) -> dict:
+    path = lock_file(model, root)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {"files": {}, "failed": {}}
+    except ValueError as exc:
+        raise WeightsError(f"{path} is not valid JSON ({exc}): remove it and verify again") from exc
+    return {"files": data.get("files", {}), "failed": data.get("failed", {})}
+
+
+def _write_lock(model: str, data: dict, root: Path | None) -> None:
+    # Replaced whole: a reader never sees half a file. One model's pulls write only its own.
+    path = lock_file(model, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(f".{LOCK}.{os.getpid()}")
+    part.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(part, path)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def record_verified(model: str, name: str, sha256: str, root: Path | None = None) -> dict:
+    """Record the store's ``name`` of ``model`` (already in place) as verified."""
+    path = weights_path(model, name, root)
+    stat = path.stat()
+    entry = {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+             "verified": _now()}
+    data = read_lock(model, root)
+    data["files"][name] = entry
+    data["failed"].pop(name, None)
+    _write_lock(model, data, root)
+    return entry
+
+
+def record_failed(model: str, name: str, reason: str, root: Path | None = None) -> None:
+    data = read_lock(model, root)
+    data["failed"][name] = {"reason": reason, "time": _now()}
+    _write_lock(model, data, root)
+
+
+def file_state(model: str, entry: WeightsFile, root: Path | None = None,
+               rehash: bool = False) -> FileState:
+    """What the store holds of ``entry``. A file whose size and modification time match
+    its record counts as unchanged unless ``rehash``; one whose time changed is hashed."""
+    path = weights_path(model, entry.loaded, root)
+    data = read_lock(model, root)
+    if not path.is_file():
+        failed = data["failed"].get(entry.loaded)
+        return FileState("failed", failed["reason"]) if failed else FileState("missing")
+    record = data["files"].get(entry.loaded)
+    if record is None:
+        return FileState("unverified", f"not verified (run: orchestrator weights add {model} {path})")
+    stat = path.stat()
+    if stat.st_size != record["size"]:
+        return FileState("altered", f"changed since it was verified: {stat.st_size} bytes, "
+                                    f"{record['size']} when verified")
+    if rehash or stat.st_mtime_ns != record["mtime_ns"]:
+        digest = sha256_file(path)
+        if digest != record["sha256"]:
+            return FileState("altered", f"changed since it was verified: sha256 {digest}, "
+                                        f"{record['sha256']} when verified")
+    return FileState("verified", record["sha256"])
+
+
+def refuse_unverified(path: Path) -> None:
+    """Raise when ``path`` is a manifest file in a weights store (the configured one, or a
+    folder with a lock file) that is not verified or has changed since (hashed again)."""
+    model, name, root = path.parent.name, path.name, path.parent.parent
+    entry = next((e for e in manifest(model) if e.loaded == name), None)
+    if entry is None:
+        return
+    if not lock_file(model, root).is_file() and not _same(root, weights_dir()):
+        return
+    state = file_state(model, entry, root, rehash=True)
+    if not state.verified:
+        raise WeightsError(f"{path}: {state.detail}; not loaded")
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False

@@ -115,8 +115,7 @@ class ClipScorer:
     def __init__(self, path: Path, device: torch.device):
         import open_clip  # kept optional: only TAPE's selection needs it
         self.device = device
-        self.model = open_clip.load_openai_model(str(path), precision="fp32",
-                                                 device=device).eval()
+        self.model = self.load_model(path, device)
         size = self.model.visual.image_size
         self.preprocess = open_clip.image_transform(
             size if isinstance(size, int) else size[0], is_train=False,
@@ -124,6 +123,12 @@ class ClipScorer:
         tokens = open_clip.tokenize(list(PROMPTS)).to(device)
         with torch.inference_mode(), self._autocast():
             self.text_features = self.model.encode_text(tokens).float().cpu()
+
+    @staticmethod
+    def load_model(path: Path, device: torch.device):
+        """The network from OpenAI's file, through open_clip (strict, float32)."""
+        import open_clip
+        return open_clip.load_openai_model(str(path), precision="fp32", device=device).eval()
 
     def _autocast(self):
         # The authors run CLIP under CUDA autocast; on the CPU it is plain float32.

@@ -44,8 +44,8 @@ from services.stagekit.device import pick_device
 from services.stagekit.neural import (NeuralStage, config_missing_ok, default_batch,
                                       keys_matching, load_into, read_config, tiny_kwargs)
 from services.stagekit.stage import ClipInfo, Stage, StageError
-from services.stagekit.weights import (WeightsError, load_checkpoint, sha256_file, unwrap,
-                                       weights_dir)
+from services.stagekit.weights import (WeightsError, load_checkpoint, refuse_unverified,
+                                       sha256_file, unwrap, weights_dir)
 
 from . import MODEL, SWINUNET, TASK
 from .network import build_swinunet, build_tape
@@ -485,6 +485,18 @@ def load_network(model: str, state: dict, kwargs: dict, missing_ok: list[str]) -
     return load_into(network, state, missing_ok=keys_matching(network, missing_ok)).eval()
 
 
+def verify_checkpoint(name: str, path: Path, arch: Path | None = None) -> None:
+    """Load ``path``, the manifest's file ``name``, as the service does: strictly, on the
+    CPU (``arch``: the network configuration, None for the released one)."""
+    if name == CLIP_FILE:
+        ClipScorer.load_model(path, torch.device("cpu"))
+        return
+    model = next(model for model, file in CHECKPOINTS.items() if file == name)
+    kwargs, missing_ok = read_arch(arch)
+    load_network(model, unwrap_checkpoint(model, load_checkpoint(path)), kwargs.get(model, {}),
+                 missing_ok)
+
+
 def create_stage(weights: Path | None = None, device: str = "auto", arch: Path | None = None,
                  half: bool | None = None) -> list[Stage]:
     """The service's stages: ``tape`` first (the task's default), then ``swinunet``, for
@@ -514,5 +526,8 @@ def _scorer(weights: Path | None, device: torch.device) -> ClipScorer | None:
     if folder.is_file():
         folder = folder.parent
     clip_file = folder / CLIP_FILE
-    return ClipScorer(clip_file, device) if clip_file.is_file() else None
+    if not clip_file.is_file():
+        return None
+    refuse_unverified(clip_file)     # open_clip reads it itself: the store's check first
+    return ClipScorer(clip_file, device)
 

@@ -284,12 +284,30 @@ def load_weights(nets: TCVCNetworks, weights: Path | None, missing_ok=()) -> lis
     for file in files:
         if not file.is_file():
             raise WeightsError(f"weights file not found: {file} (run: orchestrator weights pull tcvc)")
-    colornet, encoder, decoder = files
-    _load(nets.colornet, colornet, None)
-    _load(nets.model, encoder, "model")
-    _load(nets.inter_save, encoder, "inter_save")
-    _load(nets.decoder, decoder, "model")
+    for file in files:
+        load_file(nets, file.name, file)
     return files
+
+
+# Each authors' file: the networks it holds, each with the entry it is under (None: bare).
+FILE_PARTS = {
+    COLORNET_FILE: (("colornet", None),),
+    ENCODER_FILE: (("model", "model"), ("inter_save", "inter_save")),
+    DECODER_FILE: (("decoder", "model"),),
+}
+
+
+def load_file(nets: TCVCNetworks, name: str, path: Path) -> None:
+    """Load the authors' file ``name`` (from ``path``) into the networks it holds."""
+    for attribute, key in FILE_PARTS[name]:
+        _load(getattr(nets, attribute), path, key)
+
+
+def verify_checkpoint(name: str, path: Path, arch: Path | None = None) -> None:
+    """Load ``path``, the manifest's file ``name``, as the service does: strictly, on the
+    CPU (``arch``: the network configuration, None for the released one)."""
+    kwargs, missing_ok = read_arch(arch)
+    load_file(build_unloaded(kwargs, missing_ok), name, path)
 
 
 def files_identity(files: list[Path]) -> str:
@@ -309,10 +327,14 @@ def _load(module, path: Path, key: str | None) -> None:
 
 def build_loaded(weights: Path | None = None, arch: Path | None = None) -> tuple[TCVCNetworks, list[Path]]:
     kwargs, missing_ok = read_arch(arch)
+    nets = build_unloaded(kwargs, missing_ok)
+    return nets, load_weights(nets, weights, missing_ok)
+
+
+def build_unloaded(kwargs: dict, missing_ok=()) -> TCVCNetworks:
     # Unless some may be absent, every tensor is about to be overwritten: skip the (slow)
     # random initialisation.
-    nets = build_networks(**kwargs) if missing_ok else unfilled(lambda: build_networks(**kwargs))
-    return nets, load_weights(nets, weights, missing_ok)
+    return build_networks(**kwargs) if missing_ok else unfilled(lambda: build_networks(**kwargs))
 
 
 def create_stage(weights: Path | None = None, device: str = "auto", arch: Path | None = None) -> TCVCStage:

@@ -239,6 +239,12 @@ def load_uformer(path: Path, missing_ok=(), **kwargs) -> Uformer:
     return load_into(build_uformer(**kwargs), path, checkpoint_state, missing_ok)
 
 
+def verify_checkpoint(name: str, path: Path, arch: Path | None = None) -> None:
+    """Load ``path``, the manifest's file ``name``, as the service does: strictly, on the
+    CPU (``arch``: the network configuration, None for the released one)."""
+    load_uformer(path, **read_arch(arch))
+
+
 def create_stage(weights: Path | None = None, device: str = "auto",
                  arch: Path | None = None) -> UformerStage:
     path = checkpoint_file(MODEL, weights)

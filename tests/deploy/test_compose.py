@@ -64,18 +64,22 @@ def test_every_pipeline_model_has_its_service_port_command_and_weights(compose):
             assert f"weights:{WEIGHTS}:ro" in entry["volumes"]
 
 
-def test_model_services_reserve_a_gpu_after_the_weights_are_pulled(compose):
+def test_model_services_reserve_a_gpu_after_their_own_weights_are_pulled(compose):
+    """Each model's weights are pulled by its own image (torch and its loader verify them,
+    MAT's converter runs there), and only that model waits for them."""
     services = compose["services"]
-    pulled = services["weights"]["command"]
-    assert pulled[:3] == ["orchestrator", "weights", "pull"]
-    assert f"weights:{WEIGHTS}" in services["weights"]["volumes"]
     for service in neural():
         entry = services[service.name]
         (device,) = entry["deploy"]["resources"]["reservations"]["devices"]
         assert device["capabilities"] == ["gpu"] and device["driver"] == "nvidia"
-        assert entry["depends_on"]["weights"] == {"condition": "service_completed_successfully"}
+        assert f"weights:{WEIGHTS}:ro" in entry["volumes"]
         if (ROOT / "services" / service.model / "weights.json").is_file():
-            assert service.model in pulled[3:]
+            pull = services[f"weights-{service.model}"]
+            assert pull["image"] == service.image
+            assert pull["command"] == ["python", "-m", "services.stagekit.fetch", service.model]
+            assert pull["volumes"] == [f"weights:{WEIGHTS}"]
+            assert entry["depends_on"] == {f"weights-{service.model}":
+                                           {"condition": "service_completed_successfully"}}
     assert "deploy" not in services["classical"]
 
 
@@ -84,13 +88,17 @@ def test_the_orchestrator_starts_after_its_pipelines_services_and_keeps_its_jobs
     assert entry["command"] == ORCHESTRATOR.command
     assert f"jobs:{JOB_STORE}" in entry["volumes"] and "jobs" in compose["volumes"]
     named = {by_model(stage["model"]).name for stage in mounted_pipeline(compose)}
-    assert entry["depends_on"] == {name: {"condition": "service_healthy"} for name in named}
+    # a model kept down by its weights does not keep the orchestrator down
+    assert entry["depends_on"] == {
+        s.name: {"condition": "service_healthy", **({"required": False} if s.gpu else {})}
+        for s in deployed() if s.name in named}
 
 
 def test_the_default_profile_starts_exactly_the_pipelines_services(compose):
     started = {name for name, entry in compose["services"].items() if not entry.get("profiles")}
     named = {by_model(stage["model"]).name for stage in mounted_pipeline(compose)}
-    assert started == named | {"weights", ORCHESTRATOR.name}
+    pulls = {f"weights-{s.model}" for s in pipeline_services()} & set(compose["services"])
+    assert started == named | pulls | {ORCHESTRATOR.name}
     assert named == {s.name for s in pipeline_services()} and len(named) == 7
     for service in deployed():
         if service.image_pipeline:
@@ -111,7 +119,8 @@ def test_every_built_image_matches_its_dockerfile(compose):
     for name, entry in compose["services"].items():
         recipe = Recipe.read(ROOT / entry["build"]["dockerfile"])
         assert entry["build"]["context"] == "."
-        if name == "weights":
+        if name.startswith("weights-"):
+            assert entry["build"] == compose["services"][name.removeprefix("weights-")]["build"]
             continue
         assert entry["command"] == recipe.cmd
         port = recipe.exposed[0]

@@ -106,8 +106,8 @@ def test_sfadacof_image_serves_the_authors_reference_from_its_own_lock(tmp_path)
 
 @pytest.mark.slow
 def test_orchestrator_image_runs_the_weights_command_from_its_own_lock(tmp_path):
-    """The image compose's weights service and the Kubernetes init containers run
-    (`orchestrator serve` is issue 5's)."""
+    """`orchestrator weights list` runs in the orchestrator's image (pulling runs in each
+    model's own image; `orchestrator serve` is issue 5's)."""
     recipe = Recipe.read(ORCHESTRATOR.dockerfile)
     assert "torch" not in locked_names(recipe)
     venv = build_env(recipe, tmp_path / "venv")

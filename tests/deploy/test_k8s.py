@@ -88,8 +88,8 @@ def test_gpu_models_get_a_gpu_node_and_their_weights_from_the_volume():
         assert {"name": "weights", "mountPath": WEIGHTS, "readOnly": True} in main["volumeMounts"]
         if (ROOT / "services" / service.model / "weights.json").is_file():
             (init,) = pod["initContainers"]
-            assert init["image"] == ORCHESTRATOR.image
-            assert init["command"] == ["orchestrator", "weights", "pull", service.model]
+            assert init["image"] == service.image      # torch and the model's loader verify
+            assert init["command"] == ["python", "-m", "services.stagekit.fetch", service.model]
             assert {"name": "weights", "mountPath": WEIGHTS} in init["volumeMounts"]
         claim = next(v for v in pod["volumes"] if v["name"] == "weights")
         assert claim["persistentVolumeClaim"]["claimName"] in objects_of(objects, "PersistentVolumeClaim")
