@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all clean bench-models bench-quality bench-pipeline bench-order bench-checkpoints images browser
+.PHONY: setup demo test test-all clean bench-models bench-quality bench-pipeline bench-order bench-checkpoints bench-sizes images browser
 
 setup: $(VENV)/.installed
 
@@ -49,6 +49,9 @@ bench-order: setup
 
 bench-checkpoints: setup
 	$(PY) -m bench.checkpoints
+
+bench-sizes: setup
+	$(PY) -m bench.sizes
 
 images: setup
 	$(PY) -m deploy.images

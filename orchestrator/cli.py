@@ -20,6 +20,7 @@ from . import __version__, media
 from .errors import UserError
 from .pipeline import registry
 from .pipeline import specs as pipeline_specs
+from .pipeline.sizing import MAX_HEIGHT
 
 log = logging.getLogger("restoration.orchestrator")
 
@@ -101,6 +102,11 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
                         help="run a task on a stage service ('all=...' for every task)")
     parser.add_argument("--native", default="auto", metavar="auto|full|WxH",
                         help="the tape's real resolution (default: measured)")
+    parser.add_argument("--scale", default="auto", metavar="auto|1|2|4",
+                        help="super-resolution factor (default auto: the largest within "
+                             "--max-height, none for HD footage)")
+    parser.add_argument("--max-height", type=int, default=MAX_HEIGHT, metavar="N",
+                        help=f"largest output height in lines (default {MAX_HEIGHT})")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda for in-process models")
 
 
@@ -199,7 +205,7 @@ def cmd_submit(args) -> int:
     from .jobs.checkpoints import embedded_checkpoints
     from .pipeline.plan import make_plan
     from .pipeline.runner import ResumableRun
-    plan = make_plan(source, specs, args.native)
+    plan = make_plan(source, specs, **pipeline_specs.sizes_from(args))
     for line in plan.lines():
         log.info("%s", line)
     if args.resume and args.restart:
@@ -252,7 +258,7 @@ def cmd_weights(args) -> int:
 
 def cmd_inspect(args) -> int:
     from .commands.inspect import inspect, render
-    report = inspect(args.input, pipeline_specs.from_args(args), args.native)
+    report = inspect(args.input, pipeline_specs.from_args(args), **pipeline_specs.sizes_from(args))
     print(render(report, as_json=args.json))
     return 0
 
@@ -264,8 +270,8 @@ def cmd_preview(args) -> int:
         raise UserError(f"{output}: already exists (use -y to replace it)")
     media.OutputSpec(output).check()
     path = preview(args.input, output, args.at, args.seconds, pipeline_specs.from_args(args),
-                   args.native,
-                   args.device, args.layout, args.still, show_progress=not args.quiet)
+                   args.native, args.device, args.layout, args.still,
+                   show_progress=not args.quiet, scale=args.scale, max_height=args.max_height)
     print(path)
     return 0
 

@@ -10,16 +10,19 @@ from pathlib import Path
 
 from .. import media
 from ..media.references import Scan
+from ..pipeline import memory
 from ..pipeline.plan import make_plan
 from ..pipeline.runner import analyse, colour_source
+from ..pipeline.sizing import MAX_HEIGHT
 from ..pipeline.specs import StageSpec
 
 BAND_SAMPLE = 16  # frames the border detector looks at, as the outpaint stage does
 
 
-def inspect(path: Path, specs: list[StageSpec], native: str = "auto") -> dict:
+def inspect(path: Path, specs: list[StageSpec], native: str = "auto", scale: str = "auto",
+            max_height: int = MAX_HEIGHT) -> dict:
     source = media.probe(path)
-    plan = make_plan(source, specs, native)
+    plan = make_plan(source, specs, native, scale, max_height, refuse=False)
     found = analyse(plan)   # the same pass a job makes: its shots are the job's clips
     shots, grey = _spans(found)
     return {
@@ -41,7 +44,12 @@ def inspect(path: Path, specs: list[StageSpec], native: str = "auto") -> dict:
         "audio": _audio(path),
         "pipeline": {
             "working_size": list(plan.working_size), "output_fps": _rate(plan.target_fps),
+            "output_size": list(plan.output_size), "scale": plan.sizing.factor,
+            "model_scale": plan.sizing.model_factor, "scale_reason": plan.sizing.reason,
+            "output": plan.sizing.describe(),
             "stages": [asdict(spec) for spec in plan.stages],
+            "memory": {"peak_bytes": memory.estimate(plan), "available_bytes": memory.available(),
+                       "fits": memory.fits(plan), "note": memory.describe(plan)},
         },
     }
 
@@ -135,6 +143,8 @@ def render(report: dict, as_json: bool = False) -> str:
         + f", working at {working[0]}x{working[1]}"
         + (" (then enlarged by superres)" if any(s["task"] == "superres" for s in stages) else "")
         + f", output at {float(_fraction(report['pipeline']['output_fps'])):.3f} fps",
+        "  " + report["pipeline"]["output"],
+        "  " + report["pipeline"]["memory"]["note"],
     ]
     return "\n".join(lines)
 

@@ -14,6 +14,7 @@ from .. import media
 from ..errors import UserError
 from ..media.references import borrowed
 from ..pipeline.plan import make_plan
+from ..pipeline import sizing
 from ..pipeline.runner import Job, analyse, colorizes
 from ..pipeline.specs import StageSpec
 
@@ -22,7 +23,8 @@ MAX_HEIGHT = 720  # each half of the comparison, in display pixels
 
 def preview(path: Path, output: Path, at: float, seconds: float, specs: list[StageSpec],
             native: str = "auto", device: str = "auto", layout: str = "side",
-            still: Path | None = None, show_progress: bool = True) -> Path:
+            still: Path | None = None, show_progress: bool = True, scale: str = "auto",
+            max_height: int = sizing.MAX_HEIGHT) -> Path:
     source = media.probe(path)
     if seconds <= 0:
         raise UserError(f"--seconds must be positive, not {seconds}")
@@ -30,12 +32,12 @@ def preview(path: Path, output: Path, at: float, seconds: float, specs: list[Sta
         raise UserError(f"--at {at}: the video is {source.duration:.2f}s long")
     # The native size is measured on the whole input, and grey scenes take their
     # references from it, as the full job would.
-    whole = make_plan(source, specs, native)
+    whole = make_plan(source, specs, native, scale, max_height)
     working = whole.working_size
     with tempfile.TemporaryDirectory(prefix="preview-", dir=output.parent) as tmp:
         stretch = _cut(source, at, seconds, Path(tmp) / "stretch.mkv")
         restored = Path(tmp) / "restored.mkv"
-        plan = make_plan(stretch, specs, "%dx%d" % working)
+        plan = make_plan(stretch, specs, "%dx%d" % working, scale, max_height)
         scenes = analyse(plan)
         if colorizes(plan):
             scenes = borrowed(scenes, analyse(whole), at)
@@ -48,39 +50,47 @@ def preview(path: Path, output: Path, at: float, seconds: float, specs: list[Sta
 
 
 def _cut(source: media.SourceInfo, at: float, seconds: float, path: Path) -> media.SourceInfo:
-    """The stretch as a lossless file, carrying the original's field order and aspect."""
-    frames = []
+    """The stretch as a lossless file, carrying the original's field order and aspect
+    (written as it is decoded: a stretch of large frames is never held)."""
+    cut = media.probe(media.write_lossless(path, _stretch(source, at, seconds), source.fps))
+    return dataclasses.replace(cut, fps=source.fps, field_order=source.field_order, sar=source.sar,
+                               rotation=0, audio_codec=None, audio_duration=None)
+
+
+def _stretch(source: media.SourceInfo, at: float, seconds: float):
     for index, frame in enumerate(media.decode(source)):
         t = index / float(source.fps)
         if t >= at + seconds:
             break
         if t >= at:
-            frames.append(frame)
-    cut = media.probe(media.write_lossless(path, frames, source.fps))
-    return dataclasses.replace(cut, fps=source.fps, field_order=source.field_order, sar=source.sar,
-                               rotation=0, audio_codec=None, audio_duration=None)
+            yield frame
 
 
 def _compare(before: media.SourceInfo, after_path: Path, fps: Fraction, dar: Fraction,
              output: Path, layout: str, still: Path | None) -> Path:
     height = MAX_HEIGHT
     width = int(round(height * dar / 2)) * 2
-    originals = list(media.decode(before))
+    originals = media.decode(before)
     after = dataclasses.replace(media.probe(after_path), fps=fps)
     ratio = float(before.fps / after.fps)
     spec = media.OutputSpec(output, "h264", 18)
     out_width = width * 2 if layout == "side" else width
     no_audio = dataclasses.replace(after, audio_codec=None)
     writer = media.VideoWriter(spec, out_width, height, after.fps, Fraction(1), no_audio)
-    frames = list(media.decode(after))
+    count = sum(1 for _ in media.decode(after))
+    # Both streamed side by side: the original that shows with restored frame i is the
+    # one at i * ratio, which only ever moves forward.
+    shown, original = -1, None
     try:
-        for i, restored in enumerate(frames):
-            original = originals[min(int(i * ratio), len(originals) - 1)]
+        for i, restored in enumerate(media.decode(after)):
+            while shown < int(i * ratio):
+                original = next(originals, original)
+                shown += 1
             left = cv2.resize(original, (width, height), interpolation=cv2.INTER_AREA)
             right = cv2.resize(restored, (width, height), interpolation=cv2.INTER_AREA)
-            picture = _side(left, right) if layout == "side" else _wipe(left, right, i / max(len(frames) - 1, 1))
+            picture = _side(left, right) if layout == "side" else _wipe(left, right, i / max(count - 1, 1))
             writer.write(picture)
-            if still is not None and i == len(frames) // 2:
+            if still is not None and i == count // 2:
                 cv2.imwrite(str(still), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
         return writer.finish()
     except BaseException:

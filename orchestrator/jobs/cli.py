@@ -37,6 +37,7 @@ def submit_remote(args) -> int:
     if output.exists() and not args.overwrite:
         raise UserError(f"{output}: already exists (use -y to replace it)")
     options = jobs_pb2.JobOptions(codec=args.codec, crf=crf, native=args.native,
+                                  scale=args.scale, max_height=args.max_height,
                                   output_name=output.name, keep_going=args.keep_going)
     for spec in stages:
         options.stages.add(task=spec.task, model=spec.model, params=spec.params,

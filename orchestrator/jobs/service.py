@@ -37,6 +37,7 @@ from ..media.open import OverLimit
 from ..pipeline import specs as pipeline_specs
 from ..pipeline.endpoints import allows, endpoints
 from ..pipeline.plan import make_plan
+from ..pipeline.sizing import MAX_HEIGHT, check_flags
 from ..pipeline.runner import Cancelled, ResumableRun
 from ..pipeline.stagerunners import STAGE_OUTAGE, ClipFailed
 from .client import CHUNK, jobs_pb2, jobs_pb2_grpc
@@ -209,7 +210,8 @@ class Scheduler:
         options = json.loads(row["options"])
         specs = job_specs(self.config, options)
         source = media.probe(Path(row["input_path"]))
-        plan = make_plan(source, specs, options.get("native") or "auto")
+        plan = make_plan(source, specs, options.get("native") or "auto",
+                         options.get("scale") or "auto", options.get("max_height") or MAX_HEIGHT)
         output = media.OutputSpec(self.store.output_path(job_id), options.get("codec") or "h264",
                                   options.get("crf") or 18)
         store, metrics, latest = self.store, self.metrics, self.latest
@@ -341,12 +343,15 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         for stage in stages:
             self._check_endpoint(stage["endpoint"])
             self._check_files(stage)
+        scale, max_height = opts.scale or "auto", opts.max_height or MAX_HEIGHT
         try:
+            check_flags(scale, max_height)
             pipeline_specs.check_runnable(job_specs(self.config, {"stages": stages}))
         except UserError as exc:
             raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         return {"stages": stages, "codec": codec, "crf": opts.crf or 18,
-                "native": opts.native or "auto", "output_name": output,
+                "native": opts.native or "auto", "scale": scale, "max_height": max_height,
+                "output_name": output,
                 "keep_going": opts.keep_going}
 
     def _check_endpoint(self, endpoint: str) -> None:

@@ -212,6 +212,12 @@ class OutputSpec:
 
 
 AUDIO_LEAD = 0.5  # seconds of audio muxed ahead of the video written so far
+LOOKAHEAD = 40            # x264's frames of look-ahead (preset medium) up to full HD ...
+LOOKAHEAD_PIXELS = 1920 * 1080   # ... and fewer above, so the encoder holds a fixed area
+
+
+def lookahead(width: int, height: int) -> int:
+    return max(10, min(LOOKAHEAD, LOOKAHEAD * LOOKAHEAD_PIXELS // (width * height)))
 
 
 def write_lossless(path: Path, frames, fps: Fraction) -> Path:
@@ -260,6 +266,8 @@ class VideoWriter:
         opts = dict(options)
         if spec.codec in ("h264", "h265"):
             opts["crf"] = str(spec.crf)
+        if spec.codec == "h264":
+            opts["rc-lookahead"] = str(lookahead(width, height))
         ctx.options = opts
         self.frames = 0
         _warn_if_aspect_lost(spec, sar)

@@ -1,6 +1,7 @@
 """What a job will do, decided before any work starts: the stages with their models
 resolved (locally, or by asking each service what it runs), the working resolution and
-the output frame rate."""
+the output size (sizing.py) and frame rate, and whether the job fits this machine's
+memory (memory.py)."""
 from __future__ import annotations
 
 import itertools
@@ -10,7 +11,7 @@ from fractions import Fraction
 from .. import media
 from ..errors import UserError
 from ..media.native import native_size
-from . import registry
+from . import memory, registry, sizing
 from .endpoints import endpoints, rpc_reason
 from .specs import StageSpec
 
@@ -23,8 +24,16 @@ class Plan:
 
     source: media.SourceInfo
     stages: list[StageSpec]
-    working_size: tuple[int, int]
+    sizing: sizing.Sizing
     target_fps: Fraction
+
+    @property
+    def working_size(self) -> tuple[int, int]:
+        return self.sizing.working
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return self.sizing.output
 
     def lines(self) -> list[str]:
         w, h = self.working_size
@@ -32,13 +41,27 @@ class Plan:
         return [f"input: {src.width}x{src.height} {float(src.fps):.3f} fps {src.field_order}, "
                 f"SAR {src.sar}, DAR {src.dar}, {src.duration:.2f}s, "
                 f"audio: {src.audio_codec or 'none'}",
-                f"working resolution: {w}x{h}; output frame rate {float(self.target_fps):.3f} fps",
-                "stages: " + " -> ".join(s.describe() for s in self.stages)]
+                f"working resolution: {w}x{h}; {self.sizing.describe()}; "
+                f"output frame rate {float(self.target_fps):.3f} fps",
+                "stages: " + " -> ".join(s.describe() for s in self.stages),
+                memory.describe(self)]
 
 
-def make_plan(source: media.SourceInfo, specs: list[StageSpec], native: str = "auto") -> Plan:
+def make_plan(source: media.SourceInfo, specs: list[StageSpec], native: str = "auto",
+              scale: str = "auto", max_height: int = sizing.MAX_HEIGHT,
+              refuse: bool = True) -> Plan:
+    """The plan for ``source``; with ``refuse`` a job that would not fit this machine's
+    memory is refused here, before any work (``inspect`` reports it instead)."""
+    sizing.check_flags(scale, max_height)
     resolved = [StageSpec(s.task, _resolve(s), dict(s.params), s.endpoint) for s in specs]
-    return Plan(source, resolved, _working_size(source, native, resolved), 2 * source.fps)
+    superres = next((s.model for s in resolved if s.task == "superres"), None)
+    sized = sizing.decide(_working_size(source, native, resolved), str(scale), max_height, superres)
+    if sized.factor == 1:
+        resolved = [s for s in resolved if s.task != "superres"]
+    plan = Plan(source, resolved, sized, 2 * source.fps)
+    if refuse:
+        memory.refuse_unfit(plan)
+    return plan
 
 
 def _resolve(spec: StageSpec) -> str:

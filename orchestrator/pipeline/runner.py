@@ -1,19 +1,20 @@
 """The streaming pipeline runner: decode -> shots -> clips -> stages -> encode + audio.
 
-Every stage runs in its own thread and hands frames on through a small bounded queue, so
-all stages work at once (on different clips or different frames of one clip) and memory
-stays flat however long the tape is. A stage sees one clip at a time and never a frame
+Every stage runs in its own thread and hands frames on through a small queue, bounded in
+frames and in bytes, so all stages work at once (on different clips or different frames of
+one clip) and memory stays flat however long the tape is and grows with the frame area
+only as memory.py estimates. A stage sees one clip at a time and never a frame
 across a shot cut."""
 from __future__ import annotations
 
 import logging
-import queue
 import shutil
 import tempfile
 import threading
 import time
 from fractions import Fraction
 from pathlib import Path
+from collections import deque
 from typing import Iterator
 
 import numpy as np
@@ -24,6 +25,7 @@ from .. import media
 from ..errors import UserError
 from ..media.references import GreyScene, Scan, scan
 from ..media.shots import SCAN_SIZE, Shot
+from .memory import QUEUE_BYTES, QUEUE_FRAMES
 from .plan import Plan
 from .progress import Display, Progress
 from .segments import ClipSegments
@@ -32,38 +34,49 @@ from .stagerunners import STAGE_OUTAGE, ClipFailed, Step, build_steps
 
 log = logging.getLogger("restoration.orchestrator")
 
-QUEUE_FRAMES = 8          # frames buffered between two stages
-
-
 class Cancelled(Exception):
     """Another thread failed; this one stops quietly."""
 
 
 class Channel:
-    """A bounded queue whose waits give up when the job is cancelled."""
+    """A queue bounded in items and in frame bytes (an item always passes into an empty
+    one, however large) whose waits give up when the job is cancelled."""
 
-    def __init__(self, cancel: threading.Event, size: int = QUEUE_FRAMES):
-        self.queue: queue.Queue = queue.Queue(maxsize=size)
+    def __init__(self, cancel: threading.Event, size: int = QUEUE_FRAMES,
+                 max_bytes: int = QUEUE_BYTES):
+        self.items: deque = deque()
+        self.size, self.max_bytes, self.bytes = size, max_bytes, 0
+        self.changed = threading.Condition()
         self.cancel = cancel
 
     def put(self, item) -> None:
-        while True:
-            if self.cancel.is_set():
-                raise Cancelled
-            try:
-                self.queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        cost = _frame_bytes(item)
+        with self.changed:
+            while self.items and (len(self.items) >= self.size
+                                  or self.bytes + cost > self.max_bytes):
+                self._wait()
+            self.items.append(item)
+            self.bytes += cost
+            self.changed.notify_all()
 
     def get(self):
-        while True:
-            if self.cancel.is_set():
-                raise Cancelled
-            try:
-                return self.queue.get(timeout=0.1)
-            except queue.Empty:
-                continue
+        with self.changed:
+            while not self.items:
+                self._wait()
+            item = self.items.popleft()
+            self.bytes -= _frame_bytes(item)
+            self.changed.notify_all()
+            return item
+
+    def _wait(self) -> None:
+        if self.cancel.is_set():
+            raise Cancelled
+        self.changed.wait(timeout=0.1)
+
+
+def _frame_bytes(item) -> int:
+    kind, value = item
+    return value.nbytes if kind == "frame" else 0
 
 
 class ClipFrames:

@@ -200,3 +200,8 @@ def from_args(args, local: bool = True) -> list[StageSpec]:
     if local:
         check_runnable(specs)
     return specs
+
+
+def sizes_from(args) -> dict:
+    """The size flags of `submit`, `inspect` and `preview`, as ``make_plan``'s keywords."""
+    return {"native": args.native, "scale": args.scale, "max_height": args.max_height}

@@ -14,6 +14,7 @@ from ..errors import UserError
 from . import registry
 from .endpoints import endpoints, rpc_reason
 from .plan import Plan
+from .sizing import NATIVE_FACTORS
 from .specs import StageSpec
 from .transforms import Resample
 
@@ -180,10 +181,15 @@ def build_steps(plan: Plan, device: str = "auto", attempts: dict[str, int] | Non
                               if plan.source.interlaced else "progressive")
             if spec.model == "classical" and not resampled:
                 params.setdefault("size", "%dx%d" % plan.working_size)
+        if spec.task == "superres" and spec.model in NATIVE_FACTORS:
+            params["scale"] = str(plan.sizing.model_factor)
         runner = (LocalRunner(registry.create_local(spec.task, spec.model, device))
                   if spec.endpoint == "local" else RemoteRunner(spec, attempts, outage=outage, stop=stop))
         steps.append(Step(f"{spec.task}/{spec.model}", runner, params, spec))
         if spec.task == "analog" and not resampled:
             steps.append(Step("resample", LocalRunner(Resample(*plan.working_size)), {}))
             resampled = True
+        if spec.task == "superres" and plan.sizing.model_factor != plan.sizing.factor:
+            # a fixed-factor model's frames, resized down to the size the plan chose
+            steps.append(Step("resize", LocalRunner(Resample(*plan.output_size)), {}))
     return steps

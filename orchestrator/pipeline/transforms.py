@@ -7,7 +7,8 @@ from services.stagekit import ClipInfo, Stage
 
 
 class Resample(Stage):
-    """Area-resample frames to the working size (the tape's real resolution)."""
+    """Area-resample frames to a size: the working size (the tape's real resolution), or
+    the plan's output size for the frames of a model with a larger fixed factor."""
 
     task = "resample"
     model = "area"

@@ -317,8 +317,9 @@ def remove_impulses(images: Iterable[np.ndarray], clip_id: str) -> Iterator[np.n
     flows = PerThread(make_flow)
     repaired_total = 0
     mend = lambda window: repair_impulses(*window, flows.get(), threshold)
+    pixels = first[1].image.shape[0] * first[1].image.shape[1]
     for image, repaired in ordered_map(mend, itertools.chain([first], windows),
-                                       frame_workers()):
+                                       frame_workers(pixels)):
         repaired_total += repaired
         yield image
     if repaired_total:

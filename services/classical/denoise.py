@@ -71,7 +71,8 @@ class DenoiseStage(ClassicalStage):
         # Each frame is denoised from its own window alone: frames run side by side.
         flows = PerThread(make_flow)
         one = lambda window: from_work(denoise(window, flows.get(), sigma), info.pixel_format)
-        yield from ordered_map(one, itertools.chain([first], windows), frame_workers())
+        yield from ordered_map(one, itertools.chain([first], windows),
+                               frame_workers(info.width * info.height))
 
 
 def clip_sigma(window: list[Item], flow: FlowEstimator) -> float:

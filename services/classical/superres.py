@@ -1,4 +1,5 @@
-"""superres/classical: 4x by lanczos and iterative back-projection.
+"""superres/classical: 2x or 4x (param ``scale``, default 4) by lanczos and iterative
+back-projection.
 
 The low-resolution frame is modelled as the area (box) downscale of the wanted one, the
 model the orchestrator itself uses to find a tape's working resolution. Starting from a
@@ -13,6 +14,11 @@ by the area downscale is one fixed separable filter there, so a step costs a sma
 convolution of the input's size, and only the summed correction is upscaled, once. The
 result is the same as upscaling every step's error (to float rounding) at a third of the
 full-resolution work.
+
+Every output pixel depends on input pixels at most TILE_MARGIN away, so a large frame is
+upscaled in tiles of ``tile`` input pixels (param, default TILE; 0: whole frames) with that
+margin: the same result to float rounding, with a tile's temporaries instead of a 4x
+frame's.
 """
 from __future__ import annotations
 
@@ -24,12 +30,16 @@ import numpy as np
 
 from services.stagekit.parallel import frame_workers, ordered_map
 from services.stagekit.stage import ClipInfo
+from services.stagekit.tiling import tiled
 
-from .common import ClassicalStage, from_work, log, worked
+from .common import ClassicalStage, from_work, log, to_work
 
 SCALE = 4
+SCALES = ("4", "2")
 STEPS = 3
 OVERSHOOT = 2.0   # 8-bit levels an output may leave its input neighbourhood's range by
+TILE = 256        # input pixels a side of a tile
+TILE_MARGIN = 24  # input pixels an output pixel reaches: lanczos 4 + 3 round trips + clamp
 
 
 class SuperresStage(ClassicalStage):
@@ -37,25 +47,37 @@ class SuperresStage(ClassicalStage):
     scale = SCALE
     window = (0, 0)
     max_batch = 4
-    params = ()
+    params = ("scale", "tile")
+
+    def settings(self, info: ClipInfo) -> tuple[int, int]:
+        self.check_known(info)
+        return (int(self.param_choice(info, "scale", SCALES)),
+                self.param_int(info, "tile", TILE, 0, 1 << 16))
+
+    def output_info(self, info: ClipInfo) -> ClipInfo:
+        factor, _ = self.settings(info)
+        return info.replace(width=info.width * factor, height=info.height * factor)
 
     def process(self, info: ClipInfo, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        self.settings(info)
+        factor, tile = self.settings(info)
         log.info("%s clip %s: %dx%d -> %dx%d, lanczos + %d back-projection steps",
-                 self.name, info.clip_id, info.width, info.height, info.width * SCALE,
-                 info.height * SCALE, STEPS)
+                 self.name, info.clip_id, info.width, info.height, info.width * factor,
+                 info.height * factor, STEPS)
+
+        def one(frame: np.ndarray) -> np.ndarray:
+            work = lambda part: from_work(upscale(to_work(part), factor), info.pixel_format)
+            return tiled(work, frame, tile, TILE_MARGIN, factor)
         # Every frame is upscaled alone: frames run side by side.
-        one = lambda image: from_work(upscale(image), info.pixel_format)
-        yield from ordered_map(one, worked(frames), frame_workers())
+        yield from ordered_map(one, frames, frame_workers())
 
 
-def upscale(image: np.ndarray) -> np.ndarray:
+def upscale(image: np.ndarray, factor: int = SCALE) -> np.ndarray:
     height, width = image.shape[:2]
-    size = (width * SCALE, height * SCALE)
+    size = (width * factor, height * factor)
     estimate = cv2.resize(image, size, interpolation=cv2.INTER_LANCZOS4)
     seen = cv2.resize(estimate, (width, height), interpolation=cv2.INTER_AREA)
     correction = np.zeros_like(image)
-    taps = round_trip_taps()
+    taps = round_trip_taps(factor)
     for _ in range(STEPS):
         error = image - seen
         correction += error
@@ -69,12 +91,13 @@ def upscale(image: np.ndarray) -> np.ndarray:
 
 
 @functools.cache
-def round_trip_taps() -> np.ndarray:
-    """The low-resolution filter equal to a cubic upscale by SCALE then the area downscale:
-    read off as the round trip's response to an impulse (cv2's own kernels, exactly)."""
+def round_trip_taps(factor: int = SCALE) -> np.ndarray:
+    """The low-resolution filter equal to a cubic upscale by ``factor`` then the area
+    downscale: read off as the round trip's response to an impulse (cv2's own kernels,
+    exactly)."""
     impulse = np.zeros((1, 17), np.float32)
     impulse[0, 8] = 1.0
-    up = cv2.resize(impulse, (17 * SCALE, SCALE), interpolation=cv2.INTER_CUBIC)
+    up = cv2.resize(impulse, (17 * factor, factor), interpolation=cv2.INTER_CUBIC)
     response = cv2.resize(up, (17, 1), interpolation=cv2.INTER_AREA)[0]
     support = np.flatnonzero(np.abs(response) > 1e-7)
     reach = max(8 - support[0], support[-1] - 8)

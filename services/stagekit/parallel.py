@@ -18,10 +18,15 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def frame_workers() -> int:
-    """Threads for one stage's frames: this machine's cores, up to four (beyond that the
-    stages running beside it have the other cores)."""
-    return max(1, min(4, os.cpu_count() or 1))
+PARALLEL_PIXELS = 8_400_000   # pixels of frames one stage works on side by side (a UHD frame)
+
+
+def frame_workers(pixels: int = 0) -> int:
+    """Threads for one stage's frames of ``pixels`` each: this machine's cores, up to four
+    (beyond that the stages running beside it have the other cores), and fewer for large
+    frames, so a stage's working copies stay within PARALLEL_PIXELS whatever the size."""
+    by_memory = PARALLEL_PIXELS // pixels if pixels > 0 else 4
+    return max(1, min(4, os.cpu_count() or 1, by_memory))
 
 
 def ordered_map(function: Callable[[T], R], items: Iterable[T], workers: int,

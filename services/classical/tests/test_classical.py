@@ -296,7 +296,8 @@ def test_float16_frames_come_back_as_float16():
     (ColorizeStage, {"reference": "/nonexistent/ref.png"}, "does not exist"),
     (DeblurStage, {"strength": "-1"}, "strength"),
     (DenoiseStage, {"strength": "lots"}, "strength"),
-    (SuperresStage, {"scale": "2"}, "unknown"),
+    (SuperresStage, {"scale": "3"}, "scale"),
+    (SuperresStage, {"zoom": "2"}, "unknown"),
     (InterpolateStage, {"factor": "0"}, "factor"),
     (InterpolateStage, {"factor": "2.5"}, "factor"),
 ])
