@@ -59,6 +59,6 @@ def _identity(plan, output: media.OutputSpec) -> str:
     src = plan.source.path.stat()
     # The shot scan's size stands for how clips are cut: another cut, other clips.
     text = json.dumps([str(plan.source.path.resolve()), src.st_size, src.st_mtime_ns,
-                       plan.lines(), [s.describe() for s in plan.stages], output.codec, output.crf,
+                       plan.decisions(), [s.describe() for s in plan.stages], output.codec, output.crf,
                        output.path.suffix.lower(), list(SCAN_SIZE)])
     return hashlib.sha256(text.encode()).hexdigest()

@@ -36,6 +36,12 @@ class Plan:
         return self.sizing.output
 
     def lines(self) -> list[str]:
+        """What the job will do, and what it will take of this machine, in words."""
+        return [*self.decisions(), memory.describe(self)]
+
+    def decisions(self) -> list[str]:
+        """What the job will do, in words: the same for the same input and settings on
+        any machine (an interrupted run's identity), unlike the memory it finds free."""
         w, h = self.working_size
         src = self.source
         return [f"input: {src.width}x{src.height} {float(src.fps):.3f} fps {src.field_order}, "
@@ -43,8 +49,7 @@ class Plan:
                 f"audio: {src.audio_codec or 'none'}",
                 f"working resolution: {w}x{h}; {self.sizing.describe()}; "
                 f"output frame rate {float(self.target_fps):.3f} fps",
-                "stages: " + " -> ".join(s.describe() for s in self.stages),
-                memory.describe(self)]
+                "stages: " + " -> ".join(s.describe() for s in self.stages)]
 
 
 def make_plan(source: media.SourceInfo, specs: list[StageSpec], native: str = "auto",
