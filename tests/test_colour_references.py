@@ -21,6 +21,7 @@ from orchestrator.pipeline.specs import build
 from orchestrator.media.simulate import read_clip
 from services.stagekit import ClipInfo, StageError
 from services.stagekit.client import StageClient
+from services.stagekit.monochrome import is_monochrome
 from services.stagekit.testing import running_service
 
 from .helpers import read_frames, run_cli, write_video
@@ -58,23 +59,60 @@ def test_grey_stretch_takes_its_colour_from_the_colour_shots_around_it(clip):
 @pytest.mark.parametrize("photos", ["of the scene", "from elsewhere"])
 def test_users_references_come_first_and_give_at_least_as_much_colour(clip, tmp_path, photos):
     """The user's colour photos: of the grey scene itself, or of the same day but other
-    moments (frames well away from the clip); either way no less colour than without."""
+    moments (frames well away from the clip); either way no less colour than without
+    (the user's and the tape's references are chosen between, not averaged)."""
     clean, grey, fps = clip
     if photos == "of the scene":
         pictures = [clean[GREY[0] + 4], clean[GREY[1] - 6]]
     else:
         pictures, _ = read_clip(cockatoo(), SIZE, 2, 20)
+    automatic = colour_as_a_job(grey, fps)
+    users = colour_as_a_job(grey, fps, {"reference": saved(pictures, tmp_path)})
+    # Used where they match (photos of the scene bring it closer to the truth), never
+    # at the cost of colour where they do not.
+    assert any(not np.array_equal(users[i], automatic[i]) for i in range(*GREY))
+    if photos == "of the scene":
+        assert chroma_error(users, clean, *GREY) < chroma_error(automatic, clean, *GREY)
+    assert all(np.array_equal(users[i], clean[i])
+               for i in [*range(GREY[0]), *range(GREY[1], len(clean))])
+    assert at_least_as_colourful(users, automatic, *GREY)
+    assert chroma_error(users, clean, *GREY) < 0.6 * chroma_error(grey, clean, *GREY)
+    assert colour_flicker(users, *GREY) <= colour_flicker(clean, *GREY) + 0.3
+
+
+def saved(pictures: list[np.ndarray], folder: Path) -> str:
+    """The pictures as PNG files, in the form of colorize.reference."""
     paths = []
     for number, picture in enumerate(pictures):
-        paths.append(tmp_path / f"ref{number}.png")
+        paths.append(folder / f"ref{number}.png")
         cv2.imwrite(str(paths[-1]), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-    automatic = colour_as_a_job(grey, fps)
-    users = colour_as_a_job(grey, fps, {"reference": ",".join(map(str, paths))})
-    assert not np.array_equal(users[GREY[0] + 4], automatic[GREY[0] + 4])
-    # Photos of the scene add colour; others may blend in a little less (within 5 %).
-    floor = 1.0 if photos == "of the scene" else 0.95
-    assert colourfulness(users, *GREY) >= floor * colourfulness(automatic, *GREY) - 0.02
-    assert chroma_error(users, clean, *GREY) < 0.6 * chroma_error(grey, clean, *GREY)
+    return ",".join(map(str, paths))
+
+
+def at_least_as_colourful(users, automatic, start: int, stop: int) -> bool:
+    """No less colour with the user's references than without (0.5 % for rounding)."""
+    return colourfulness(users, start, stop) >= 0.995 * colourfulness(automatic, start, stop)
+
+
+@pytest.mark.slow
+def test_on_the_tape_photos_of_other_moments_take_no_colour_away(tmp_path):
+    """tape_sim.mp4 deinterlaced, its grey scene coloured with and without two frames of
+    the clean twin from its colour scenes (1.0 s and 7.5 s) as the user's photos."""
+    tape, analog = cockatoo().with_name("tape_sim.mp4"), tmp_path / "analog.mkv"
+    result = run_cli("submit", tape, "-o", analog, "--stages", "analog", "--codec", "ffv1",
+                     "--quiet", timeout=300)
+    assert result.returncode == 0, result.stderr
+    frames, rate = read_clip(analog)
+    height, width = frames[0].shape[:2]
+    twin, twin_rate = read_clip(cockatoo(), None, 160)
+    pictures = [cv2.resize(twin[round(t * float(twin_rate))][:, 160:1120], (width, height),
+                           interpolation=cv2.INTER_AREA) for t in (1.0, 7.5)]
+    start, stop = next(s for s in scan(frames, float(rate)).shots if s[0] > 0)
+    assert not is_monochrome(frames[start - 1]) and is_monochrome(frames[start])
+    automatic = colour_as_a_job(frames, rate)
+    users = colour_as_a_job(frames, rate, {"reference": saved(pictures, tmp_path)})
+    assert at_least_as_colourful(users, automatic, start, stop)
+    assert colour_flicker(users, start, stop) <= colour_flicker(automatic, start, stop) + 0.3
 
 
 def stamped(frame: np.ndarray) -> np.ndarray:

@@ -5,9 +5,9 @@ for compression). Colour frames pass through untouched, bit for bit.
 
 References are the user's images (``reference`` = comma-separated paths), first, and
 those the orchestrator sends in the clip header: frames of the tape's own colour shots
-around the grey scene, nearest first (``orchestrator.media.references``); the user's are
-matched first and the tape's fill in where they do not match, so giving references never
-takes colour away. A grey
+around the grey scene, nearest first (``orchestrator.media.references``); per region the
+set that matches better colours it, the user's on a tie, so the user's photos lead where
+they fit and never wash out the tape's colour where they do not. A grey
 frame is coloured by exemplar-based colour transfer (see ``Colourist``): every reference
 is matched to it densely (DIS optical flow on luma) and lends its chroma where its luma
 agrees; the previous coloured frame, carried along the motion, does the same, so colour
@@ -50,6 +50,7 @@ GUIDE_RADIUS = 3     # guided filter window (work pixels) and regularisation (lu
 GUIDE_EPS = 2e-3
 OVERLAY_CHROMA = 24.0  # chroma (8-bit Cr/Cb magnitude) of a pixel that already has colour
 OVERLAY_RIM = 2      # pixels around it kept as they were too (a text outline)
+PICK_SMOOTH = 4.0    # sigma (work pixels) of the region over which user vs tape is chosen
 
 
 class ColorizeStage(ClassicalStage):
@@ -92,11 +93,11 @@ class ColorizeStage(ClassicalStage):
                 continue
             image = to_work(frame)
             if colourist is None:
-                # The user's images first; the tape's own colour frames still help where
-                # the user's do not match, so giving references never takes colour away.
+                # The user's images first; the tape's own colour frames colour what the
+                # user's match worse, so giving references never takes colour away.
                 references = ([read_reference(p) for p in paths]
                               + [decode_reference(d).astype(np.float32) for d in info.references])
-                colourist = Colourist(references, image.shape[:2])
+                colourist = Colourist(references, image.shape[:2], len(paths))
                 log.info("%s clip %s: colouring grey frames from %d %s", self.name,
                          info.clip_id, len(references),
                          "reference image(s)" if paths and not info.references else
@@ -190,10 +191,12 @@ class Colourist:
     match leads, ties blend smoothly, so small changes do not switch colours), with the
     muted table for what none covers. A guided filter led by the frame's luma then makes
     the chroma follow its edges. Matching runs at WORK_WIDTH at most; the chroma is
-    brought back to full size by the same filter."""
+    brought back to full size by the same filter. The user's references and the tape's
+    are not averaged together but chosen between (see ``colour``)."""
 
-    def __init__(self, references: list[np.ndarray], shape: tuple[int, int]):
+    def __init__(self, references: list[np.ndarray], shape: tuple[int, int], users: int = 0):
         height, width = shape
+        self.users = users    # the first ``users`` references are the user's
         scale = min(1.0, WORK_WIDTH / width)
         self.shape = shape
         self.work = (max(8, round(height * scale)), max(8, round(width * scale)))
@@ -207,7 +210,9 @@ class Colourist:
             y = luma_of(small)
             self.exemplars.append((self.flow.prepare(_eight(y)), _soft(y),
                                    chroma_of(small).astype(np.float32)))
-        self.palette_of = references
+        # The table is the fallback for what no exemplar matches: from the tape's own colour
+        # shots where there are any (the user's photos of another moment would shift it).
+        self.palette_of = references[users:] or references
         self.palette: Palette | None = None
         self.previous: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
@@ -223,8 +228,18 @@ class Colourist:
             self.palette = Palette(self.palette_of, y)
         grey, soft = self.flow.prepare(_eight(y)), _soft(y)
         table = self.palette.chroma(y)
-        total = np.full(y.shape, TABLE_TRUST ** SHARPNESS, np.float32)
-        chroma = table * (MUTED * total)[..., None]
+        # Two estimates, one from the user's references and one from the tape's, each with
+        # the muted table and the carried colour; per pixel the one whose references match
+        # better is kept (the user's on a tie). Averaging them instead would mix different
+        # hues where they disagree, and the mean of chroma vectors pointing apart is shorter
+        # than either: the user's photos of another moment would wash the tape's colour out.
+        # The best matches are compared over a small region: where both match poorly a
+        # choice pixel by pixel follows noise. With one kind of reference only, this is
+        # the plain weighted average (the other estimate's best stays -1).
+        floor = np.full(y.shape, TABLE_TRUST ** SHARPNESS, np.float32)
+        totals = [floor, floor.copy()]
+        sums = [table * (MUTED * floor)[..., None] for _ in totals]
+        best = [np.full(y.shape, -1.0, np.float32) for _ in totals]
         exemplars = list(self.exemplars)
         if self.previous is not None:
             exemplars.append(self.previous)
@@ -232,12 +247,21 @@ class Colourist:
             motion = self.flow(grey, ex_grey, y.shape)
             error = np.abs(warp(ex_soft, motion) - soft)
             match = np.exp(-(cv2.blur(error, (5, 5)) / MATCH_TOLERANCE) ** 2)
+            groups = [int(index >= self.users)]
             if index == len(self.exemplars):
                 match *= CARRY
+                groups = [0, 1]
+            else:
+                np.maximum(best[groups[0]], match, out=best[groups[0]])
             weight = match ** SHARPNESS
-            chroma += weight[..., None] * warp(ex_chroma, motion)
-            total += weight
-        chroma /= total[..., None]
+            coloured = weight[..., None] * warp(ex_chroma, motion)
+            for group in groups:
+                sums[group] += coloured
+                totals[group] += weight
+        user_wins = cv2.GaussianBlur(best[0], (0, 0), PICK_SMOOTH) >= \
+            cv2.GaussianBlur(best[1], (0, 0), PICK_SMOOTH)
+        chroma = np.where(user_wins[..., None], sums[0] / totals[0][..., None],
+                          sums[1] / totals[1][..., None])
         chroma = guided_filter(y / 255.0, chroma, GUIDE_RADIUS, GUIDE_EPS)
         self.previous = (grey, soft, chroma)
         if chroma.shape[:2] != self.shape:
