@@ -16,6 +16,9 @@ One streaming pass, each step a generator over the previous one:
 3. Impulses (dropouts, dirt, scratches): a pixel that differs from both motion-compensated
    neighbours, in the same direction, while they agree with each other, is replaced by
    their average (a motion-aware temporal median).
+   Before them, VHS damage, each repaired only where measured (vhs.py): jittered lines
+   are straightened and one-line dropouts filled; after the flicker, the chroma's delay
+   and bleed are undone.
 4. Flicker: each frame's luminance mean and contrast are pulled to the temporal mean of
    its neighbours', which keeps fades (linear over the window) but removes frame-to-frame
    pumping. The mean, not the median: pumping is independent from frame to frame, and
@@ -41,6 +44,7 @@ from services.stagekit.windowing import neighbourhoods
 from .common import (ClassicalStage, delivered, grey8, log, luma, mapped, noise_sigma,
                      worked)
 from .flow import FlowEstimator, positions, warp
+from .vhs import mend_colour, remove_dropouts, straighten_lines
 
 FIELD_ORDERS = ("progressive", "tff", "bff")
 FLICKER_RADIUS = 3
@@ -108,9 +112,13 @@ class AnalogStage(ClassicalStage):
         if settings.size and settings.size != (info.width, info.height):
             images = mapped(lambda image: resample(image, settings.size), images)
         if settings.clean:
+            images = straighten_lines(images, info.clip_id)
+            images = remove_dropouts(images, info.clip_id)
             images = remove_impulses(images, info.clip_id)
         if settings.deflicker:
             images = deflicker(images)
+        if settings.clean:
+            images = mend_colour(images, info.clip_id)
         yield from delivered(images, info.pixel_format)
 
 
