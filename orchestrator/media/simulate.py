@@ -313,8 +313,14 @@ def flicker(frames, rng) -> list[np.ndarray]:
 def chroma_delay(frames, rng, strength: float = 1.0) -> list[np.ndarray]:
     """The colour lagging the picture: chroma shifted right by 2 to 4 pixels (times the
     strength, sub-pixel), the same for the whole clip, as one deck's delay is."""
-    delay = float(rng.uniform(2.0, 4.0)) * strength
+    delay = drawn_chroma_delay(rng, strength)
     return [_chroma_mapped(frame, lambda c: _shifted(c, delay)) for frame in frames]
+
+
+def drawn_chroma_delay(rng: np.random.Generator, strength: float = 1.0) -> float:
+    """The delay ``chroma_delay`` draws: what a person would dial into ffmpeg's
+    chromashift by hand (bench/quality.py)."""
+    return float(rng.uniform(2.0, 4.0)) * strength
 
 
 def chroma_bleed(frames, rng, strength: float = 1.0) -> list[np.ndarray]:

@@ -8,9 +8,10 @@ clip comes out unchanged (services/classical/tests/test_vhs.py).
   lines above and below it, and moved onto it with cv2.remap. A few rounds: the
   neighbours are jittered too, and each round halves what is left.
 - Dropouts: one-line streaks, brighter or darker than both the line above and below by
-  far, at least a few pixels long, and not at that place in the previous and next frames.
-  They are filled with the median of the previous frame, the next frame and the mean of
-  the lines above and below (the median rejects whichever of the three moved).
+  far, at least a few pixels long, and not there in the previous and next frames warped
+  onto this one (analog.py's impulse pass, whose optical flow they share), which agree.
+  They are filled with the median of those two and the mean of the lines above and below
+  (the median rejects whichever of the three the flow got wrong).
 - Chroma delay and bleed, measured together on the first frames: the shift and the
   horizontal blur of the luma that explain the chroma best by local linear regression
   (a guided filter's model; a cross-correlation of gradient profiles was tried first and
@@ -160,43 +161,29 @@ def dropout_mask(y: np.ndarray, y_prev: np.ndarray, y_next: np.ndarray) -> np.nd
     down[:-1], down[-1] = y[1:], y[-2]
     du, dd = y - up, y - down
     streak = (du * dd > 0) & (np.minimum(np.abs(du), np.abs(dd)) > DROPOUT_LEVEL)
-    # Not there a frame before and after (a thin real line persists); at the clip's ends
-    # the one neighbour there is decides.
-    gone = (np.abs(y - y_prev) > 0.5 * DROPOUT_LEVEL) & (np.abs(y - y_next) > 0.5 * DROPOUT_LEVEL)
+    # Not there a frame before and after, which agree with each other (a thin real line
+    # persists); at the clip's ends the one neighbour there decides.
+    dp, dn = y - y_prev, y - y_next
+    gone = ((dp * dn > 0) & (np.minimum(np.abs(dp), np.abs(dn)) > 0.5 * DROPOUT_LEVEL)
+            & (np.abs(y_prev - y_next) < DROPOUT_LEVEL))
     mask = (streak & gone).astype(np.uint8)
     return cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((1, DROPOUT_LENGTH), np.uint8))
 
 
-def fill_dropouts(prev: np.ndarray, cur: np.ndarray, nxt: np.ndarray) -> tuple[np.ndarray, int]:
-    y = luma(cur)
-    mask = dropout_mask(y, luma(prev), luma(nxt))
+def fill_dropouts(image: np.ndarray, prev: np.ndarray, nxt: np.ndarray,
+                  y: np.ndarray, y_prev: np.ndarray, y_next: np.ndarray) -> tuple[np.ndarray, int]:
+    """``image`` with its dropouts filled; ``prev`` and ``nxt`` are its neighbouring frames
+    warped onto it (motion-compensated), ``y*`` the three lumas."""
+    mask = dropout_mask(y, y_prev, y_next)
+    if not mask.any():
+        return image, 0
     # A dropout's ends fade into the picture: one pixel more each way.
     mask = cv2.dilate(mask, np.ones((1, 3), np.uint8))
-    count = int(mask.sum())
-    if not count:
-        return cur, 0
-    vertical = np.empty_like(cur)
-    vertical[1:-1] = 0.5 * (cur[:-2] + cur[2:])
-    vertical[0], vertical[-1] = cur[1], cur[-2]
+    vertical = np.empty_like(image)
+    vertical[1:-1] = 0.5 * (image[:-2] + image[2:])
+    vertical[0], vertical[-1] = image[1], image[-2]
     median = np.median(np.stack([prev, nxt, vertical]), axis=0)
-    return np.where(mask[..., None] > 0, median, cur), count
-
-
-def remove_dropouts(images: Iterable[np.ndarray], clip_id: str) -> Iterator[np.ndarray]:
-    filled = frames = 0
-    for prev, cur, nxt in neighbourhoods(images, 1, 1):
-        if prev is cur:
-            prev = nxt
-        if nxt is cur:
-            nxt = prev
-        image, count = fill_dropouts(prev, cur, nxt)
-        filled += count
-        frames += 1
-        yield image
-    if filled:
-        height, width = cur.shape[:2]
-        log.info("analog/classical clip %s: dropouts filled, %.3f%% of the pixels", clip_id,
-                 100.0 * filled / (frames * height * width))
+    return np.where(mask[..., None] > 0, median, image), int(mask.sum())
 
 
 def dropout_rate(images: list[np.ndarray]) -> float:
