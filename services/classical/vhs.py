@@ -49,6 +49,7 @@ DROPOUT_LEVEL = 40.0       # how far a dropout stands out from the lines around 
 DROPOUT_LENGTH = 5         # shortest streak, pixels
 BLEED_SIGMAS = np.arange(0.0, 5.01, 0.5, dtype=np.float32)
 DELAYS = np.arange(-6.0, 6.01, 0.5, dtype=np.float32)
+GREY = 10.0                # chroma variance (levels^2) below which a picture is grey
 PRESENT = 0.98             # residual ratio below which a delay or a blur is there
 
 
@@ -203,6 +204,9 @@ def measure_chroma(images: list[np.ndarray]) -> VhsMeasure:
     it: a clean clip's chroma is best explained by its own luma, unshifted and unblurred,
     within a few hundredths."""
     planes = [split_chroma(image) for image in images]
+    colour = np.mean([cr.var() + cb.var() for _, cr, cb in planes])
+    if colour < GREY:
+        return VhsMeasure(0.0, 0.0)   # a black-and-white picture: no colour to be late
 
     def residual(sigma: float, delay: float) -> float:
         total = 0.0
