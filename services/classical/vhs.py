@@ -42,7 +42,7 @@ MEASURED_FRAMES = 2        # frames the chroma delay and bleed are measured on
 # Below these the damage is not there (clean clips measure under a third of them).
 JITTER_FLOOR = 0.3         # median |shift| of the textured lines, pixels
 DELAY_FLOOR = 1.75         # pixels (cockatoo's own chroma sits up to 1.5 off)
-BLEED_FLOOR = 1.0          # gaussian sigma, pixels
+BLEED_FLOOR = 1.5          # gaussian sigma, pixels
 JITTER_LAGS = 3
 JITTER_ROUNDS = 3
 DROPOUT_LEVEL = 40.0       # how far a dropout stands out from the lines around it
@@ -219,6 +219,7 @@ def measure_chroma(images: list[np.ndarray]) -> VhsMeasure:
     delay = best(DELAYS, lambda d: residual(2.0, float(d)))
     sigma = best(BLEED_SIGMAS, lambda s: residual(float(s), float(delay)))
     delay = best(DELAYS, lambda d: residual(float(sigma), float(d)))
+    delay = best(delay + np.float32([-0.25, 0.0, 0.25]), lambda d: residual(float(sigma), float(d)))
     found = residual(float(sigma), float(delay))
     delay = float(delay) if found < PRESENT * residual(float(sigma), 0.0) else 0.0
     sigma = float(sigma) if found < PRESENT * residual(0.0, delay) else 0.0
