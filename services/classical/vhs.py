@@ -37,7 +37,7 @@ from services.stagekit.windowing import neighbourhoods
 from .common import log, luma
 
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
-MEASURED_FRAMES = 2        # frames the chroma delay and bleed are measured on
+MEASURED_FRAMES = 1        # frames the chroma delay and bleed are measured on
 
 # Below these the damage is not there (clean clips measure under a third of them).
 JITTER_FLOOR = 0.3         # median |shift| of the textured lines, pixels
@@ -47,8 +47,8 @@ JITTER_LAGS = 3
 JITTER_ROUNDS = 3
 DROPOUT_LEVEL = 40.0       # how far a dropout stands out from the lines around it
 DROPOUT_LENGTH = 5         # shortest streak, pixels
-BLEED_SIGMAS = np.arange(0.0, 5.01, 0.5, dtype=np.float32)
-DELAYS = np.arange(-6.0, 6.01, 0.5, dtype=np.float32)
+BLEED_SIGMAS = np.arange(0.0, 5.01, 1.0, dtype=np.float32)
+DELAYS = np.arange(-6.0, 6.01, 1.0, dtype=np.float32)
 GREY = 10.0                # chroma variance (levels^2) below which a picture is grey
 PRESENT = 0.98             # residual ratio below which a delay or a blur is there
 
@@ -179,12 +179,14 @@ def fill_dropouts(image: np.ndarray, prev: np.ndarray, nxt: np.ndarray,
     if not mask.any():
         return image, 0
     # A dropout's ends fade into the picture: one pixel more each way.
-    mask = cv2.dilate(mask, np.ones((1, 3), np.uint8))
-    vertical = np.empty_like(image)
-    vertical[1:-1] = 0.5 * (image[:-2] + image[2:])
-    vertical[0], vertical[-1] = image[1], image[-2]
-    median = np.median(np.stack([prev, nxt, vertical]), axis=0)
-    return np.where(mask[..., None] > 0, median, image), int(mask.sum())
+    rows, cols = np.nonzero(cv2.dilate(mask, np.ones((1, 3), np.uint8)))
+    above = np.where(rows > 0, rows - 1, rows + 1)
+    below = np.where(rows < image.shape[0] - 1, rows + 1, rows - 1)
+    vertical = 0.5 * (image[above, cols] + image[below, cols])
+    median = np.median(np.stack([prev[rows, cols], nxt[rows, cols], vertical]), axis=0)
+    out = image.copy()
+    out[rows, cols] = median
+    return out, len(rows)
 
 
 def dropout_rate(images: list[np.ndarray]) -> float:
@@ -199,11 +201,12 @@ def dropout_rate(images: list[np.ndarray]) -> float:
 def measure_chroma(images: list[np.ndarray]) -> VhsMeasure:
     """The chroma's delay and blur: the shift and horizontal blur of the luma that
     explain the chroma best by local linear regression (a guided filter's model). The
-    delay is searched at a middling blur, then the blur at that delay, then the delay
-    again. Each is kept only where it explains the chroma markedly better than none of
-    it: a clean clip's chroma is best explained by its own luma, unshifted and unblurred,
-    within a few hundredths."""
-    planes = [split_chroma(image) for image in images]
+    delay is searched in whole pixels at a middling blur, then the blur at that delay
+    (to half a pixel), then the delay again, down to a quarter pixel. Each is kept only
+    where it explains the chroma markedly better than none of it: a clean clip's chroma
+    is best explained by its own luma, unshifted and unblurred, within a few hundredths."""
+    # Every other row is enough (both damages are horizontal), at half the time.
+    planes = [tuple(plane[::2] for plane in split_chroma(image)) for image in images]
     colour = np.mean([cr.var() + cb.var() for _, cr, cb in planes])
     if colour < GREY:
         return VhsMeasure(0.0, 0.0)   # a black-and-white picture: no colour to be late
@@ -211,18 +214,22 @@ def measure_chroma(images: list[np.ndarray]) -> VhsMeasure:
     def residual(sigma: float, delay: float) -> float:
         total = 0.0
         for y, cr, cb in planes:
-            model = LocalRegression(shift_plane(blur_across(y, sigma), delay), (9, 5))
+            model = LocalRegression(shift_plane(blur_across(y, sigma), delay), (9, 3))
             total += model.residual(cr) + model.residual(cb)
         return total
 
-    best = lambda values, score: min(values, key=score)
-    delay = best(DELAYS, lambda d: residual(2.0, float(d)))
-    sigma = best(BLEED_SIGMAS, lambda s: residual(float(s), float(delay)))
-    delay = best(DELAYS, lambda d: residual(float(sigma), float(d)))
-    delay = best(delay + np.float32([-0.25, 0.0, 0.25]), lambda d: residual(float(sigma), float(d)))
-    found = residual(float(sigma), float(delay))
-    delay = float(delay) if found < PRESENT * residual(float(sigma), 0.0) else 0.0
-    sigma = float(sigma) if found < PRESENT * residual(0.0, delay) else 0.0
+    def refined(best: float, steps, score) -> float:
+        for step in steps:
+            best = min((best - step, best, best + step), key=score)
+        return float(best)
+
+    delay = float(min(DELAYS, key=lambda d: residual(2.0, float(d))))
+    sigma = float(min(BLEED_SIGMAS, key=lambda s: residual(float(s), delay)))
+    sigma = max(0.0, refined(sigma, (0.5,), lambda s: residual(max(s, 0.0), delay)))
+    delay = refined(delay, (1.0, 0.5, 0.25), lambda d: residual(sigma, d))
+    found = residual(sigma, delay)
+    delay = delay if found < PRESENT * residual(sigma, 0.0) else 0.0
+    sigma = sigma if found < PRESENT * residual(0.0, delay) else 0.0
     return VhsMeasure(delay if abs(delay) >= DELAY_FLOOR else 0.0,
                       sigma if sigma >= BLEED_FLOOR else 0.0)
 
