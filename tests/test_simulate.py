@@ -263,3 +263,19 @@ def test_vhs_kinds_scale_with_their_strength(kind):
 def test_a_strength_for_a_kind_without_one_is_refused():
     with pytest.raises(ValueError, match="no strength"):
         simulate(clean_clip(), ["grain"], 0, {"grain": 2.0})
+
+
+@pytest.mark.parametrize("strength,ok", [("chroma_delay=1.5", True), ("chroma_delay=lots", False),
+                                         ("grain=2", False)])
+def test_the_command_takes_strengths_and_refuses_bad_ones(tmp_path, strength, ok, capsys):
+    source = tmp_path / "clean.mp4"
+    write_clip(source, clean_clip(), 20)
+    args = [str(source), "-o", str(tmp_path / "tape.mp4"), "--truth", str(tmp_path / "truth"),
+            "--kinds", "chroma_delay", "--strength", strength]
+    if ok:
+        assert main(args) == 0
+        return
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2 and "error:" in capsys.readouterr().err
+    assert not (tmp_path / "tape.mp4").exists()

@@ -522,6 +522,10 @@ def main(argv: list[str] | None = None) -> int:
         strengths = {k: float(v) for k, v in (item.split("=", 1) for item in args.strength)}
     except ValueError:
         parser.error("--strength takes KIND=VALUE, e.g. chroma_delay=1.5")
+    weak = sorted(set(strengths) - set(STRENGTHENED))
+    if weak:
+        parser.error(f"--strength: {', '.join(weak)} takes none "
+                     f"(kinds with one: {', '.join(STRENGTHENED)})")
     frames, rate = read_clip(args.clean, size, args.frames)
     try:
         result = simulate(frames, args.kinds, args.seed, strengths)
