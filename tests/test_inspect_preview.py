@@ -102,3 +102,19 @@ def test_inspect_words_fit_the_pipeline(shared):
     assert result.returncode == 0, result.stderr
     assert "superres" not in result.stdout
     assert "(of the 720x480 frame)" in result.stdout
+
+
+def test_inspect_measures_vhs_chroma_delay_and_dropouts(shared, tmp_path):
+    from orchestrator.media.simulate import (drawn_chroma_delay, kind_rng, read_clip,
+                                             simulate, write_clip)
+    clean, rate = read_clip(shared / "footage" / "cockatoo_clean.mp4", (240, 160), 8, 40)
+    write_clip(tmp_path / "clean.mp4", clean, rate)
+    write_clip(tmp_path / "vhs.mp4", simulate(clean, ["chroma_delay", "tape_dropouts"], 4).frames,
+               rate)
+    damaged, untouched = inspect_json(tmp_path / "vhs.mp4"), inspect_json(tmp_path / "clean.mp4")
+    delay = drawn_chroma_delay(kind_rng(4, "chroma_delay"))
+    assert abs(damaged["vhs"]["chroma_delay_px"] - delay) < 1.0
+    assert damaged["vhs"]["dropout_rate"] > 0.001
+    assert untouched["vhs"]["chroma_delay_px"] == 0 and untouched["vhs"]["dropout_rate"] < 1e-4
+    from orchestrator.commands.inspect import render
+    assert f"VHS: chroma delay {damaged['vhs']['chroma_delay_px']:.2f} px" in render(damaged)

@@ -199,3 +199,83 @@ def test_command_line_writes_the_degraded_clip_and_its_truth(tmp_path):
     first = degraded.read_bytes()
     assert main(args) == 0
     assert degraded.read_bytes() == first
+
+
+# ---- VHS damage (issue 28) --------------------------------------------------------------
+
+def chroma(frame) -> np.ndarray:
+    return cv2.cvtColor(frame, cv2.COLOR_RGB2YCrCb)[..., 1:].astype(np.float32)
+
+
+def test_chroma_delay_moves_the_colour_right_and_keeps_the_luma():
+    clean = clean_clip()
+    delayed = simulate(clean, ["chroma_delay"], seed=3).frames
+    assert np.abs(luma(delayed[0]) - luma(clean[0])).mean() < 1.5
+    errors = {dx: np.abs(chroma(delayed[0])[:, 8:-8] - np.roll(chroma(clean[0]), dx, 1)[:, 8:-8]).mean()
+              for dx in range(0, 6)}
+    assert 2 <= min(errors, key=errors.get) <= 4
+
+
+def test_chroma_bleed_blurs_the_colour_sideways_only():
+    clean = clean_clip()
+    bled = simulate(clean, ["chroma_bleed"], seed=3).frames[0]
+    across = lambda c: np.abs(np.diff(c, axis=1)).mean()
+    down = lambda c: np.abs(np.diff(c, axis=0)).mean()
+    ratio = lambda measure: measure(chroma(bled)) / measure(chroma(clean[0]))
+    assert ratio(across) < 0.6 and ratio(across) < 0.7 * ratio(down)
+    assert np.abs(luma(bled) - luma(clean[0])).mean() < 1.5
+
+
+def test_tape_dropouts_are_one_line_streaks_on_one_frame():
+    clean = clean_clip()
+    damaged = changed(simulate(clean, ["tape_dropouts"], seed=3).frames, clean)
+    assert all(mask.any() for mask in damaged)
+    for mask in damaged:
+        labels, stats = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)[1:3]
+        widths, heights = stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT]
+        assert (heights <= 2).all() and widths.max() >= 6
+    # Random per frame: no streak stays where it was.
+    assert not (damaged[0] & damaged[1]).sum() > 0.5 * damaged[0].sum()
+
+
+def test_line_jitter_shifts_lines_sideways_differently_per_field():
+    clean = clean_clip()
+    jittered = simulate(clean, ["line_jitter"], seed=3).frames
+    def row_shifts(frame, ref):
+        lags = np.arange(-3, 4)
+        errs = np.stack([np.abs(np.roll(luma(ref), s, 1) - luma(frame))[:, 4:-4].mean(axis=1)
+                         for s in lags])
+        return lags[errs.argmin(axis=0)]
+    shifts = [row_shifts(j, c) for j, c in zip(jittered[:2], clean[:2])]
+    assert all(np.abs(s).max() >= 1 for s in shifts)
+    assert not np.array_equal(shifts[0][0::2], shifts[1][0::2])
+    assert not np.array_equal(shifts[0][0::2], shifts[0][1::2])
+
+
+@pytest.mark.parametrize("kind", ["chroma_delay", "chroma_bleed", "tape_dropouts", "line_jitter"])
+def test_vhs_kinds_scale_with_their_strength(kind):
+    clean = clean_clip()
+    error = lambda s: np.mean([np.abs(f.astype(np.float32) - c).mean() for f, c in
+                               zip(simulate(clean, [kind], 1, {kind: s}).frames, clean)])
+    assert error(0.0) < 0.7 < error(0.5) < error(1.5)
+
+
+def test_a_strength_for_a_kind_without_one_is_refused():
+    with pytest.raises(ValueError, match="no strength"):
+        simulate(clean_clip(), ["grain"], 0, {"grain": 2.0})
+
+
+@pytest.mark.parametrize("strength,ok", [("chroma_delay=1.5", True), ("chroma_delay=lots", False),
+                                         ("grain=2", False)])
+def test_the_command_takes_strengths_and_refuses_bad_ones(tmp_path, strength, ok, capsys):
+    source = tmp_path / "clean.mp4"
+    write_clip(source, clean_clip(), 20)
+    args = [str(source), "-o", str(tmp_path / "tape.mp4"), "--truth", str(tmp_path / "truth"),
+            "--kinds", "chroma_delay", "--strength", strength]
+    if ok:
+        assert main(args) == 0
+        return
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2 and "error:" in capsys.readouterr().err
+    assert not (tmp_path / "tape.mp4").exists()

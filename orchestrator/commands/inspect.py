@@ -41,6 +41,7 @@ def inspect(path: Path, specs: list[StageSpec], native: str = "auto", scale: str
         "black_and_white": [{"from_s": round(a, 3), "to_s": round(b, 3)} for a, b in grey],
         "grey_scenes": _grey_scenes(found, plan),
         "damaged_bands": _bands(source),
+        "vhs": _vhs(source),
         "audio": _audio(path),
         "pipeline": {
             "working_size": list(plan.working_size), "output_fps": _rate(plan.target_fps),
@@ -88,6 +89,21 @@ def _bands(source: media.SourceInfo) -> dict:
     bands = detect_bands([to_work(f) for f in frames])
     return {edge: getattr(bands, edge) for edge in ("left", "right", "top", "bottom")
             if getattr(bands, edge)}
+
+
+def _vhs(source: media.SourceInfo) -> dict:
+    """The VHS damage the analog stage measures: the chroma's delay and bleed (pixels of
+    the source, 0 where there is none) and the share of the pixels that are dropouts. On
+    an interlaced source, measured on the first field: a dropout is one line of a field."""
+    from services.classical import vhs
+    from services.classical.common import to_work
+    frames = [to_work(f[::2] if source.interlaced else f)
+              for f in itertools.islice(media.decode(source), BAND_SAMPLE)]
+    if not frames:
+        return {}
+    chroma = vhs.measure_chroma(frames[:vhs.MEASURED_FRAMES])
+    return {"chroma_delay_px": chroma.delay, "chroma_bleed_px": chroma.bleed,
+            "dropout_rate": round(vhs.dropout_rate(frames), 6)}
 
 
 def _container(path: Path) -> str:
@@ -138,6 +154,7 @@ def render(report: dict, as_json: bool = False) -> str:
         *(f"    {g['from_s']:.2f}s-{g['to_s']:.2f}s: {g['colour']}" for g in report["grey_scenes"]),
         "  damaged bands: " + (", ".join(f"{k} {n} px" for k, n in bands.items())
                                + f" (of the {v['width']}x{v['height']} frame)" if bands else "none"),
+        "  VHS: " + _vhs_words(report.get("vhs", {})),
         "  audio: " + (", ".join(f"{a['codec']} {a['sample_rate']} Hz {a['channels']} ch" for a in report["audio"]) or "none"),
         "  would run: " + " -> ".join(f"{s['task']}={s['model']}" for s in stages)
         + f", working at {working[0]}x{working[1]}"
@@ -147,6 +164,15 @@ def render(report: dict, as_json: bool = False) -> str:
         "  " + report["pipeline"]["memory"]["note"],
     ]
     return "\n".join(lines)
+
+
+def _vhs_words(found: dict) -> str:
+    if not found:
+        return "not measured"
+    delay, bleed = found["chroma_delay_px"], found["chroma_bleed_px"]
+    return (f"chroma delay {f'{delay:.2f} px' if delay else 'none'}, "
+            f"chroma bleed {f'{bleed:.1f} px' if bleed else 'none'}, "
+            f"dropouts {100 * found['dropout_rate']:.3f} % of the pixels")
 
 
 def _fraction(text: str):

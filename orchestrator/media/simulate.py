@@ -305,6 +305,76 @@ def flicker(frames, rng) -> list[np.ndarray]:
     return out
 
 
+# ---- VHS damage (issue 28): each takes a strength, 1.0 a typical worn tape --------------
+#
+# VHS records colour at about a sixth of the brightness's bandwidth and a few pixels late;
+# the tape sheds oxide (dropouts) and its time base wobbles (line jitter).
+
+def chroma_delay(frames, rng, strength: float = 1.0) -> list[np.ndarray]:
+    """The colour lagging the picture: chroma shifted right by 2 to 4 pixels (times the
+    strength, sub-pixel), the same for the whole clip, as one deck's delay is."""
+    delay = drawn_chroma_delay(rng, strength)
+    return [_chroma_mapped(frame, lambda c: _shifted(c, delay)) for frame in frames]
+
+
+def drawn_chroma_delay(rng: np.random.Generator, strength: float = 1.0) -> float:
+    """The delay ``chroma_delay`` draws: what a person would dial into ffmpeg's
+    chromashift by hand (bench/quality.py)."""
+    return float(rng.uniform(2.0, 4.0)) * strength
+
+
+def chroma_bleed(frames, rng, strength: float = 1.0) -> list[np.ndarray]:
+    """The colour smeared sideways: chroma low-passed horizontally (a gaussian of sigma
+    2.5 to 3.5 pixels, times the strength)."""
+    sigma = float(rng.uniform(2.5, 3.5)) * strength
+    size = 2 * int(np.ceil(3 * sigma)) + 1
+    blur = lambda c: cv2.GaussianBlur(c, (size, 1), sigmaX=max(sigma, 1e-3))
+    return [_chroma_mapped(frame, blur) for frame in frames]
+
+
+def tape_dropouts(frames, rng, strength: float = 1.0) -> list[np.ndarray]:
+    """Dropouts as a VHS deck shows them: one-line streaks, white or black, 6 to 40
+    pixels long, 3 to 10 a frame (times the strength), each on one frame only."""
+    out = []
+    height, width = frames[0].shape[:2]
+    for frame in frames:
+        img = frame.copy()
+        for _ in range(int(round(rng.integers(3, 11) * strength))):
+            y, x = int(rng.integers(1, height - 1)), int(rng.integers(0, width - 6))
+            end = min(width, x + int(rng.integers(6, min(41, width // 2))))
+            level = int(rng.choice([16, 235])) + rng.normal(0, 4, (end - x, 1))
+            img[y, x:end] = _eight(level)
+        out.append(img)
+    return out
+
+
+def line_jitter(frames, rng, strength: float = 1.0) -> list[np.ndarray]:
+    """Time-base error: every line shifted sideways by its own amount, up to about 1.5
+    pixels (times the strength), drawn afresh for each field of each frame."""
+    height, width = frames[0].shape[:2]
+    grid_x = np.tile(np.arange(width, dtype=np.float32), (height, 1))
+    grid_y = np.repeat(np.arange(height, dtype=np.float32)[:, None], width, axis=1)
+    out = []
+    for frame in frames:
+        shifts = rng.uniform(-1.5, 1.5, height).astype(np.float32) * strength
+        out.append(cv2.remap(frame, grid_x - shifts[:, None], grid_y, cv2.INTER_CUBIC,
+                             borderMode=cv2.BORDER_REFLECT))
+    return out
+
+
+def _chroma_mapped(frame: np.ndarray, change) -> np.ndarray:
+    ycc = cv2.cvtColor(frame, cv2.COLOR_RGB2YCrCb).astype(np.float32)
+    ycc[..., 1:] = change(np.ascontiguousarray(ycc[..., 1:]))
+    return cv2.cvtColor(_eight(ycc), cv2.COLOR_YCrCb2RGB)
+
+
+def _shifted(image: np.ndarray, dx: float) -> np.ndarray:
+    """``image`` moved ``dx`` pixels right (sub-pixel, edges repeated)."""
+    matrix = np.float32([[1, 0, dx], [0, 1, 0]])
+    return cv2.warpAffine(image, matrix, image.shape[1::-1], flags=cv2.INTER_CUBIC,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
 def _eight(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
@@ -317,22 +387,34 @@ def _grey(frame: np.ndarray) -> np.ndarray:
 # does to the geometry and the timing.
 KINDS = {
     "grain": grain, "defocus": defocus, "motion_blur": motion_blur,
-    "black_and_white": black_and_white, "flicker": flicker, "scratches": scratches,
-    "dirt": dirt, "dropouts": dropouts, "line_tears": line_tears, "borders": borders,
+    "black_and_white": black_and_white, "flicker": flicker, "chroma_bleed": chroma_bleed,
+    "chroma_delay": chroma_delay, "scratches": scratches, "dirt": dirt,
+    "dropouts": dropouts, "tape_dropouts": tape_dropouts, "line_tears": line_tears,
+    "line_jitter": line_jitter, "borders": borders,
     "downscale": downscale, "drop_frames": drop_frames, "interlace": interlaced,
 }
 
+STRENGTHENED = ("chroma_bleed", "chroma_delay", "tape_dropouts", "line_jitter")
 
-def simulate(frames: list[np.ndarray], kinds, seed: int = 0) -> Degraded:
+
+def simulate(frames: list[np.ndarray], kinds, seed: int = 0,
+             strengths: dict[str, float] | None = None) -> Degraded:
     """The clean ``frames`` with each of ``kinds`` applied, in KINDS order. Each kind draws
-    from its own generator (seed and kind name), so adding one leaves the others alike."""
+    from its own generator (seed and kind name), so adding one leaves the others alike.
+    ``strengths`` scales the kinds that take one (the VHS kinds), 1.0 by default."""
+    strengths = strengths or {}
+    weak = sorted(k for k in strengths if k not in STRENGTHENED)
+    if weak:
+        raise ValueError(f"no strength for {', '.join(weak)} "
+                         f"(kinds with one: {', '.join(STRENGTHENED)})")
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise ValueError(f"unknown degradation(s) {', '.join(unknown)} "
                          f"(known: {', '.join(KINDS)})")
     result = Degraded(list(frames), list(frames))
     for name in (k for k in KINDS if k in kinds):
-        result = _compose(result, KINDS[name](result.frames, kind_rng(seed, name)))
+        extra = {"strength": strengths[name]} if name in strengths else {}
+        result = _compose(result, KINDS[name](result.frames, kind_rng(seed, name), **extra))
     return result
 
 
@@ -429,13 +511,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kinds", nargs="+", default=list(DEFAULT_KINDS), choices=KINDS,
                         metavar="KIND", help="any of: " + ", ".join(KINDS))
+    parser.add_argument("--strength", nargs="+", default=[], metavar="KIND=VALUE",
+                        help="scale a VHS kind's damage (1.0 by default): "
+                             + ", ".join(STRENGTHENED))
     parser.add_argument("--size", default=None, help="resize the clean clip first, WxH")
     parser.add_argument("--frames", type=int, default=None, help="use the first N frames")
     args = parser.parse_args(argv)
     size = tuple(int(v) for v in args.size.split("x")) if args.size else None
+    try:
+        strengths = {k: float(v) for k, v in (item.split("=", 1) for item in args.strength)}
+    except ValueError:
+        parser.error("--strength takes KIND=VALUE, e.g. chroma_delay=1.5")
+    weak = sorted(set(strengths) - set(STRENGTHENED))
+    if weak:
+        parser.error(f"--strength: {', '.join(weak)} takes none "
+                     f"(kinds with one: {', '.join(STRENGTHENED)})")
     frames, rate = read_clip(args.clean, size, args.frames)
     try:
-        result = simulate(frames, args.kinds, args.seed)
+        result = simulate(frames, args.kinds, args.seed, strengths)
     except ValueError as error:
         parser.error(str(error))
     write_clip(args.output, result.frames, rate / result.fps_factor)

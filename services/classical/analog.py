@@ -16,6 +16,9 @@ One streaming pass, each step a generator over the previous one:
 3. Impulses (dropouts, dirt, scratches): a pixel that differs from both motion-compensated
    neighbours, in the same direction, while they agree with each other, is replaced by
    their average (a motion-aware temporal median).
+   VHS dropouts (one-line streaks, vhs.py) are filled from the same neighbours. Before
+   this, jittered lines are straightened; after the flicker, the chroma's delay and bleed
+   are undone: each VHS repair only where its damage is measured.
 4. Flicker: each frame's luminance mean and contrast are pulled to the temporal mean of
    its neighbours', which keeps fades (linear over the window) but removes frame-to-frame
    pumping. The mean, not the median: pumping is independent from frame to frame, and
@@ -41,6 +44,7 @@ from services.stagekit.windowing import neighbourhoods
 from .common import (ClassicalStage, delivered, grey8, log, luma, mapped, noise_sigma,
                      worked)
 from .flow import FlowEstimator, positions, warp
+from .vhs import fill_dropouts, mend_colour, straighten_lines
 
 FIELD_ORDERS = ("progressive", "tff", "bff")
 FLICKER_RADIUS = 3
@@ -108,9 +112,12 @@ class AnalogStage(ClassicalStage):
         if settings.size and settings.size != (info.width, info.height):
             images = mapped(lambda image: resample(image, settings.size), images)
         if settings.clean:
+            images = straighten_lines(images, info.clip_id)
             images = remove_impulses(images, info.clip_id)
         if settings.deflicker:
             images = deflicker(images)
+        if settings.clean:
+            images = mend_colour(images, info.clip_id)
         yield from delivered(images, info.pixel_format)
 
 
@@ -329,24 +336,30 @@ def remove_impulses(images: Iterable[np.ndarray], clip_id: str) -> Iterator[np.n
 
 def repair_impulses(prev: Prepared, cur: Prepared, nxt: Prepared, flow: FlowEstimator,
                     threshold: float) -> tuple[np.ndarray, int]:
-    if prev is cur or nxt is cur:
+    if prev is cur and nxt is cur:
         return cur.image, 0
+    # At the clip's ends the one neighbour there stands for both.
+    prev, nxt = (nxt, nxt) if prev is cur else (prev, prev) if nxt is cur else (prev, nxt)
     shape = cur.image.shape[:2]
     p = warp(prev.image, flow(cur.grey, prev.grey, shape))
-    n = warp(nxt.image, flow(cur.grey, nxt.grey, shape))
+    n = p if nxt is prev else warp(nxt.image, flow(cur.grey, nxt.grey, shape))
     y, yp, yn = luma(cur.image), luma(p), luma(n)
+    image, streaks = fill_dropouts(cur.image, p, n, y, yp, yn)
+    if nxt is prev:
+        # One neighbour confirms a dropout (a streak is one line), not an impulse.
+        return image, streaks
     dp, dn = y - yp, y - yn
     smaller = np.minimum(np.abs(dp), np.abs(dn))
     impulse = ((dp * dn > 0) & (smaller > threshold)
                & (np.abs(yp - yn) < 0.5 * smaller) & aligned(smaller, threshold))
     count = int(impulse.sum())
     if count == 0:
-        return cur.image, 0
+        return image, streaks
     # Dirt and dropouts have soft rims below the threshold: grow the mask, then feather.
     mask = cv2.dilate(impulse.astype(np.uint8), np.ones((5, 5), np.uint8))
     weight = cv2.GaussianBlur(mask.astype(np.float32), (5, 5), 0)
     weight = np.maximum(weight, impulse)[..., None]
-    return cur.image + weight * ((p + n) / 2.0 - cur.image), count
+    return image + weight * ((p + n) / 2.0 - image), count + streaks
 
 
 def aligned(smaller: np.ndarray, threshold: float) -> np.ndarray:
