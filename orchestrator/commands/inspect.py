@@ -12,7 +12,7 @@ from .. import media
 from ..media.references import Scan
 from ..pipeline import memory
 from ..pipeline.plan import make_plan
-from ..pipeline.runner import analyse, colour_source
+from ..pipeline.analysis import analyse, colour_source
 from ..pipeline.sizing import MAX_HEIGHT
 from ..pipeline.specs import StageSpec
 

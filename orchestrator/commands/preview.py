@@ -15,7 +15,8 @@ from ..errors import UserError
 from ..media.references import borrowed
 from ..pipeline.plan import make_plan
 from ..pipeline import sizing
-from ..pipeline.runner import Job, analyse, colorizes
+from ..pipeline.analysis import analyse, colorizes
+from ..pipeline.runner import Job
 from ..pipeline.specs import StageSpec
 
 MAX_HEIGHT = 720  # each half of the comparison, in display pixels

@@ -12,9 +12,9 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import deque
 from fractions import Fraction
 from pathlib import Path
-from collections import deque
 from typing import Iterator
 
 import numpy as np
@@ -23,16 +23,17 @@ from services.stagekit import ClipInfo, StageError
 
 from .. import media
 from ..errors import UserError
-from ..media.references import GreyScene, Scan, scan
-from ..media.shots import SCAN_SIZE, Shot
+from ..media.references import Scan
+from ..media.shots import Shot
+from .analysis import analyse, colorizes, colour_source
 from .memory import QUEUE_BYTES, QUEUE_FRAMES
 from .plan import Plan
 from .progress import Display, Progress
 from .segments import ClipSegments
-from .specs import StageSpec
 from .stagerunners import STAGE_OUTAGE, ClipFailed, Step, build_steps
 
 log = logging.getLogger("restoration.orchestrator")
+
 
 class Cancelled(Exception):
     """Another thread failed; this one stops quietly."""
@@ -109,8 +110,8 @@ class Job:
 
     Every finished clip is encoded as its segment of the output and the output is the
     segments joined. With ``checkpoints`` (a ClipSegments) the segments are kept there, and
-    a clip already kept is not processed again (shot detection still decodes it, so clips
-    are the same every run); without, they go to a scratch folder beside the output. Clips
+    a clip already kept is not processed again (the clips are cut where the analysis found
+    the shots, so they are the same every run); without, they go to a scratch folder beside the output. Clips
     in ``skip`` are left out of this run's work; the output is then not written.
     ``attempts`` counts earlier failures per clip, which moves a retried clip to the next
     replica of a remote stage; ``outage`` is how long a stage no replica serves is waited
@@ -155,7 +156,7 @@ class Job:
                 shutil.rmtree(scratch, ignore_errors=True)
 
     def _run(self):
-        self._find_shots()
+        self._analyse()
         channels = [Channel(self.cancel) for _ in range(len(self.steps) + 1)]
         threads = [threading.Thread(target=self._guard, args=(self._source, channels[0]),
                                     name="decode", daemon=True)]
@@ -229,7 +230,7 @@ class Job:
         if not kept:
             out.put(("end", None))
 
-    def _find_shots(self) -> None:
+    def _analyse(self) -> None:
         if self.scenes is None:
             self.scenes = analyse(self.plan, self.progress.frame_scanned)
         if colorizes(self.plan):
@@ -354,43 +355,6 @@ class Job:
     def _output_sar(self, width: int, height: int) -> Fraction:
         """Keep the source's display aspect ratio whatever the stages did to the size."""
         return self.plan.source.dar * Fraction(height, width)
-
-
-def colorizes(plan: Plan) -> bool:
-    return any(s.task == "colorize" for s in plan.stages)
-
-
-def analyse(plan: Plan, on_frame=None) -> Scan:
-    """What the job knows before any work, from one pass over the input: its shots (the
-    clips it streams, so progress counts against a fixed total), which are grey, and, when a
-    colorize stage runs, each grey scene's references from the tape's colour shots (so the
-    pass then reads whole frames; otherwise small ones, which is cheaper)."""
-    src = plan.source
-    colour = colorizes(plan)
-    frames = media.decode(src) if colour else media.decode(src, SCAN_SIZE)
-    if on_frame is not None:
-        frames = _counted(frames, on_frame)
-    return scan(frames, float(src.fps), plan.working_size, src.interlaced, keep_images=colour)
-
-
-def _counted(frames, on_frame):
-    for frame in frames:
-        yield frame
-        on_frame()
-
-
-def colour_source(scene: GreyScene, colorize: StageSpec | None) -> str:
-    """Where a grey scene's colour comes from, in plain words."""
-    user = colorize.params.get("reference", "").strip() if colorize else ""
-    if colorize is None:
-        return "stays grey: the colorize stage is not in the pipeline"
-    if user:
-        tape = f", then {len(scene.references)} of the tape's colour frames" \
-            if scene.references and colorize.model == "classical" else ""
-        return f"colour from your reference image(s) {user}{tape}"
-    if scene.references or colorize.model == "classical":
-        return scene.describe()
-    return f"colour from {colorize.model} (no colour frame in the tape to take colour from)"
 
 
 MAX_ATTEMPTS = 3          # tries of one clip (each on the next replica) before it fails
