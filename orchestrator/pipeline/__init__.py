@@ -3,6 +3,9 @@
     specs.py         a pipeline (file or flags): stages, each a task, model, params, endpoint
     registry.py      the tasks, their models, and which can run here
     plan.py          what a job will do, decided before any work (models, sizes, frame rate)
+    sizing.py        the output size: the super-resolution factor within --max-height
+    memory.py        the peak memory a plan needs, against what this machine has free
+    analysis.py      one pass before any work: the shots, grey scenes and their references
     endpoints.py     replicas of a remote stage, and a failed call in words
     stagerunners.py  how a step reaches its stage: in process, gRPC or Triton, with retries
                      and an outage window
