@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from services.stagekit import codec
+from services.stagekit.client import Closing
 from services.stagekit.protos import stage_pb2 as pb
 from services.stagekit.server import CLIENT_OPTIONS
 from services.stagekit.stage import ClipInfo, StageError
@@ -33,7 +34,7 @@ def parse_endpoint(endpoint: str) -> tuple[str, str]:
     return parts.netloc, model
 
 
-class TritonStageClient:
+class TritonStageClient(Closing):
     def __init__(self, endpoint: str, timeout: float | None = None):
         import tritonclient.grpc as triton
         self.address, self.model = parse_endpoint(endpoint)
@@ -43,12 +44,6 @@ class TritonStageClient:
 
     def close(self) -> None:
         self.client.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def describe(self) -> list[dict]:
         """The stage the Triton model serves, from its configuration's ``task`` and ``model``

@@ -16,7 +16,7 @@ from typing import Iterator
 import grpc
 
 import services.stagekit.protos  # noqa: F401  (puts proto/ on the import path)
-from services.stagekit.server import CLIENT_OPTIONS
+from services.stagekit.client import Closing, open_channel
 
 jobs_pb2, jobs_pb2_grpc = grpc.protos_and_services("restoration/v1/jobs.proto")
 
@@ -31,24 +31,17 @@ def channel_credentials(ca: Path | None = None, cert: Path | None = None,
     return grpc.ssl_channel_credentials(read(ca), read(key), read(cert))
 
 
-class JobClient:
+class JobClient(Closing):
     def __init__(self, address: str, token: str | None = None,
                  credentials: grpc.ChannelCredentials | None = None, timeout: float = 60.0):
         self.address = address
         self.timeout = timeout
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self.channel = (grpc.secure_channel(address, credentials, options=CLIENT_OPTIONS)
-                        if credentials else grpc.insecure_channel(address, options=CLIENT_OPTIONS))
+        self.channel = open_channel(address, credentials)
         self.stub = jobs_pb2_grpc.JobServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def submit(self, path: Path, options=None, name: str | None = None):
         """Upload a local file as a new job; returns its first JobStatus."""

@@ -36,7 +36,28 @@ def default_credentials() -> grpc.ChannelCredentials | None:
                                         read("RESTORATION_TLS_CERT"))
 
 
-class StageClient:
+def open_channel(address: str, credentials: grpc.ChannelCredentials | None = None,
+                 options=CLIENT_OPTIONS) -> grpc.Channel:
+    """A channel to ``address``: TLS when ``credentials`` are given, else plaintext."""
+    if credentials:
+        return grpc.secure_channel(address, credentials, options=options)
+    return grpc.insecure_channel(address, options=options)
+
+
+class Closing:
+    """A client that owns a connection: ``with Client(...) as client:`` closes it after."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class StageClient(Closing):
     def __init__(self, address: str, timeout: float | None = None,
                  credentials: grpc.ChannelCredentials | None = None):
         self.address = address
@@ -44,19 +65,12 @@ class StageClient:
         # Round robin over every address a name resolves to (a headless Service's pods).
         options = CLIENT_OPTIONS + [("grpc.lb_policy_name", "round_robin")]
         credentials = credentials or default_credentials()
-        self.channel = (grpc.secure_channel(address, credentials, options=options)
-                        if credentials else grpc.insecure_channel(address, options=options))
+        self.channel = open_channel(address, credentials, options)
         self.stub = pb_grpc.StageServiceStub(self.channel)
         self.metadata = stage_metadata()
 
     def close(self) -> None:
         self.channel.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def describe(self) -> list[dict]:
         reply = self.stub.Describe(pb.DescribeRequest(), timeout=self.timeout,
