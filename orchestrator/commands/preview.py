@@ -40,7 +40,7 @@ def preview(path: Path, output: Path, at: float, seconds: float, specs: list[Sta
         restored = Path(tmp) / "restored.mkv"
         plan = make_plan(stretch, specs, "%dx%d" % working, scale, max_height)
         scenes = analyse(plan)
-        if colorizes(plan):
+        if colorizes(plan) and scenes.scenes:   # the whole input is read only for a grey stretch
             scenes = borrowed(scenes, analyse(whole), at)
         job = Job(plan, media.OutputSpec(restored, "ffv1", intermediate=True), device,
                   show_progress, scenes=scenes, time_offset=at)

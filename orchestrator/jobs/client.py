@@ -17,6 +17,7 @@ import grpc
 
 import services.stagekit.protos  # noqa: F401  (puts proto/ on the import path)
 from services.stagekit.client import Closing, open_channel
+from services.stagekit.weights import sha256_file
 
 jobs_pb2, jobs_pb2_grpc = grpc.protos_and_services("restoration/v1/jobs.proto")
 
@@ -40,14 +41,11 @@ class JobClient(Closing):
         self.channel = open_channel(address, credentials)
         self.stub = jobs_pb2_grpc.JobServiceStub(self.channel)
 
-    def close(self) -> None:
-        self.channel.close()
-
     def submit(self, path: Path, options=None, name: str | None = None):
         """Upload a local file as a new job; returns its first JobStatus."""
         path = Path(path)
         info = jobs_pb2.UploadInfo(file_name=name or path.name, size=path.stat().st_size,
-                                   sha256=_sha256(path))
+                                   sha256=sha256_file(path))
         start = jobs_pb2.SubmitStart(options=options or jobs_pb2.JobOptions(), upload=info)
         return self.stub.Submit(_upload(start, path), metadata=self.metadata)
 
@@ -96,14 +94,6 @@ class JobClient(Closing):
         finally:
             part.unlink(missing_ok=True)
         return output
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _upload(start, path: Path):

@@ -29,6 +29,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.stagekit.auth import TokenCheck, read_token
 from services.stagekit.server import FILE_PARAMS, SERVER_OPTIONS, server_credentials
+from services.stagekit.weights import sha256_file
 
 from .. import media
 from ..errors import MediaError, UserError, printable
@@ -518,7 +519,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
 def _file_chunks(path: Path, name: str):
     """A file as FetchChunks: its name, size and checksum first, then its bytes."""
     yield jobs_pb2.FetchChunk(info=jobs_pb2.FetchInfo(
-        file_name=name, size=path.stat().st_size, sha256=_file_sha256(path)))
+        file_name=name, size=path.stat().st_size, sha256=sha256_file(path)))
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(CHUNK), b""):
             yield jobs_pb2.FetchChunk(data=block)
@@ -553,14 +554,6 @@ def _live(status, progress) -> None:
 def default_output(input_name: str, codec: str) -> str:
     stem = Path(input_name).stem
     return f"{stem}.restored.{'mkv' if codec == 'ffv1' else 'mp4'}"
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Metrics:

@@ -45,10 +45,13 @@ def open_channel(address: str, credentials: grpc.ChannelCredentials | None = Non
 
 
 class Closing:
-    """A client that owns a connection: ``with Client(...) as client:`` closes it after."""
+    """A client that owns a connection (``channel``, a gRPC channel, unless ``close`` says
+    otherwise): ``with Client(...) as client:`` closes it after."""
+
+    channel: grpc.Channel
 
     def close(self) -> None:
-        raise NotImplementedError
+        self.channel.close()
 
     def __enter__(self):
         return self
@@ -68,9 +71,6 @@ class StageClient(Closing):
         self.channel = open_channel(address, credentials, options)
         self.stub = pb_grpc.StageServiceStub(self.channel)
         self.metadata = stage_metadata()
-
-    def close(self) -> None:
-        self.channel.close()
 
     def describe(self) -> list[dict]:
         reply = self.stub.Describe(pb.DescribeRequest(), timeout=self.timeout,
