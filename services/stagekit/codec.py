@@ -33,7 +33,7 @@ def header_message(info: ClipInfo, task: str = "", model: str = "") -> "pb.ClipC
         pixel_format=FORMAT_TO_PB[info.pixel_format], fps=_rational(info.fps),
         sample_aspect_ratio=_rational(info.sar), params=dict(info.params),
         frame_count=info.frame_count or 0, start_time=info.start_time,
-        references=list(info.references))
+        references=list(info.references), analysis=dict(info.analysis))
     return pb.ClipChunk(header=header)
 
 
@@ -45,6 +45,9 @@ def header_info(header) -> ClipInfo:
     if len(header.references) > MAX_REFERENCES:
         raise StageError(f"{len(header.references)} references in the header: at most "
                          f"{MAX_REFERENCES}")
+    if len(header.analysis) > MAX_ANALYSIS_ENTRIES:
+        raise StageError(f"{len(header.analysis)} analysis entries in the header: at most "
+                         f"{MAX_ANALYSIS_ENTRIES}")
     fps = _fraction(header.fps)
     if fps <= 0:
         raise StageError(f"frame rate must be positive, not {fps}")
@@ -53,10 +56,11 @@ def header_info(header) -> ClipInfo:
         fps=fps, pixel_format=PB_TO_FORMAT[header.pixel_format],
         sar=_fraction(header.sample_aspect_ratio, Fraction(1)), params=dict(header.params),
         frame_count=header.frame_count or None, start_time=header.start_time,
-        references=tuple(header.references))
+        references=tuple(header.references), analysis=dict(header.analysis))
 
 
 MAX_REFERENCES = 8              # reference images one clip header may carry
+MAX_ANALYSIS_ENTRIES = 64       # analysis findings one clip header may carry
 MAX_REFERENCE_PIXELS = 4096 * 4096
 _JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 

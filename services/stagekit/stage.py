@@ -40,6 +40,9 @@ class ClipInfo:
     # Encoded images (PNG/JPEG) of colour frames a colorizer may copy colour from: the
     # tape's own colour shots around a grey scene, chosen by the orchestrator.
     references: tuple[bytes, ...] = ()
+    # What the orchestrator's analysis found in this clip (ClipHeader.analysis in
+    # stage.proto): a stage reads it here rather than deciding again from its frames.
+    analysis: Mapping[str, bytes] = field(default_factory=dict)
 
     def replace(self, **changes) -> "ClipInfo":
         return dataclasses.replace(self, **changes)
