@@ -8,7 +8,8 @@ stage-2 schedules.
 
 Stage-2 cases (``config.json["stage2"]``, run after those): ``stage2_denoiser`` runs the
 tiny IRControlNet and UNet once (residuals, control scales, CFG); ``stage2_vae`` encodes
-the image to the condition latent and decodes the stored latent.
+the image to the condition latent and decodes the stored latent; ``stage2_text`` tokenizes
+the prompts and encodes them.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from services.stagekit.stage import ClipInfo
 from . import schedule
 from .checkpoints import load_stage2_tiny
 from .controlnet import denoise
+from .textencoder import tokenize
 from .unet import timestep_embedding
 from .vae import decode_latent, encode_condition
 from .pipeline import pillow_upscale
@@ -130,8 +132,17 @@ def run_vae(config: dict, case: dict, arrays: dict) -> dict:
     return {name: value.numpy() for name, value in produced.items()}
 
 
+def run_text(config: dict, case: dict, arrays: dict) -> dict:
+    encoder = load_stage2_tiny(config["folder"]).text_encoder
+    tokens = tokenize([str(prompt) for prompt in arrays["prompts"]])
+    with torch.inference_mode():
+        produced = {"tokens": tokens, "embedded": encoder.embed(tokens),
+                    "c_txt": encoder.encode_tokens(tokens)}
+    return {name: value.numpy() for name, value in produced.items()}
+
+
 KINDS = {"forward": run_forward, "pipeline": run_pipeline, "op": run_op,
-         "stage2_denoiser": run_denoiser, "stage2_vae": run_vae}
+         "stage2_denoiser": run_denoiser, "stage2_vae": run_vae, "stage2_text": run_text}
 
 
 def run_case(config: dict, case: dict, arrays: dict) -> dict[str, np.ndarray]:
