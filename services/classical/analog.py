@@ -54,8 +54,10 @@ FLICKER_RADIUS = 3
 # and flow error, whose repair blurs more than it mends: bench/quality.py's analog case
 # scores 16 -> 32 at +1.7 dB on cockatoo and +1.9 on bikes, and a slow-pan tape +0.3 dB.
 IMPULSE_FLOOR = 32.0
-# Pixels around each that an impulse's value must be absent from in both neighbours
-# (5 against none: +0.2 to +0.8 dB on the analog case, +4 to +7 dB on clean footage).
+# Pixels around each that an impulse's value must be absent from, by the threshold, in
+# both neighbours. Against no such test: -0.1 to +0.7 dB on the analog case, +8 to +10
+# dB on clean footage (half the threshold: 0.3 dB more on the analog case, 1 to 5 dB
+# less on clean footage).
 IMPULSE_REACH = 5
 
 
@@ -373,13 +375,12 @@ def unmatched(y: np.ndarray, yp: np.ndarray, yn: np.ndarray, threshold: float) -
     Optical flow a pixel or two off at a moving edge puts the value just beside, where
     the warped neighbours differ from it as much as from dirt: replacing those pixels by
     the neighbours' blurred average left clean bikes.mp4 at 41 dB against itself and
-    cockatoo at 42 (45 and 49 with this test). Dirt and dropouts put a value that is
+    cockatoo at 42 (50 and 50 with this test). Dirt and dropouts put a value that is
     nowhere around."""
     kernel = np.ones((IMPULSE_REACH, IMPULSE_REACH), np.uint8)
     high = cv2.max(cv2.dilate(yp, kernel), cv2.dilate(yn, kernel))
     low = cv2.min(cv2.erode(yp, kernel), cv2.erode(yn, kernel))
-    margin = 0.5 * threshold
-    return (y > high + margin) | (y < low - margin)
+    return (y > high + threshold) | (y < low - threshold)
 
 
 def aligned(smaller: np.ndarray, threshold: float) -> np.ndarray:
