@@ -13,17 +13,19 @@ clip comes out unchanged (services/classical/tests/test_vhs.py).
   onto this one (analog.py's impulse pass, whose optical flow they share), which agree.
   They are filled with the median of those two and the mean of the lines above and below
   (the median rejects whichever of the three the flow got wrong).
-- Chroma delay and bleed, measured together on the first frames: the shift and the
-  horizontal blur of the luma that explain the chroma best by local linear regression
-  (a guided filter's model; a cross-correlation of gradient profiles was tried first and
-  mistook the bleed's one-sided edges on soft chroma for a delay of 2 px). The delay is
-  undone by shifting the chroma back (sub-pixel); the bleed by Wiener deconvolution of
-  the chroma rows, and then the chroma gets back the luma's detail that deconvolution
-  cannot restore, scaled by the local slope of chroma on the luma blurred and
-  deconvolved alike (a guided filter's model): where colour follows brightness, colour
-  edges sharpen with the luma's; where it does not, nothing more moves. The luma
-  guidance alone won back 2 to 8 % of the chroma error, deconvolution and guidance
-  together 18 to 30 %.
+- Chroma delay and bleed, measured on the first frame: the shift, and the blur across
+  beyond the blur down, of the luma that explain the chroma best by local linear
+  regression (a guided filter's model; a cross-correlation of gradient profiles was
+  tried first and mistook the bleed's one-sided edges on soft chroma for a delay of
+  2 px). The delay is undone by shifting the chroma back (sub-pixel); the bleed by
+  Wiener deconvolution of the chroma rows, and then the chroma gets back the luma's
+  detail that deconvolution cannot restore, scaled by the local slope of chroma on the
+  luma blurred and deconvolved alike (a guided filter's model): where colour follows
+  brightness, colour edges sharpen with the luma's; where it does not, nothing more
+  moves. The luma
+  guidance alone won back 2 to 8 % of the chroma error; deconvolution and guidance
+  together 8 to 30 % (15 % on cockatoo, 23 % on bikes in bench/quality.py), the most
+  where the true chroma has detail to lose.
 
 Chroma is handled as R - Y and B - Y with BT.601 luma, so the luma is never touched.
 """
@@ -57,7 +59,7 @@ BLEED_SIGMAS = np.arange(0.0, 5.01, 1.0, dtype=np.float32)
 DELAYS = np.arange(-6.0, 6.01, 1.0, dtype=np.float32)
 BLEED_WINDOW = (15, 15)    # of the blur's regression: the (9, 3) of the delay's
                            # found 2.0 to 2.5 px where the blur was 2.6 to 3.4
-BLEED_NOISE = 0.1          # Wiener regularisation (0.05 to 0.1 best on both clips)
+BLEED_NOISE = 0.1          # Wiener regularisation (0.05 to 0.2 within 0.03 of it)
 GREY = 10.0                # chroma variance (levels^2) below which a picture is grey
 PRESENT = 0.98             # residual ratio below which a delay or a blur is there
 
