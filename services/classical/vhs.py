@@ -145,7 +145,7 @@ def line_shifts(y: np.ndarray) -> np.ndarray:
     two apart (s[i + gap] - s[i] ~ shift), with each row's own shift kept small.
 
     A row measured against its neighbours' mean and moved onto it, a few rounds over,
-    recovered 4 dB less (bench/quality.py): the neighbours are jittered too. The shifts
+    recovered 3.5 dB less (bench/quality.py): the neighbours are jittered too. The shifts
     between rows also hold the picture's own slant (a sloping edge), which changes slowly
     down the frame while jitter is drawn afresh per line: their trend over JITTER_TREND
     rows is taken out first."""
