@@ -136,8 +136,10 @@ class OverlayFinder:
         self.size: tuple[int, int] | None = None
         self.tracks: list[_Track] = []
         # The still pictures of the last chunks, (start, length, still): an overlay first
-        # found after a still stretch is looked for in them too.
+        # found after a still stretch is looked for in them too (in the chunk just before,
+        # frame by frame: where it appeared).
         self.history: deque = deque(maxlen=HISTORY)
+        self.previous: list[np.ndarray] = []   # the last chunk's frames
 
     def watch(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         for frame in frames:
@@ -173,6 +175,7 @@ class OverlayFinder:
             self._join(mask, box, still)
         self._follow(frames)
         self.history.append((self.start, len(frames), np.median(samples, axis=0).astype(np.uint8)))
+        self.previous = frames
         self.start += len(frames)
         self.chunk = []
 
@@ -183,7 +186,10 @@ class OverlayFinder:
                 return
         track = _Track(mask, box, still)
         for start, length, earlier in self.history:
-            if track.shown_in(earlier):
+            if start + length == self.start:    # the chunk just before: frame by frame
+                track.present += [start + i for i, frame in enumerate(self.previous)
+                                  if track.shown_in(frame)]
+            elif track.shown_in(earlier):
                 track.present += range(start, start + length)
         self.tracks.append(track)
 
@@ -219,7 +225,7 @@ class _Track:
     @property
     def mask(self) -> np.ndarray:
         if self._mask is None:
-            self._mask = np.where(self.votes * 2 >= max(1, self.found), 255, 0).astype(np.uint8)
+            self._mask = np.where(self.votes * 3 >= max(1, self.found), 255, 0).astype(np.uint8)
             self._pixels = np.nonzero(self._mask)
             self._colours = self.still[self._pixels].astype(np.int16)
         return self._mask
@@ -230,7 +236,8 @@ class _Track:
         if not len(self._colours):
             return False
         difference = np.abs(frame[self._pixels].astype(np.int16) - self._colours).mean(axis=1)
-        return float((difference < TOLERANCE).mean()) >= PRESENT_SHARE
+        # Twice the noise, as for a still pixel: the letters' rims blend with what is behind.
+        return float((difference < 2 * TOLERANCE).mean()) >= PRESENT_SHARE
 
     def overlays(self, fps: float) -> list[Overlay]:
         mask = self.mask
@@ -310,8 +317,11 @@ def _text_lines(candidate: np.ndarray) -> Iterator[tuple[np.ndarray, tuple]]:
 
 
 def _text_like(mask, box, gx, gy, width: int, height: int) -> bool:
-    """Enough pixels, the size of a line of text, strokes both ways."""
+    """Enough pixels, the size of a line of text, strokes both ways, clear of the frame's
+    edges (where damaged borders meet in still, sharp corners)."""
     x, y, w, h = box
+    if x <= 1 or y <= 1 or x + w >= width - 1 or y + h >= height - 1:
+        return False
     pixels = int(mask.sum())
     if pixels < max(12, width * height // 4000) or h < 3 or w < 4:
         return False

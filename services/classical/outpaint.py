@@ -28,7 +28,7 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
-from services.stagekit.overlays import without_overlays
+from services.stagekit.overlays import removes_overlays, without_overlays
 from services.stagekit.stage import ClipInfo
 from services.stagekit.windowing import neighbourhoods
 
@@ -62,9 +62,6 @@ class Bands:
                          if getattr(self, edge)) or "none"
 
 
-OVERLAY_CHOICES = ("remove", "keep")
-
-
 class OutpaintStage(ClassicalStage):
     task = "outpaint"
     window = (max(RADIUS, OVERLAY_RADIUS), max(RADIUS, LOOKAHEAD, OVERLAY_RADIUS))
@@ -75,10 +72,7 @@ class OutpaintStage(ClassicalStage):
         """overlays=remove (the default): the clip's burned-in overlays are taken out;
         keep: left in place (and protected from the band rebuilding like any temporal
         work)."""
-        value = info.params.get("overlays", "").strip().lower() or "remove"
-        if value not in OVERLAY_CHOICES:
-            raise self.fail("overlays", info.params["overlays"], " or ".join(OVERLAY_CHOICES))
-        return value == "remove"
+        return removes_overlays(info, self.name)
 
     def protects_overlays(self, info: ClipInfo) -> bool:
         return not self.removes_overlays(info)

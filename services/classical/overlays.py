@@ -59,6 +59,7 @@ class OverlayRemover:
         self.ring = ring & ~self.hole
         self.outside = (~self.hole).astype(np.float32)
         self.reach = np.maximum(cv2.GaussianBlur(self.outside, (0, 0), FLOW_SPREAD), 1e-3)
+        self.near = np.maximum(cv2.GaussianBlur(self.outside, (0, 0), FLOW_SPREAD / 2), 1e-3)
         height, width = self.hole.shape
         self.grid = np.dstack(np.meshgrid(np.arange(width, dtype=np.float32),
                                           np.arange(height, dtype=np.float32)))
@@ -121,6 +122,10 @@ class OverlayRemover:
                           borderMode=cv2.BORDER_REPLICATE)
         if float(np.abs(moved[self.ring] - centre.crop[self.ring]).mean()) > AGREE:
             return None
+        # Pixel by pixel too: how well the moved neighbour fits the picture just round
+        # each hole pixel (the error outside the hole, spread into it like the flow).
+        error = np.abs(moved - centre.crop).mean(axis=2) * self.outside
+        fits = cv2.GaussianBlur(error, (0, 0), FLOW_SPREAD / 2) / self.near < AGREE
         height, width = self.hole.shape
         inside = ((where[..., 0] >= 0) & (where[..., 0] <= width - 1)
                   & (where[..., 1] >= 0) & (where[..., 1] <= height - 1))
@@ -128,7 +133,7 @@ class OverlayRemover:
             covered = cv2.remap(self.hole.astype(np.uint8) * 255, where, None, cv2.INTER_LINEAR,
                                 borderMode=cv2.BORDER_CONSTANT, borderValue=255) > 0
             inside &= ~covered
-        return moved, inside & self.hole
+        return moved, inside & fits & self.hole
 
 
 def _distinct(side: list[_Frame], centre: _Frame) -> list[_Frame]:

@@ -17,13 +17,26 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
-from .stage import ClipInfo
+from .errors import StageError
 
 KEYS = ("overlays", "overlay_mask")
 MARGIN = 2          # pixels of the input around the mask that are kept for pasting
 
 
-def guarded(info: ClipInfo, out_info: ClipInfo, frames, process):
+OVERLAY_CHOICES = ("remove", "keep")
+
+
+def removes_overlays(info, stage: str) -> bool:
+    """The ``overlays`` parameter of a stage that can take overlays out (the outpaint
+    task): remove (the default) or keep (left in place, protected from ghosting)."""
+    value = info.params.get("overlays", "").strip().lower() or "remove"
+    if value not in OVERLAY_CHOICES:
+        raise StageError(f"{stage}: parameter overlays={info.params['overlays']!r} must be "
+                         + " or ".join(OVERLAY_CHOICES))
+    return value == "remove"
+
+
+def guarded(info, out_info, frames, process):
     """The output of ``process(frames)`` with the clip's overlays pasted back from
     ``frames`` (see OverlayGuard); just the output when the clip has none."""
     mask = overlay_mask(info)
@@ -33,12 +46,12 @@ def guarded(info: ClipInfo, out_info: ClipInfo, frames, process):
     return guard.paste(process(guard.watch(frames)))
 
 
-def without_overlays(info: ClipInfo) -> ClipInfo:
+def without_overlays(info):
     """``info`` with no overlay entries: what a stage that removed them hands on."""
     return info.replace(analysis={k: v for k, v in info.analysis.items() if k not in KEYS})
 
 
-def overlay_mask(info: ClipInfo, size: tuple[int, int] | None = None) -> np.ndarray | None:
+def overlay_mask(info, size: tuple[int, int] | None = None) -> np.ndarray | None:
     """The clip's overlay mask, uint8 0/255, at ``size`` (W, H; the clip's frame size by
     default), or None when the clip has none."""
     data = info.analysis.get("overlay_mask")
@@ -53,7 +66,7 @@ def overlay_mask(info: ClipInfo, size: tuple[int, int] | None = None) -> np.ndar
     return np.where(mask >= 128, 255, 0).astype(np.uint8)
 
 
-def presence(info: ClipInfo):
+def presence(info):
     """A function of a moment (seconds from the clip's start) saying whether an overlay
     is shown then."""
     try:
@@ -71,7 +84,7 @@ class OverlayGuard:
     ``watch`` the stage's input (it keeps a crop of each frame round the overlay, as long
     as an output may still need it), then ``paste`` over the stage's output."""
 
-    def __init__(self, info: ClipInfo, out_info: ClipInfo):
+    def __init__(self, info, out_info):
         self.info, self.out_info = info, out_info
         mask = overlay_mask(info)
         ys, xs = np.nonzero(mask)
@@ -83,8 +96,10 @@ class OverlayGuard:
                         int(round(x1 * sx)), int(round(y1 * sy)))
         ox0, oy0, ox1, oy1 = self.out_box
         weight = overlay_mask(info, (out_info.width, out_info.height))[oy0:oy1, ox0:ox1]
-        weight = weight.astype(np.float32) / 255.0
-        # A pixel of feathering at the rim: the letters' own smoothing is kept, and no seam.
+        # The letters' rims are blended with the picture behind (the font's smoothing, the
+        # capture's blur): a pixel more, at the input's scale, is kept, feathered beyond.
+        grow = 2 * max(1, round(out_info.width / info.width)) + 1
+        weight = cv2.dilate(weight, np.ones((grow, grow), np.uint8)).astype(np.float32) / 255.0
         self.weight = np.maximum(weight, cv2.GaussianBlur(weight, (0, 0), 0.8))[..., None]
         self.shown = presence(info)
         self.crops: dict[int, np.ndarray] = {}

@@ -15,13 +15,10 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
+from .errors import StageError
+from .overlays import guarded
+
 PIXEL_FORMATS = {"rgb24": np.uint8, "rgbf16": np.float16}
-
-
-class StageError(ValueError):
-    """The request cannot be processed as given (bad size, format or parameter).
-
-    Served stages answer it with INVALID_ARGUMENT; the message is shown to the user."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +109,6 @@ class Stage(abc.ABC):
 
     def run(self, info: ClipInfo, frames) -> tuple[ClipInfo, Iterator[np.ndarray]]:
         """Validate, then stream: the one entry point callers use (in-process or served)."""
-        from .overlays import guarded
         self.validate(info)
         # References are for this stage alone: the clip travels on without them.
         out_info = self.output_info(info).replace(references=())
