@@ -206,3 +206,52 @@ def test_inspect_lists_the_overlay_with_its_crop(footage, tmp_path):
     assert crop is not None and crop.shape[0] >= h and crop.shape[1] >= w
     from orchestrator.commands.inspect import render
     assert f"overlays: 0.00s-" in render(json.loads(done.stdout))
+
+
+def yellow(frame):
+    """Where a frame is the date stamp's yellow."""
+    hsv = cv2.cvtColor(frame, cv2.COLOR_RGB2HSV)
+    return (hsv[..., 0] >= 20) & (hsv[..., 0] <= 38) & (hsv[..., 1] >= 110) & (hsv[..., 2] >= 120)
+
+
+def sharpness(frame, where):
+    grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return float(np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))[where].mean())
+
+
+@pytest.mark.slow
+def test_tape_sim_loses_its_date_stamp_by_default_and_keeps_it_crisp_when_asked(tmp_path):
+    """tape_sim.mp4's 'JAN 15 1994': the default job removes it with no ghost left; with
+    outpaint.overlays=keep it is in every frame, as sharp as in the tape and single (no
+    shifted copies beside it)."""
+    from services.stagekit.testing import shared_dir
+    tape = shared_dir() / "footage" / "tape_sim.mp4"
+    if not tape.exists():
+        pytest.skip("../shared/footage is not available")
+    size = (360, 240)
+    given = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in read_frames(tape)]
+    stamp = np.mean([yellow(f) for f in given], axis=0) > 0.8
+    assert 150 < stamp.sum() < 2000
+    x, y, w, h = cv2.boundingRect(stamp.astype(np.uint8))
+    near = np.zeros(stamp.shape, bool)
+    near[y - 12:y + h + 12, max(0, x - 24):x + w + 24] = True
+    letters = cv2.dilate(stamp.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    beside = near & ~letters
+    rims = cv2.dilate(stamp.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    before = np.median([sharpness(f, rims) for f in given])
+    for choice in ("remove", "keep"):
+        out = tmp_path / f"{choice}.mkv"
+        done = run_cli("submit", tape, "--codec", "ffv1", "-o", out,
+                       "--set", f"outpaint.overlays={choice}")
+        assert done.returncode == 0, done.stderr
+        frames = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in read_frames(out)]
+        assert len(frames) >= 2 * len(given) - 2
+        for index, frame in enumerate(frames):
+            shown = yellow(frame)
+            ghosts = (shown & beside).sum()
+            if choice == "remove":
+                assert (shown & near).sum() < 0.05 * stamp.sum(), index
+            else:
+                assert (shown & stamp).sum() > 0.7 * stamp.sum(), index
+                assert ghosts < 0.05 * stamp.sum(), index
+                assert sharpness(frame, rims) > 0.75 * before, index

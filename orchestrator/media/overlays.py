@@ -38,7 +38,8 @@ EDGE = 80.0             # 3x3 Sobel magnitude (levels) of a text edge in some ch
 AROUND_CHANGING = 0.2   # share of the pixels around an overlay that must change
 FRAME_CHANGING = 0.25   # ... or of the whole frame, for a box within EDGE_BAND of its edges
 EDGE_BAND = 0.2
-PRESENT_SHARE = 0.6     # share of an overlay's mask a frame must match to show it
+PRESENT_SHARE = 0.4     # share of an overlay's mask a frame must match to show it (its
+                        # rims change with what moves behind, the letters do not)
 MIN_SPAN_S = 0.5        # an overlay shows for at least this long
 HISTORY = 60            # chunks looked back at for an overlay found late
 GAP_S = 0.5             # absences shorter than this inside a span are bridged
@@ -164,7 +165,7 @@ class OverlayFinder:
             self.chunk = []
         found = Overlays(self.size or (0, 0), self.fps)
         for track in self.tracks:
-            found.items += track.overlays(self.fps)
+            found.items += track.overlays(self.fps, self.start)
         found.items.sort(key=lambda o: (o.first, o.box))
         return found
 
@@ -239,7 +240,7 @@ class _Track:
         # Twice the noise, as for a still pixel: the letters' rims blend with what is behind.
         return float((difference < 2 * TOLERANCE).mean()) >= PRESENT_SHARE
 
-    def overlays(self, fps: float) -> list[Overlay]:
+    def overlays(self, fps: float, total: int) -> list[Overlay]:
         mask = self.mask
         ys, xs = np.nonzero(mask)
         if not len(xs):
@@ -247,14 +248,20 @@ class _Track:
         box = (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
                int(ys.max() - ys.min() + 1))
         return [Overlay(box, first, last, mask, self.still)
-                for first, last in _spans(self.present, fps)]
+                for first, last in _spans(self.present, fps, total)]
 
 
-def _spans(frames: list[int], fps: float) -> list[tuple[int, int]]:
-    """Runs of ``frames`` with short gaps bridged, those long enough, as (first, last)."""
+def _spans(frames: list[int], fps: float, total: int) -> list[tuple[int, int]]:
+    """Runs of ``frames`` with short gaps bridged (also to the first and last of ``total``
+    frames), those long enough, as (first, last)."""
     gap, shortest = max(1, round(GAP_S * fps)), max(2, round(MIN_SPAN_S * fps))
+    frames = sorted(frames)
+    if frames and frames[0] <= gap:
+        frames.insert(0, 0)
+    if frames and frames[-1] >= total - 1 - gap:
+        frames.append(total - 1)
     runs: list[list[int]] = []
-    for index in sorted(frames):
+    for index in frames:
         if runs and index - runs[-1][1] <= gap:
             runs[-1][1] = index
         else:
