@@ -220,6 +220,7 @@ def sharpness(frame, where):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_tape_sim_loses_its_date_stamp_by_default_and_keeps_it_crisp_when_asked(tmp_path):
     """tape_sim.mp4's 'JAN 15 1994': the default job removes it with no ghost left; with
     outpaint.overlays=keep it is in every frame, as sharp as in the tape and single (no

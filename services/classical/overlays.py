@@ -23,13 +23,14 @@ from services.stagekit.overlays import overlay_mask, presence
 from services.stagekit.stage import ClipInfo
 from services.stagekit.windowing import neighbourhoods
 
-from .common import from_work, to_work
+from .common import from_work, luma, noise_sigma, to_work
 
 RADIUS = 6          # neighbouring frames each way the hidden picture is fetched from
 GROW = 2            # pixels the mask is widened by: the letters' blur and rim go too
 REACH = 40          # pixels of picture around the overlay the motion is measured on
 FLOW_SPREAD = 4.0   # pixels (sigma) the flow around the letters is spread into them by
-AGREE = 12.0        # mean |difference| (levels) round the mask of a neighbour that fits
+AGREE = 12.0        # mean |difference| (levels) round the mask of a neighbour that fits,
+                    # at least; more on a noisy clip (two noisy views of one thing differ)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class OverlayRemover:
                                           np.arange(height, dtype=np.float32)))
         self.shown = presence(info)
         self.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+        self.agree = AGREE          # set from the clip's noise at its first frame
 
     def run(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         if not self.active:
@@ -77,6 +79,8 @@ class OverlayRemover:
         for index, frame in enumerate(frames):
             part = frame[self.y0:self.y1, self.x0:self.x1]
             crop = to_work(part)
+            if index == 0:
+                self.agree = max(AGREE, 1.5 * noise_sigma(luma(to_work(frame))))
             grey = cv2.cvtColor(np.clip(crop, 0, 255).astype(np.uint8), cv2.COLOR_RGB2GRAY)
             yield _Frame(frame, crop, grey, self.shown(index / float(self.info.fps)))
 
@@ -120,12 +124,12 @@ class OverlayRemover:
         where = self.grid + flow
         moved = cv2.remap(other.crop, where, None, cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_REPLICATE)
-        if float(np.abs(moved[self.ring] - centre.crop[self.ring]).mean()) > AGREE:
+        if float(np.abs(moved[self.ring] - centre.crop[self.ring]).mean()) > self.agree:
             return None
         # Pixel by pixel too: how well the moved neighbour fits the picture just round
         # each hole pixel (the error outside the hole, spread into it like the flow).
         error = np.abs(moved - centre.crop).mean(axis=2) * self.outside
-        fits = cv2.GaussianBlur(error, (0, 0), FLOW_SPREAD / 2) / self.near < AGREE
+        fits = cv2.GaussianBlur(error, (0, 0), FLOW_SPREAD / 2) / self.near < self.agree
         height, width = self.hole.shape
         inside = ((where[..., 0] >= 0) & (where[..., 0] <= width - 1)
                   & (where[..., 1] >= 0) & (where[..., 1] <= height - 1))
