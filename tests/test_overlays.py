@@ -239,7 +239,6 @@ def test_tape_sim_loses_its_date_stamp_by_default_and_keeps_it_crisp_when_asked(
     letters = cv2.dilate(stamp.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
     beside = near & ~letters
     rims = cv2.dilate(stamp.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-    before = np.median([sharpness(f, rims) for f in given])
     for choice in ("remove", "keep"):
         out = tmp_path / f"{choice}.mkv"
         done = run_cli("submit", tape, "--codec", "ffv1", "-o", out,
@@ -247,7 +246,9 @@ def test_tape_sim_loses_its_date_stamp_by_default_and_keeps_it_crisp_when_asked(
         assert done.returncode == 0, done.stderr
         frames = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in read_frames(out)]
         assert len(frames) >= 2 * len(given) - 2
+        step = round(len(frames) / len(given))
         for index, frame in enumerate(frames):
+            source = given[min(index // step, len(given) - 1)]
             shown = yellow(frame)
             ghosts = (shown & beside).sum()
             if choice == "remove":
@@ -255,4 +256,6 @@ def test_tape_sim_loses_its_date_stamp_by_default_and_keeps_it_crisp_when_asked(
             else:
                 assert (shown & stamp).sum() > 0.7 * stamp.sum(), index
                 assert ghosts < 0.05 * stamp.sum(), index
-                assert sharpness(frame, rims) > 0.75 * before, index
+                # As sharp as in the tape's frame of that moment (what lies behind the
+                # letters changes their edges' contrast from frame to frame).
+                assert sharpness(frame, rims) > 0.9 * sharpness(source, rims), index
