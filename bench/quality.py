@@ -253,7 +253,7 @@ TASKS = [
     Task("outpaint", ("borders",), "OutpaintStage",
          python={"telea r1": telea(1), "telea r3": telea(3)},
          band_only=True),
-    Task("overlay", ("overlay", "grain"), "OutpaintStage", ffmpeg={"delogo (box)": delogo},
+    Task("overlay", ("overlay",), "OutpaintStage", ffmpeg={"delogo (box)": delogo},
          python={"untouched": untouched}, band_only=True, analysis=found_overlays),
     Task("analog", ("scratches", "dirt", "dropouts", "line_tears", "flicker"), "AnalogStage",
          lambda case: {"field_order": "progressive"},
