@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="what the tool detects in a video and would do")
     inspect.add_argument("input", type=Path)
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.add_argument("--overlay-crops", type=Path, metavar="DIR",
+                         help="write a PNG crop of each overlay found into DIR (listed by path)")
     add_pipeline_flags(inspect)
 
     preview = sub.add_parser("preview", help="restore a stretch and show it beside the original")
@@ -258,7 +260,11 @@ def cmd_weights(args) -> int:
 
 def cmd_inspect(args) -> int:
     from .commands.inspect import inspect, render
-    report = inspect(args.input, pipeline_specs.from_args(args), **pipeline_specs.sizes_from(args))
+    crops = args.overlay_crops
+    if crops is not None and crops.exists() and not crops.is_dir():
+        raise UserError(f"{crops}: not a folder")
+    report = inspect(args.input, pipeline_specs.from_args(args), **pipeline_specs.sizes_from(args),
+                     crops=crops)
     print(render(report, as_json=args.json))
     return 0
 

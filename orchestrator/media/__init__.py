@@ -5,6 +5,7 @@
     shots.py      shot cuts and black-and-white scenes, frame by frame
     references.py each grey scene's references: frames of the colour shots around it
     native.py     the real resolution of a capture (a VHS tape's 360x240 in 720x480)
+    overlays.py   burned-in overlays (date stamps): still text over a moving picture
     simulate.py   old-footage damage applied to a clean clip, keeping the truth
 
 The video I/O is the package's own API: ``media.probe(path)``, ``media.decode(info)``,

@@ -22,6 +22,7 @@ import numpy as np
 
 from services.stagekit.monochrome import thumbnail
 
+from .overlays import Overlays
 from .shots import Shot, ShotDetector
 
 REFERENCE_WIDTH = 480     # references are kept at most this wide (colour has little detail)
@@ -122,6 +123,7 @@ class Scan:
     shots: list[tuple[int, int]]
     grey: list[bool]
     scenes: list[GreyScene]
+    overlays: Overlays | None = None   # burned-in overlays, when looked for (overlays.py)
 
     def references(self) -> dict[str, tuple[bytes, ...]]:
         return {s.clip_id: tuple(r.encoded() for r in s.references) for s in self.scenes}

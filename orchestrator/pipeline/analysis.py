@@ -1,9 +1,11 @@
 """What a job knows before any work, from one pass over the input: the shots (the clips it
-streams), which of them are grey, and the references each grey scene takes its colour from.
+streams), which of them are grey, the references each grey scene takes its colour from, and
+the burned-in overlays (date stamps) with the frames they are in.
 The job, `inspect` and `preview` all use it, so what they report is what the job does."""
 from __future__ import annotations
 
 from .. import media
+from ..media.overlays import OverlayFinder, detect_size
 from ..media.references import GreyScene, Scan, scan
 from ..media.shots import SCAN_SIZE
 from .plan import Plan
@@ -21,10 +23,29 @@ def analyse(plan: Plan, on_frame=None) -> Scan:
     pass then reads whole frames; otherwise small ones, which is cheaper)."""
     src = plan.source
     colour = colorizes(plan)
-    frames = media.decode(src) if colour else media.decode(src, SCAN_SIZE)
+    frames = media.decode(src) if colour else media.decode(src, _small_size(plan))
     if on_frame is not None:
         frames = _counted(frames, on_frame)
-    return scan(frames, float(src.fps), plan.working_size, src.interlaced, keep_images=colour)
+    overlays = OverlayFinder(float(src.fps))
+    found = scan(overlays.watch(frames), float(src.fps), plan.working_size, src.interlaced,
+                 keep_images=colour)
+    found.overlays = overlays.finish()
+    return found
+
+
+def _small_size(plan: Plan) -> tuple[int, int]:
+    """The size the pass decodes at when it needs no whole frames: the shot scan's, or the
+    overlay detector's when that is larger (text needs a few pixels per stroke)."""
+    overlay = detect_size(*plan.working_size)
+    return overlay if overlay[0] * overlay[1] > SCAN_SIZE[0] * SCAN_SIZE[1] else SCAN_SIZE
+
+
+def clip_analysis(found: Scan, start: int, stop: int, plan: Plan) -> dict[str, bytes]:
+    """What the analysis found in frames ``start`` to ``stop`` of the source, as the clip
+    header's analysis entries (the overlays, at the working size)."""
+    if not found.overlays:
+        return {}
+    return found.overlays.analysis(start, stop, plan.working_size)
 
 
 def _counted(frames, on_frame):

@@ -25,7 +25,7 @@ from .. import media
 from ..errors import UserError
 from ..media.references import Scan
 from ..media.shots import Shot
-from .analysis import analyse, colorizes, colour_source
+from .analysis import analyse, clip_analysis, colorizes, colour_source
 from .memory import QUEUE_BYTES, QUEUE_FRAMES
 from .plan import Plan
 from .progress import Display, Progress
@@ -207,9 +207,12 @@ class Job:
             if index in starts:
                 if index:
                     self._end_clip(out, kept)
+                shot = self.shots[starts[index]]
                 info = ClipInfo(clip_id=f"clip{starts[index]:05d}", width=src.width,
                                 height=src.height, fps=src.fps, sar=src.sar,
-                                start_time=index / float(src.fps))
+                                start_time=index / float(src.fps),
+                                analysis=clip_analysis(self.scenes, shot.start, shot.stop,
+                                                       self.plan))
                 kept = self._kept(info.clip_id)
                 out.put((kept or "start", info))
             if not kept:
