@@ -45,9 +45,10 @@ import numpy as np
 from bench.quality import ffmpeg_exe
 from orchestrator.media import simulate
 from orchestrator.pipeline.registry import TASKS
+from services.stagekit.testing import shared_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "footage"
+SHARED = shared_dir() / "footage"
 TRUTH_SIZE = (360, 240)
 OUTPUT_SIZE = (1440, 960)
 CRF = 18

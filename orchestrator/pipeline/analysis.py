@@ -4,7 +4,7 @@ The job, `inspect` and `preview` all use it, so what they report is what the job
 from __future__ import annotations
 
 from .. import media
-from ..media.references import GreyScene, Scan, scan
+from ..media.references import GreyScene, Scan, read_references, scan
 from ..media.shots import SCAN_SIZE
 from .plan import Plan
 from .specs import StageSpec
@@ -17,14 +17,20 @@ def colorizes(plan: Plan) -> bool:
 def analyse(plan: Plan, on_frame=None) -> Scan:
     """What the job knows before any work, from one pass over the input: its shots (the
     clips it streams, so progress counts against a fixed total), which are grey, and, when a
-    colorize stage runs, each grey scene's references from the tape's colour shots (so the
-    pass then reads whole frames; otherwise small ones, which is cheaper)."""
+    colorize stage runs, each grey scene's references from the tape's colour shots. The
+    pass reads small frames (the decoder scales them, a fraction of the cost of whole
+    ones); the few references chosen are then read whole, each by a seek."""
     src = plan.source
     colour = colorizes(plan)
-    frames = media.decode(src) if colour else media.decode(src, SCAN_SIZE)
+    frames = media.decode(src, SCAN_SIZE)
     if on_frame is not None:
         frames = _counted(frames, on_frame)
-    return scan(frames, float(src.fps), plan.working_size, src.interlaced, keep_images=colour)
+    found = scan(frames, float(src.fps), plan.working_size, src.interlaced,
+                 keep_images=False, later=colour)
+    if not colour:
+        return found
+    return read_references(found, lambda indices: media.frames_at(src, indices),
+                           plan.working_size, src.interlaced)
 
 
 def _counted(frames, on_frame):
