@@ -171,27 +171,26 @@ def frames_at(info: SourceInfo, indices) -> dict[int, np.ndarray]:
         if first is None or first.time is None:   # no timestamps to seek by: read on
             return _frames_counted(info, wanted)
         start, fps = first.time, float(info.fps)
-        held, slot = first, 0        # the latest frame decoded and its slot
+        # decode() gives at each index the latest frame whose slot is not past it (the
+        # first of a slot; a gap repeats the one before): ``held`` is the latest decoded
+        # frame, ``before`` the one held before it.
+        held, slot, before = first, 0, None
         for index in wanted:
             if (index - slot) / fps > SEEK_GAP_S:
                 container.seek(int((start + index / fps) / stream.time_base), stream=stream)
                 frames = container.decode(stream)
-                held, slot = None, -1
-            for frame in frames:
-                when = frame.time
-                if when is None:
-                    continue
-                this = round((when - start) * fps)
-                if this > index and held is not None:
-                    found[index] = _rgb(held, info)
-                    if this > slot:
-                        held, slot = frame, this
+                held, slot, before = None, -1, None
+            while held is None or slot <= index:
+                frame = next(frames, None)
+                if frame is None:
                     break
-                if held is None or this > slot:
-                    held, slot = frame, this
-            else:   # the input ended: decode yields no frame past its last
-                if held is not None and slot == index:
-                    found[index] = _rgb(held, info)
+                this = None if frame.time is None else round((frame.time - start) * fps)
+                if this is not None and (held is None or this > slot):
+                    before, held, slot = held, frame, this
+            if held is not None and slot > index:
+                found[index] = _rgb(before if before is not None else held, info)
+            elif held is not None and slot == index:   # the input's last frame
+                found[index] = _rgb(held, info)
         return found
 
 
