@@ -69,7 +69,10 @@ class SuperresStage(ClassicalStage):
                 work = lambda part: upscale_eight(part, factor)
             else:
                 work = lambda part: from_work(upscale(to_work(part), factor), info.pixel_format)
-            return tiled(work, frame, tile, TILE_MARGIN, factor)
+            # A frame no larger than one tile with its margins holds no more than a tile
+            # does: whole, it skips the margins' repeated work (a 360x240 frame: 13%).
+            whole = frame.shape[0] * frame.shape[1] <= (tile + 2 * TILE_MARGIN) ** 2
+            return tiled(work, frame, 0 if whole else tile, TILE_MARGIN, factor)
         # Every frame is upscaled alone: frames run side by side.
         yield from ordered_map(one, frames, frame_workers())
 
