@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from . import __version__, media
@@ -189,6 +190,7 @@ def cmd_submit(args) -> int:
     if args.server:
         from .jobs.cli import submit_remote
         return submit_remote(args)
+    started_cpu = time.process_time()      # what start-up (the imports) cost
     # Every flag is checked before the input is opened: a typo costs nothing.
     crf = media.quality(args.codec, args.crf)
     specs = pipeline_specs.from_args(args)
@@ -208,6 +210,7 @@ def cmd_submit(args) -> int:
     from .pipeline.plan import make_plan
     from .pipeline.runner import ResumableRun
     plan = make_plan(source, specs, **pipeline_specs.sizes_from(args))
+    planned_cpu = time.process_time()
     for line in plan.lines():
         log.info("%s", line)
     if args.resume and args.restart:
@@ -228,7 +231,11 @@ def cmd_submit(args) -> int:
         log.info("%s", line)
     if args.stats:
         try:
-            args.stats.write_text(json.dumps(run.job.progress.stats(), indent=1) + "\n")
+            stats = run.job.progress.stats()
+            stats["cpu_phases_s"] = {"start-up": started_cpu,
+                                     "probe and plan": planned_cpu - started_cpu,
+                                     **stats["cpu_phases_s"], "total": time.process_time()}
+            args.stats.write_text(json.dumps(stats, indent=1) + "\n")
         except OSError as exc:
             raise UserError(f"--stats {args.stats}: {exc.strerror} (the output {path} is written)") from None
     print(path)
