@@ -119,3 +119,34 @@ def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def quantise(x: torch.Tensor) -> torch.Tensor:
     """uint8 as the authors save it: x * 255 clamped and truncated, not rounded."""
     return (x * 255.0).clamp(0, 255).to(torch.uint8)
+
+
+# --- the end of stage 2 (``wavelet_reconstruction`` in ``diffbir/utils/common.py``) -------
+
+WAVELET_LEVELS = 5
+
+
+def wavelet_blur(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """The 3x3 [1,2,1]^T [1,2,1] / 16 blur dilated by ``radius``, replicate-padded."""
+    kernel = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]],
+                          dtype=x.dtype, device=x.device) / 16
+    channels = x.shape[1]
+    padded = F.pad(x, (radius,) * 4, mode="replicate")
+    return F.conv2d(padded, kernel.expand(channels, 1, 3, 3), groups=channels, dilation=radius)
+
+
+def wavelet_decomposition(x: torch.Tensor, levels: int = WAVELET_LEVELS
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(high, low): the sum of the detail bands and the last, lowest band."""
+    high = torch.zeros_like(x)
+    for level in range(levels):
+        low = wavelet_blur(x, 2 ** level)
+        high += x - low
+        x = low
+    return high, low
+
+
+def wavelet_reconstruction(content: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+    """The sample's detail bands on the condition's lowest band: stage 2 brings texture,
+    the stage-1 output keeps the colours."""
+    return wavelet_decomposition(content)[0] + wavelet_decomposition(colour)[1]
