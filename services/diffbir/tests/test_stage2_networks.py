@@ -1,0 +1,142 @@
+"""DiffBIR stage 2's networks: parity with the authors' tiny seeded networks, the released
+key layouts, strict loading of the files as the authors ship them."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from services.diffbir import MODEL
+from services.diffbir.checkpoints import SD_PREFIXES, builders, load_stage2, load_stage2_tiny
+from services.diffbir.controlnet import denoise
+from services.diffbir.parity import run_case
+from services.stagekit import parity
+from services.stagekit.testing import parity_dir
+from services.stagekit.weights import WeightsError, load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FIXTURES = parity_dir(MODEL)
+CONFIG = FIXTURES / "config.json"
+needs_fixtures = pytest.mark.skipif(not CONFIG.is_file(), reason=f"no fixtures in {FIXTURES}")
+
+
+def stage2_case(kind: str) -> dict:
+    config = parity.load_config(FIXTURES)
+    return config, next(c for c in config["stage2"]["cases"] if c["kind"] == kind)
+
+
+def official(name: str) -> dict:
+    entries = json.loads((FIXTURES / "official_keys.json").read_text())
+    return next(e for e in entries if e["network"].split(":")[1].startswith(
+        {"unet": "ControlledUnetModel", "controlnet": "ControlNet", "vae": "AutoencoderKL",
+         "clip": "FrozenOpenCLIPEmbedder"}[name]))
+
+
+def tiny_sd_and_control() -> tuple[dict, dict]:
+    return (dict(load_checkpoint(FIXTURES / "stage2_tiny_sd.safetensors")),
+            dict(load_checkpoint(FIXTURES / "stage2_tiny_controlnet.safetensors")))
+
+
+def assert_case_within_tolerance(kind: str) -> dict:
+    config, case = stage2_case(kind)
+    arrays = parity.load_arrays(FIXTURES, case["file"])
+    produced = run_case(config, case, arrays)
+    rows = parity.compare(case, produced, arrays)
+    assert rows and all(ok for *_, ok in rows), rows
+    return produced
+
+
+# --- parity ------------------------------------------------------------------------------
+
+@needs_fixtures
+def test_denoiser_matches_the_authors_with_control_scales_and_cfg():
+    produced = assert_case_within_tolerance("stage2_denoiser")
+    assert len([k for k in produced if k.startswith("control_")]) == 5
+
+
+@needs_fixtures
+def test_control_scale_zero_is_the_plain_unet_and_scales_are_linear_in_the_residuals():
+    nets = load_stage2_tiny(FIXTURES)
+    arrays = parity.load_arrays(FIXTURES, "stage2_unet_controlnet_case.npz")
+    x, t, c_img, c_txt = (torch.from_numpy(arrays[k]) for k in ("x_t", "t", "c_img", "c_txt"))
+    with torch.inference_mode():
+        plain = nets.unet(x, t, c_txt)
+        assert torch.allclose(denoise(nets.unet, nets.controlnet, x, t, c_txt, c_img, 0.0),
+                              plain, atol=1e-6)
+        residuals = nets.controlnet(x, c_img, t, c_txt)
+        only_middle = [torch.zeros_like(r) for r in residuals[:-1]] + residuals[-1:]
+        assert not torch.allclose(nets.unet(x, t, c_txt, control=only_middle), plain, atol=1e-3)
+
+
+@needs_fixtures
+def test_denoiser_runs_channels_last_and_under_bf16_autocast():
+    nets = load_stage2_tiny(FIXTURES)
+    arrays = parity.load_arrays(FIXTURES, "stage2_unet_controlnet_case.npz")
+    x, t, c_img, c_txt = (torch.from_numpy(arrays[k]) for k in ("x_t", "t", "c_img", "c_txt"))
+    expected = torch.from_numpy(arrays["unet_out"])
+    for network in (nets.unet, nets.controlnet):
+        network.to(memory_format=torch.channels_last)
+    last = lambda a: a.contiguous(memory_format=torch.channels_last)  # noqa: E731
+    with torch.inference_mode():
+        out = denoise(nets.unet, nets.controlnet, last(x), t, c_txt, last(c_img))
+        assert parity.rel_l2(out, expected) < 1e-5
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = denoise(nets.unet, nets.controlnet, x, t, c_txt, c_img)
+    assert parity.rel_l2(low.float(), expected) < 5e-2
+
+
+# --- the released layouts ----------------------------------------------------------------
+
+@needs_fixtures
+@pytest.mark.parametrize("name", ["unet", "controlnet"])
+def test_released_configuration_has_the_checkpoint_layout(name):
+    entry = official(name)
+    cls, kwargs = builders()[name]
+    assert kwargs == entry["kwargs"]
+    with torch.device("meta"):
+        network = cls(**kwargs)
+    assert {k: list(v.shape) for k, v in network.state_dict().items()} == entry["params"]
+    assert list(network.state_dict()) == list(entry["params"])
+    assert sum(p.numel() for p in network.parameters()) == entry["num_params"]
+
+
+@needs_fixtures
+def test_released_files_load_strictly_as_the_authors_ship_them(tmp_path):
+    """The loader reads an SD Lightning .ckpt (prefixes, schedule buffers beside) and a
+    ControlNet .pth with a 'module.' prefix: shown on the tiny layout, same code path."""
+    sd, control = tiny_sd_and_control()
+    torch.save({"state_dict": {**sd, "betas": torch.zeros(1000), "alphas_cumprod": torch.ones(1000)},
+                "global_step": 7}, tmp_path / "v2-1_512-ema-pruned.ckpt")
+    torch.save({f"module.{k}": v for k, v in control.items()}, tmp_path / "v2.pth")
+    config = {n["name"]: n["tiny_kwargs"] for n in parity.load_config(FIXTURES)["stage2"]["networks"]}
+    nets = load_stage2(tmp_path / "v2-1_512-ema-pruned.ckpt", tmp_path / "v2.pth", config)
+    prefix = SD_PREFIXES["unet"]
+    assert all(torch.equal(v, sd[prefix + k]) for k, v in nets.unet.state_dict().items())
+    assert all(torch.equal(v, control[k]) for k, v in nets.controlnet.state_dict().items())
+    assert not nets.unet.training and not nets.controlnet.training
+
+
+@needs_fixtures
+@pytest.mark.parametrize("damage, named", [
+    ("missing", "model.diffusion_model.output_blocks.3.0.skip_connection.weight"),
+    ("extra", "model.diffusion_model.output_blocks.9.0.in_layers.0.weight"),
+    ("misshaped", "model.diffusion_model.input_blocks.0.0.weight"),
+    ("missing", "zero_convs.2.0.bias"),
+    ("extra", "input_hint_block.0.weight"),
+])
+def test_a_bad_key_fails_naming_it(damage, named):
+    sd, control = tiny_sd_and_control()
+    state = sd if named.startswith("model.") else control
+    if damage == "missing":
+        del state[named]
+    elif damage == "extra":
+        state[named] = torch.zeros(1)
+    else:
+        state[named] = state[named][:, :-1]
+    config = {n["name"]: n["tiny_kwargs"] for n in parity.load_config(FIXTURES)["stage2"]["networks"]}
+    key = named.removeprefix(SD_PREFIXES["unet"])
+    with pytest.raises(WeightsError, match=key.replace(".", r"\.")):
+        load_stage2(sd, control, config)
+
