@@ -7,7 +7,8 @@ itself for the uint8 output, whole-frame or tiled as the case says; ``op`` compu
 stage-2 schedules.
 
 Stage-2 cases (``config.json["stage2"]``, run after those): ``stage2_denoiser`` runs the
-tiny IRControlNet and UNet once (residuals, control scales, CFG).
+tiny IRControlNet and UNet once (residuals, control scales, CFG); ``stage2_vae`` encodes
+the image to the condition latent and decodes the stored latent.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from . import schedule
 from .checkpoints import load_stage2_tiny
 from .controlnet import denoise
 from .unet import timestep_embedding
+from .vae import decode_latent, encode_condition
 from .pipeline import pillow_upscale
 from .stage import DiffBIRStage, Settings, load_network
 
@@ -117,8 +119,19 @@ def run_denoiser(config: dict, case: dict, arrays: dict) -> dict:
     return {name: value.numpy() for name, value in produced.items()}
 
 
+def run_vae(config: dict, case: dict, arrays: dict) -> dict:
+    vae = load_stage2_tiny(config["folder"]).vae
+    image = torch.from_numpy(arrays["image"])
+    with torch.inference_mode():
+        mean, logvar = vae.encode_moments(image * 2 - 1)
+        produced = {"posterior_mean": mean, "posterior_logvar": logvar,
+                    "z": encode_condition(vae, image),
+                    "decoded": decode_latent(vae, torch.from_numpy(arrays["z"]))}
+    return {name: value.numpy() for name, value in produced.items()}
+
+
 KINDS = {"forward": run_forward, "pipeline": run_pipeline, "op": run_op,
-         "stage2_denoiser": run_denoiser}
+         "stage2_denoiser": run_denoiser, "stage2_vae": run_vae}
 
 
 def run_case(config: dict, case: dict, arrays: dict) -> dict[str, np.ndarray]:

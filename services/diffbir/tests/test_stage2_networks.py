@@ -90,7 +90,7 @@ def test_denoiser_runs_channels_last_and_under_bf16_autocast():
 # --- the released layouts ----------------------------------------------------------------
 
 @needs_fixtures
-@pytest.mark.parametrize("name", ["unet", "controlnet"])
+@pytest.mark.parametrize("name", ["unet", "controlnet", "vae"])
 def test_released_configuration_has_the_checkpoint_layout(name):
     entry = official(name)
     cls, kwargs = builders()[name]
@@ -140,3 +140,8 @@ def test_a_bad_key_fails_naming_it(damage, named):
     with pytest.raises(WeightsError, match=key.replace(".", r"\.")):
         load_stage2(sd, control, config)
 
+
+
+@needs_fixtures
+def test_vae_encodes_the_condition_and_decodes_like_the_authors():
+    assert_case_within_tolerance("stage2_vae")
