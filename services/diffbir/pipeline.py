@@ -87,11 +87,19 @@ def gaussian_weights(width: int, height: int) -> torch.Tensor:
 def tiled(network: Network, x: torch.Tensor, tile: int, stride: int) -> torch.Tensor:
     """The network over overlapping ``tile`` squares, blended by Gaussian weights: the sum
     of weighted tiles over the sum of weights (no padding; x is at least a tile)."""
+    return tiled_windows(lambda x_tile, window: network(x_tile), x, tile, stride)
+
+
+def tiled_windows(function: Callable[[torch.Tensor, tuple[int, int, int, int]], torch.Tensor],
+                  x: torch.Tensor, tile: int, stride: int) -> torch.Tensor:
+    """``make_tiled_fn``: ``function(tile, window)`` over the windows of x, blended; the
+    window lets a caller cut its other inputs to match (stage 2's image latent)."""
     out = torch.zeros_like(x, dtype=torch.float32)
     count = torch.zeros_like(out)
     weights = gaussian_weights(tile, tile).to(device=x.device, dtype=torch.float32)
-    for top, bottom, left, right in sliding_windows(*x.shape[-2:], tile, stride):
-        out[..., top:bottom, left:right] += network(x[..., top:bottom, left:right]) * weights
+    for window in sliding_windows(*x.shape[-2:], tile, stride):
+        top, bottom, left, right = window
+        out[..., top:bottom, left:right] += function(x[..., top:bottom, left:right], window) * weights
         count[..., top:bottom, left:right] += weights
     return out / count
 

@@ -150,6 +150,7 @@ def sample_spaced(model: Model, cond, uncond, cfg: float, betas: np.ndarray,
     output (unclipped), the posterior mean, plus sqrt(variance) times the step's draw (the
     last step's draw is taken and multiplied by 0, as upstream)."""
     tables = SpacedTables.build(betas, steps).to(device)
+    record(trace, "schedule_timesteps", torch.from_numpy(tables.timesteps))
     x = noise.start(shape, device)
     count = len(tables.timesteps)
     for i in range(count):
@@ -170,6 +171,7 @@ def sample_spaced(model: Model, cond, uncond, cfg: float, betas: np.ndarray,
 def guided(model: Model, x: torch.Tensor, t: torch.Tensor, cond, uncond, cfg: float,
            trace: Trace) -> torch.Tensor:
     """uncond + cfg (cond - uncond) of the raw outputs; one call when CFG is off."""
+    record(trace, "model_t", t)
     if uncond is None or cfg == 1.0:
         out = model(x, t, cond)
         record(trace, "model_cond", out)
@@ -201,6 +203,8 @@ def edm_denoiser(model: Model, cond, uncond, cfg: float, parameterization: str,
         t = timesteps[(sigma - sigmas[:, None]).abs().argmin(dim=0).view(sigma.shape)]
         c_in, c_out, c_skip = (c.view(-1, *([1] * (x.ndim - 1))) for c in (c_in, c_out, c_skip))
 
+        record(trace, "model_t", t)
+
         def one(condition, name):
             out = model(x * c_in, t, condition)
             record(trace, name, out)
@@ -225,6 +229,8 @@ def sample_edm_dpmpp_3m_sde(model: Model, cond, uncond, cfg: float, betas: np.nd
     timesteps, sigmas = schedule.edm_schedule(betas, steps)
     sigmas = torch.tensor(sigmas, dtype=torch.float32, device=device)
     timesteps = torch.tensor(timesteps, dtype=torch.long, device=device)
+    record(trace, "sigmas", sigmas)
+    record(trace, "schedule_timesteps", timesteps)
     x = noise.start(shape, device) * torch.sqrt(1.0 + sigmas[0] ** 2.0)
     record(trace, "x_in0", x)
     denoise = edm_denoiser(model, cond, uncond, cfg, parameterization, sigmas, timesteps, trace)

@@ -30,10 +30,8 @@ def replayed(spec: dict, arrays: dict) -> dict[str, np.ndarray]:
     """Run the case's sampler with a 'network' that hands back the recorded outputs in the
     order the authors' sampler asked for them; return what the sampler traced."""
     calls = {"cond": 0, "uncond": 0}
-    asked_t = []
 
     def model(x, t, which):
-        asked_t.append(int(t[0])) if which == "cond" else None
         calls[which] += 1
         return torch.from_numpy(arrays[f"model_{which}"][calls[which] - 1])
 
@@ -47,9 +45,10 @@ def replayed(spec: dict, arrays: dict) -> dict[str, np.ndarray]:
                    params["steps"], arrays["x_T"].shape, noise,
                    trace=lambda name, value: traced.setdefault(name, []).append(value.clone()))
     out = {name: torch.stack(values).numpy() for name, values in traced.items()}
-    out["x_steps"], out["model_t"] = out.pop("x"), np.array(asked_t)
+    out["x_steps"], out["model_t"] = out.pop("x"), out["model_t"][:, 0]
+    out["schedule_timesteps"] = out["schedule_timesteps"][0]
     if edm:
-        out["x_in0"] = out["x_in0"][0]
+        out["x_in0"], out["sigmas"] = out["x_in0"][0], out["sigmas"][0]
     return out
 
 
@@ -58,7 +57,8 @@ def replayed(spec: dict, arrays: dict) -> dict[str, np.ndarray]:
 def test_sampler_retraces_the_authors_steps(name):
     spec, arrays = case(name)
     out = replayed(spec, arrays)
-    for key in ("x_steps", "model_t") + (("denoised", "x_in0") if "denoised" in out else ()):
+    for key in ("x_steps", "model_t", "schedule_timesteps") + (
+            ("denoised", "x_in0", "sigmas") if "denoised" in out else ()):
         check = {**spec["outputs"], **spec["debug"]}[key]
         value = parity.METRICS[check["metric"]](out[key], arrays[key])
         assert value <= check["tol"], (key, value)
