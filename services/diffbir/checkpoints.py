@@ -34,7 +34,7 @@ import torch
 from services.stagekit.neural import tiny_kwargs, unfilled
 from services.stagekit.weights import WeightsError, load_checkpoint, load_strict, unwrap
 
-from . import controlnet, unet, vae
+from . import controlnet, textencoder, unet, vae
 
 SD_PREFIXES = {"unet": "model.diffusion_model.", "vae": "first_stage_model.",
                "clip": "cond_stage_model."}
@@ -57,7 +57,8 @@ def builders() -> dict[str, tuple[Callable[..., torch.nn.Module], dict]]:
     """Each network's class and released kwargs, by the authors' name."""
     return {"unet": (unet.ControlledUnetModel, unet.OFFICIAL_KWARGS),
             "controlnet": (controlnet.ControlNet, controlnet.OFFICIAL_KWARGS),
-            "vae": (vae.AutoencoderKL, vae.OFFICIAL_KWARGS)}
+            "vae": (vae.AutoencoderKL, vae.OFFICIAL_KWARGS),
+            "clip": (textencoder.FrozenOpenCLIPEmbedder, textencoder.OFFICIAL_KWARGS)}
 
 
 def build_stage2(config: dict | None = None, *, init: bool = True) -> Stage2Networks:

@@ -8,9 +8,10 @@ stage-2 schedules.
 
 Stage-2 cases (``config.json["stage2"]``, run after those): ``stage2_denoiser`` runs the
 tiny IRControlNet and UNet once (residuals, control scales, CFG); ``stage2_vae`` encodes
-the image to the condition latent and decodes the stored latent; ``stage2_sampler`` runs
-the whole stage-2 path (``stage2.Stage2``: condition, sampler, decode, colour fix, resize,
-uint8) with the case's recorded noise.
+the image to the condition latent and decodes the stored latent; ``stage2_text`` tokenizes
+the prompts and encodes them; ``stage2_sampler`` runs the whole stage-2 path
+(``stage2.Stage2``: condition, sampler, decode, colour fix, resize, uint8) with the case's
+recorded noise.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from services.stagekit.stage import ClipInfo
 from . import schedule
 from .checkpoints import load_stage2_tiny
 from .controlnet import denoise
+from .textencoder import tokenize
 from .unet import timestep_embedding
 from .vae import decode_latent, encode_condition
 from .pipeline import pillow_upscale, quantise, resize_to
@@ -134,6 +136,15 @@ def run_vae(config: dict, case: dict, arrays: dict) -> dict:
     return {name: value.numpy() for name, value in produced.items()}
 
 
+def run_text(config: dict, case: dict, arrays: dict) -> dict:
+    encoder = load_stage2_tiny(config["folder"]).text_encoder
+    tokens = tokenize([str(prompt) for prompt in arrays["prompts"]])
+    with torch.inference_mode():
+        produced = {"tokens": tokens, "embedded": encoder.embed(tokens),
+                    "c_txt": encoder.encode_tokens(tokens)}
+    return {name: value.numpy() for name, value in produced.items()}
+
+
 def run_sampler(config: dict, case: dict, arrays: dict) -> dict:
     """The whole stage-2 path from the condition image to the uint8 frame, with the case's
     recorded start noise and step draws; every traced intermediate is returned too."""
@@ -161,7 +172,7 @@ def run_sampler(config: dict, case: dict, arrays: dict) -> dict:
 
 
 KINDS = {"forward": run_forward, "pipeline": run_pipeline, "op": run_op,
-         "stage2_denoiser": run_denoiser, "stage2_vae": run_vae,
+         "stage2_denoiser": run_denoiser, "stage2_vae": run_vae, "stage2_text": run_text,
          "stage2_sampler": run_sampler}
 
 

@@ -90,7 +90,7 @@ def test_denoiser_runs_channels_last_and_under_bf16_autocast():
 # --- the released layouts ----------------------------------------------------------------
 
 @needs_fixtures
-@pytest.mark.parametrize("name", ["unet", "controlnet", "vae"])
+@pytest.mark.parametrize("name", ["unet", "controlnet", "vae", "clip"])
 def test_released_configuration_has_the_checkpoint_layout(name):
     entry = official(name)
     cls, kwargs = builders()[name]
@@ -145,3 +145,22 @@ def test_a_bad_key_fails_naming_it(damage, named):
 @needs_fixtures
 def test_vae_encodes_the_condition_and_decodes_like_the_authors():
     assert_case_within_tolerance("stage2_vae")
+
+
+@needs_fixtures
+def test_text_encoder_tokenizes_and_encodes_like_the_authors():
+    assert_case_within_tolerance("stage2_text")
+
+
+@needs_fixtures
+def test_prompts_encode_the_same_as_their_tokens_and_under_bf16_autocast():
+    encoder = load_stage2_tiny(FIXTURES).text_encoder
+    arrays = parity.load_arrays(FIXTURES, "stage2_text_case.npz")
+    prompts = [str(p) for p in arrays["prompts"]]
+    expected = torch.from_numpy(arrays["c_txt"])
+    with torch.inference_mode():
+        assert parity.rel_l2(encoder.encode(prompts), expected) < 1e-5
+        assert parity.rel_l2(encoder.encode(prompts[2]), expected[2:3]) < 1e-5
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = encoder.encode(prompts)
+    assert parity.rel_l2(low.float(), expected) < 5e-2
