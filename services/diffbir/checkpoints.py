@@ -41,15 +41,14 @@ SD_PREFIXES = {"unet": "model.diffusion_model.", "vae": "first_stage_model.",
 
 
 class Stage2Networks(NamedTuple):
-    unet: torch.nn.Module
-    controlnet: torch.nn.Module
-    vae: torch.nn.Module | None
-    text_encoder: torch.nn.Module | None
+    unet: unet.ControlledUnetModel
+    controlnet: controlnet.ControlNet
+    vae: vae.AutoencoderKL
+    text_encoder: textencoder.FrozenOpenCLIPEmbedder
 
     def eval(self) -> "Stage2Networks":
         for network in self:
-            if network is not None:
-                network.eval()
+            network.eval()
         return self
 
 
@@ -69,8 +68,7 @@ def build_stage2(config: dict | None = None, *, init: bool = True) -> Stage2Netw
     for name, (cls, official) in builders().items():
         kwargs = config.get(name, official)
         made[name] = cls(**kwargs) if init else unfilled(lambda: cls(**kwargs))
-    return Stage2Networks(made["unet"], made["controlnet"], made.get("vae"),
-                          made.get("clip")).eval()
+    return Stage2Networks(made["unet"], made["controlnet"], made["vae"], made["clip"]).eval()
 
 
 def sd_part(state: dict, name: str) -> dict:
@@ -96,16 +94,20 @@ def load_stage2(sd: Path | str | dict, control: Path | str | dict,
                 config: dict | None = None) -> Stage2Networks:
     """The networks with the SD checkpoint ``sd`` and the ControlNet file ``control`` (paths,
     or what the files hold) loaded strictly; WeightsError names the first wrong key."""
-    nets = build_stage2(config, init=False)
-    sd_dict = sd_state(sd if isinstance(sd, dict) else load_checkpoint(Path(sd)))
-    for name, network in zip(("unet", "vae", "clip"), (nets.unet, nets.vae, nets.text_encoder)):
-        if network is not None:
-            part = sd_part(sd_dict, name)
-            if not part:
-                raise WeightsError(f"the SD checkpoint has no '{SD_PREFIXES[name]}' entries")
-            load_strict(network, part)
+    sd_dict = sd if isinstance(sd, dict) else load_checkpoint(Path(sd))
     control_dict = control if isinstance(control, dict) else load_checkpoint(Path(control))
-    load_strict(nets.controlnet, controlnet_state(control_dict))
+    return fill(build_stage2(config, init=False), sd_dict, control_dict)
+
+
+def fill(nets: Stage2Networks, sd: dict, control: dict) -> Stage2Networks:
+    """``nets`` with what the SD file and the ControlNet file hold, each network strictly."""
+    sd = sd_state(sd)
+    for name, network in zip(("unet", "vae", "clip"), (nets.unet, nets.vae, nets.text_encoder)):
+        part = sd_part(sd, name)
+        if not part:
+            raise WeightsError(f"the SD checkpoint has no '{SD_PREFIXES[name]}' entries")
+        load_strict(network, part)
+    load_strict(nets.controlnet, controlnet_state(control))
     return nets.eval()
 
 

@@ -24,17 +24,13 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from . import unet
 from .unet import Config, ControlledUnetModel, TimestepEmbedSequential, build_encoder, \
     time_embed, timestep_embedding
 
 # configs/inference/cldm.yaml controlnet_cfg: the UNet's with hint_channels for out_channels.
-OFFICIAL_KWARGS = {
-    "use_checkpoint": True, "image_size": 32, "in_channels": 4, "hint_channels": 4,
-    "model_channels": 320, "attention_resolutions": [4, 2, 1], "num_res_blocks": 2,
-    "channel_mult": [1, 2, 4, 4], "num_head_channels": 64, "use_spatial_transformer": True,
-    "use_linear_in_transformer": True, "transformer_depth": 1, "context_dim": 1024,
-    "legacy": False,
-}
+OFFICIAL_KWARGS = {**{k: v for k, v in unet.OFFICIAL_KWARGS.items() if k != "out_channels"},
+                   "hint_channels": 4}
 
 
 def zero_conv(channels: int) -> TimestepEmbedSequential:
@@ -79,9 +75,9 @@ def scaled(residuals: Sequence[torch.Tensor], scales: float | Sequence[float]) -
     return [r * s for r, s in zip(residuals, scales)]
 
 
-def denoise(unet: ControlledUnetModel, controlnet: ControlNet, x: torch.Tensor,
+def denoise(denoiser: ControlledUnetModel, controlnet: ControlNet, x: torch.Tensor,
             timesteps: torch.Tensor, context: torch.Tensor, c_img: torch.Tensor,
             strength: float | Sequence[float] = 1.0) -> torch.Tensor:
     """The network's prediction (v or eps) for x at ``timesteps``: ``ControlLDM.forward``."""
     control = scaled(controlnet(x, c_img, timesteps, context), strength)
-    return unet(x, timesteps, context, control=control)
+    return denoiser(x, timesteps, context, control=control)

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .unet import Upsample   # nearest x2 then a 3x3 conv, as the VAE's (same key, 'conv')
+
 # configs/inference/cldm.yaml vae_cfg (the SD 2.1 VAE).
 OFFICIAL_KWARGS = {
     "embed_dim": 4,
@@ -84,15 +86,6 @@ class Downsample(nn.Module):
         return self.conv(F.pad(x, (0, 1, 0, 1)))
 
 
-class Upsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-
-
 def mid_block(channels: int) -> nn.Module:
     mid = nn.Module()
     mid.block_1 = ResnetBlock(channels, channels)
@@ -106,10 +99,20 @@ def run_mid(mid: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def level(blocks: list[nn.Module], attns: list[nn.Module]) -> nn.Module:
+    """One resolution: ``block`` (res blocks), ``attn`` (one after each block, or none) and,
+    set by the caller, a ``downsample`` or ``upsample``."""
     module = nn.Module()
     module.block = nn.ModuleList(blocks)
     module.attn = nn.ModuleList(attns)
     return module
+
+
+def run_level(module: nn.Module, h: torch.Tensor, resample: str) -> torch.Tensor:
+    for i, block in enumerate(module.block):
+        h = block(h)
+        if len(module.attn) > 0:
+            h = module.attn[i](h)
+    return getattr(module, resample)(h) if hasattr(module, resample) else h
 
 
 class Encoder(nn.Module):
@@ -139,12 +142,7 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv_in(x)
         for down in self.down:
-            for i, block in enumerate(down.block):
-                h = block(h)
-                if len(down.attn) > 0:
-                    h = down.attn[i](h)
-            if hasattr(down, "downsample"):
-                h = down.downsample(h)
+            h = run_level(down, h, "downsample")
         h = run_mid(self.mid, h)
         return self.conv_out(F.silu(self.norm_out(h)))
 
@@ -177,12 +175,7 @@ class Decoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = run_mid(self.mid, self.conv_in(z))
         for up in reversed(self.up):
-            for i, block in enumerate(up.block):
-                h = block(h)
-                if len(up.attn) > 0:
-                    h = up.attn[i](h)
-            if hasattr(up, "upsample"):
-                h = up.upsample(h)
+            h = run_level(up, h, "upsample")
         return self.conv_out(F.silu(self.norm_out(h)))
 
 

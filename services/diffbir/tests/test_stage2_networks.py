@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from services.diffbir import MODEL
-from services.diffbir.checkpoints import SD_PREFIXES, builders, load_stage2, load_stage2_tiny
+from services.diffbir.checkpoints import (SD_PREFIXES, build_stage2, builders, fill,
+                                          fixture_config, load_stage2, load_stage2_tiny)
 from services.diffbir.controlnet import denoise
 from services.diffbir.parity import run_case
 from services.stagekit import parity
-from services.stagekit.testing import parity_dir
+from services.stagekit.testing import damaged, parity_dir
 from services.stagekit.weights import WeightsError, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -32,6 +33,10 @@ def official(name: str) -> dict:
     return next(e for e in entries if e["network"].split(":")[1].startswith(
         {"unet": "ControlledUnetModel", "controlnet": "ControlNet", "vae": "AutoencoderKL",
          "clip": "FrozenOpenCLIPEmbedder"}[name]))
+
+
+def tiny_config() -> dict:
+    return fixture_config(parity.load_config(FIXTURES)["stage2"])
 
 
 def tiny_sd_and_control() -> tuple[dict, dict]:
@@ -110,8 +115,7 @@ def test_released_files_load_strictly_as_the_authors_ship_them(tmp_path):
     torch.save({"state_dict": {**sd, "betas": torch.zeros(1000), "alphas_cumprod": torch.ones(1000)},
                 "global_step": 7}, tmp_path / "v2-1_512-ema-pruned.ckpt")
     torch.save({f"module.{k}": v for k, v in control.items()}, tmp_path / "v2.pth")
-    config = {n["name"]: n["tiny_kwargs"] for n in parity.load_config(FIXTURES)["stage2"]["networks"]}
-    nets = load_stage2(tmp_path / "v2-1_512-ema-pruned.ckpt", tmp_path / "v2.pth", config)
+    nets = load_stage2(tmp_path / "v2-1_512-ema-pruned.ckpt", tmp_path / "v2.pth", tiny_config())
     prefix = SD_PREFIXES["unet"]
     assert all(torch.equal(v, sd[prefix + k]) for k, v in nets.unet.state_dict().items())
     assert all(torch.equal(v, control[k]) for k, v in nets.controlnet.state_dict().items())
@@ -128,14 +132,8 @@ def test_released_files_load_strictly_as_the_authors_ship_them(tmp_path):
 ])
 def test_a_bad_key_fails_naming_it(damage, named):
     sd, control = tiny_sd_and_control()
-    state = sd if named.startswith("model.") else control
-    if damage == "missing":
-        del state[named]
-    elif damage == "extra":
-        state[named] = torch.zeros(1)
-    else:
-        state[named] = state[named][:, :-1]
-    config = {n["name"]: n["tiny_kwargs"] for n in parity.load_config(FIXTURES)["stage2"]["networks"]}
+    damaged(sd if named.startswith("model.") else control, damage, named)
+    config = tiny_config()
     key = named.removeprefix(SD_PREFIXES["unet"])
     with pytest.raises(WeightsError, match=key.replace(".", r"\.")):
         load_stage2(sd, control, config)
@@ -164,3 +162,22 @@ def test_prompts_encode_the_same_as_their_tokens_and_under_bf16_autocast():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = encoder.encode(prompts)
     assert parity.rel_l2(low.float(), expected) < 5e-2
+
+
+def meta_state(name: str, prefix: str = "") -> dict:
+    return {prefix + key: torch.empty(shape, device="meta")
+            for key, shape in official(name)["params"].items()}
+
+
+@needs_fixtures
+def test_released_layouts_fill_the_released_networks_strictly():
+    """Full size on the meta device: an SD .ckpt ('state_dict', the three prefixes, the LDM's
+    schedule buffers beside) and a ControlNet file with every key the authors' file has."""
+    sd = {**meta_state("unet", SD_PREFIXES["unet"]), **meta_state("vae", SD_PREFIXES["vae"]),
+          **meta_state("clip", SD_PREFIXES["clip"]), "betas": torch.zeros(1000)}
+    with torch.device("meta"):
+        nets = build_stage2()
+    fill(nets, {"state_dict": sd, "global_step": 1}, meta_state("controlnet"))
+    del sd[SD_PREFIXES["clip"] + "model.logit_scale"]
+    with torch.device("meta"), pytest.raises(WeightsError, match=r"model\.logit_scale"):
+        fill(build_stage2(), {"state_dict": sd}, meta_state("controlnet"))
