@@ -12,6 +12,7 @@ from services.diffbir.checkpoints import (SD_PREFIXES, build_stage2, builders, f
                                           fixture_config, load_stage2, load_stage2_tiny)
 from services.diffbir.controlnet import denoise
 from services.diffbir.parity import run_case
+from services.diffbir.vae import encode_condition
 from services.stagekit import parity
 from services.stagekit.testing import damaged, parity_dir
 from services.stagekit.weights import WeightsError, load_checkpoint
@@ -181,3 +182,29 @@ def test_released_layouts_fill_the_released_networks_strictly():
     del sd[SD_PREFIXES["clip"] + "model.logit_scale"]
     with torch.device("meta"), pytest.raises(WeightsError, match=r"model\.logit_scale"):
         fill(build_stage2(), {"state_dict": sd}, meta_state("controlnet"))
+
+
+@needs_fixtures
+@pytest.mark.slow
+def test_full_size_random_files_load_strictly_and_denoise(tmp_path):
+    """The released files' size and wrapping with random float16 values (~3.3 GB on disk,
+    ~10 GB of memory at the peak): they load strictly and the networks run."""
+    generator = torch.Generator().manual_seed(0)
+    random = lambda shape: (torch.randn(shape, generator=generator) * 0.02).half()  # noqa: E731
+    sd = {prefix + key: random(shape) for name, prefix in SD_PREFIXES.items()
+          for key, shape in official(name)["params"].items()}
+    torch.save({"state_dict": sd, "global_step": 110000}, tmp_path / "v2-1_512-ema-pruned.ckpt")
+    probe = SD_PREFIXES["unet"] + "out.2.weight", sd[SD_PREFIXES["unet"] + "out.2.weight"]
+    del sd
+    torch.save({k: random(s) for k, s in official("controlnet")["params"].items()},
+               tmp_path / "DiffBIR_v2.1.pt")
+    nets = load_stage2(tmp_path / "v2-1_512-ema-pruned.ckpt", tmp_path / "DiffBIR_v2.1.pt")
+    assert torch.equal(nets.unet.state_dict()[probe[0].removeprefix(SD_PREFIXES["unet"])],
+                       probe[1].float())
+    with torch.inference_mode():
+        context = nets.text_encoder.encode(["a photo of a house"])
+        c_img = encode_condition(nets.vae, torch.rand(1, 3, 64, 64))
+        out = denoise(nets.unet, nets.controlnet, torch.randn(1, 4, 8, 8), torch.tensor([999]),
+                      context, c_img)
+    assert context.shape == (1, 77, 1024) and c_img.shape == out.shape == (1, 4, 8, 8)
+    assert torch.isfinite(out).all()
