@@ -26,7 +26,7 @@ from torch import nn
 
 from . import unet
 from .unet import Config, ControlledUnetModel, TimestepEmbedSequential, build_encoder, \
-    time_embed, timestep_embedding
+    embed_timesteps, time_embed
 
 # configs/inference/cldm.yaml controlnet_cfg: the UNet's with hint_channels for out_channels.
 OFFICIAL_KWARGS = {**{k: v for k, v in unet.OFFICIAL_KWARGS.items() if k != "out_channels"},
@@ -52,7 +52,7 @@ class ControlNet(nn.Module):
         self.middle_block_out = zero_conv(widths[-1])
 
     def embedding(self, timesteps: torch.Tensor) -> torch.Tensor:
-        return self.time_embed(timestep_embedding(timesteps, self.model_channels))
+        return embed_timesteps(self.time_embed, timesteps, self.model_channels)
 
     def forward(self, x: torch.Tensor, hint: torch.Tensor, timesteps: torch.Tensor,
                 context: torch.Tensor) -> list[torch.Tensor]:

@@ -53,14 +53,22 @@ def time_embed(model_channels: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(model_channels, width), nn.SiLU(), nn.Linear(width, width))
 
 
+def embed_timesteps(layers: nn.Sequential, t: torch.Tensor, model_channels: int) -> torch.Tensor:
+    """``layers`` (a ``time_embed``) of the float32 sinusoid, taken to the layers' dtype so a
+    network cast to half precision runs without autocast too."""
+    return layers(timestep_embedding(t, model_channels).to(layers[0].weight.dtype))
+
+
 class GroupNorm32(nn.GroupNorm):
-    """The UNet's GroupNorm (32 groups, eps 1e-5), computed in float32 whatever the input."""
+    """The UNet's GroupNorm (32 groups, eps 1e-5), computed in float32 whatever the input
+    and the weights' precision (the authors keep it float32 when they cast to fp16)."""
 
     def __init__(self, channels: int):
         super().__init__(GROUPS, channels, eps=1e-5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).type(x.dtype)
+        return F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(),
+                            self.eps).type(x.dtype)
 
 
 class ResBlock(nn.Module):
@@ -288,7 +296,7 @@ class ControlledUnetModel(nn.Module):
                                  nn.Conv2d(cfg.model_channels, cfg.out_channels, 3, padding=1))
 
     def embedding(self, timesteps: torch.Tensor) -> torch.Tensor:
-        return self.time_embed(timestep_embedding(timesteps, self.model_channels))
+        return embed_timesteps(self.time_embed, timesteps, self.model_channels)
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                 control: list[torch.Tensor] | None = None) -> torch.Tensor:
