@@ -173,7 +173,8 @@ class DiffBIRStage(NeuralStage):
         ``version``, or None for stage 1 alone; with them stage 2 is the default."""
         super().__init__(network, device, half=half, identity=identity)
         self.stage2 = None if stage2 is None else Stage2(
-            on_device_all(stage2, self.device), version, self.autocast)
+            on_device_all(stage2, self.device, self.half and self.device.type == "cuda"),
+            version, self.autocast)
         settings = settings or Settings()
         stage = settings.stage or (2 if self.stage2 else 1)
         self.settings = replace(settings, stage=stage).check()
@@ -337,7 +338,12 @@ def create_stage(weights: Path | str | None = None, device: str = "auto",
                         settings=settings, stage2=nets, version=version)
 
 
-def on_device_all(nets, device: torch.device):
-    """Each stage-2 network in eval mode on ``device`` (float32: half precision comes from
-    autocast, as the authors run it, GroupNorm kept in float32 by autocast itself)."""
-    return type(nets)(*(None if n is None else n.eval().to(device) for n in nets))
+def on_device_all(nets, device: torch.device, half: bool = False):
+    """Each stage-2 network in eval mode on ``device``; ``half``: the UNet and ControlNet
+    weights in float16 (the authors' ``cast_dtype``; their GroupNorms still compute in
+    float32), the VAE and text encoder kept in float32 under autocast, as they run it."""
+    placed = type(nets)(*(None if n is None else n.eval().to(device) for n in nets))
+    if half:
+        placed.unet.half()
+        placed.controlnet.half()
+    return placed
