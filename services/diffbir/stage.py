@@ -47,8 +47,8 @@ from services.stagekit.weights import (WeightsError, checkpoint_file, load_check
 from services.stagekit.windowing import batches
 
 from . import MODEL, TASK, schedule
-from .checkpoints import (build_stage2, controlnet_state, fixture_config, load_stage2, sd_part,
-                          sd_state)
+from .checkpoints import (SD_PREFIXES, build_stage2, controlnet_state, fixture_config,
+                          load_stage2, sd_part, sd_state)
 from .network import SwinIR, build_swinir, load_arch
 from .pipeline import (PAD_MULTIPLE, apply_cleaner, float_upscale, pillow_upscale, quantise,
                        resize_to)
@@ -312,15 +312,18 @@ def verify_checkpoint(name: str, path: Path, arch: Path | str | dict | None = No
 def verify_stage2_file(name: str, path: Path, config: dict | None) -> None:
     """One stage-2 file loaded strictly into the networks it holds: the SD checkpoint into
     the UNet, VAE and text encoder, the ControlNet file into the ControlNet."""
-    nets = build_stage2(config, init=False)
     checkpoint = load_checkpoint(path)
     if name in CONTROLNET_FILES:
-        load_strict(nets.controlnet, controlnet_state(checkpoint))
+        state = controlnet_state(checkpoint)
+        load_strict(build_stage2(config, init=False).controlnet, state)
         return
-    state = sd_state(checkpoint)
+    parts = {part: sd_part(sd_state(checkpoint), part) for part in SD_PREFIXES}
+    empty = next((part for part, state in parts.items() if not state), None)
+    if empty:   # before building 1.3 billion parameters for a file that cannot fit them
+        raise WeightsError(f"the SD checkpoint has no '{SD_PREFIXES[empty]}' entries")
+    nets = build_stage2(config, init=False)
     for part, network in zip(("unet", "vae", "clip"), (nets.unet, nets.vae, nets.text_encoder)):
-        if network is not None:
-            load_strict(network, sd_part(state, part))
+        load_strict(network, parts[part])
 
 
 def create_stage(weights: Path | str | None = None, device: str = "auto",
