@@ -67,12 +67,15 @@ class AttnBlock(nn.Module):
         self.v = nn.Conv2d(channels, channels, 1)
         self.proj_out = nn.Conv2d(channels, channels, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        normed = self.norm(x)
+    def attend(self, normed: torch.Tensor) -> torch.Tensor:
+        """The attention branch of already normalised features (no residual)."""
+        b, c, h, w = normed.shape
         tokens = lambda conv: conv(normed).reshape(b, 1, c, h * w).transpose(2, 3)  # noqa: E731
         out = F.scaled_dot_product_attention(tokens(self.q), tokens(self.k), tokens(self.v))
-        return x + self.proj_out(out.transpose(2, 3).reshape(b, c, h, w))
+        return self.proj_out(out.transpose(2, 3).reshape(b, c, h, w))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.attend(self.norm(x))
 
 
 class Downsample(nn.Module):

@@ -12,7 +12,8 @@ from services.diffbir.checkpoints import (SD_PREFIXES, build_stage2, builders, f
                                           fixture_config, load_stage2, load_stage2_tiny)
 from services.diffbir.controlnet import denoise
 from services.diffbir.parity import run_case
-from services.diffbir.vae import encode_condition
+from services.diffbir import tiledvae
+from services.diffbir.vae import decode_latent, encode_condition
 from services.stagekit import parity
 from services.stagekit.testing import damaged, parity_dir
 from services.stagekit.weights import WeightsError, load_checkpoint
@@ -213,3 +214,65 @@ def test_full_size_random_files_load_strictly_and_denoise(tmp_path):
                       context, c_img)
     assert context.shape == (1, 77, 1024) and c_img.shape == out.shape == (1, 4, 8, 8)
     assert torch.isfinite(out).all()
+
+
+# --- the authors' tiled VAE ------------------------------------------------------------------
+
+@needs_fixtures
+@pytest.mark.parametrize("part", ["encoder", "decoder"])
+def test_tiled_vae_steps_are_the_network_and_whole_frame_tiles_are_exact(part):
+    """One tile is the plain network; tiles that each see the whole frame (so their pooled
+    GroupNorm statistics and attention are the frame's) give the plain output, assembled."""
+    vae = load_stage2_tiny(FIXTURES).vae
+    net = getattr(vae, part)
+    x = torch.randn(1, 3, 64, 48) if part == "encoder" else torch.randn(1, 4, 8, 6)
+    scale = 8 if part == "decoder" else 1 / 8
+    h, w = (int(s * scale) for s in x.shape[2:])
+    whole = (0, x.shape[2], 0, x.shape[3])
+    quarters = [(whole, (0, h // 2, 0, w // 2)), (whole, (0, h // 2, w // 2, w)),
+                (whole, (h // 2, h, 0, w // 2)), (whole, (h // 2, h, w // 2, w))]
+    with torch.inference_mode():
+        plain = net(x)
+        one = tiledvae.run_steps(tiledvae.network_steps(net), [tiledvae.Tile(x)], x.device, x.device)
+        assert parity.rel_l2(one[0].x, plain) < 1e-5
+        assert parity.rel_l2(tiledvae.assemble(net, x, quarters), plain) < 1e-5
+
+
+def test_tiles_are_placed_as_the_authors_place_them():
+    # 1024 px, tile 256, pad 32: 4 tiles of ceil(960 / 4) = 240, raised to a multiple of 32.
+    boxes = tiledvae.split(1024, 80, 256, 32, 1 / 8)
+    assert [b[0][:2] for b in boxes] == [(0, 320), (256, 576), (512, 832), (768, 1024)]
+    assert [b[1][:2] for b in boxes] == [(0, 36), (36, 68), (68, 100), (100, 128)]
+    assert all(b[0][2:] == (0, 80) and b[1][2:] == (0, 10) for b in boxes)
+    # Decoder, 11 latent pixels of pad: output boxes cover the output once.
+    boxes = tiledvae.split(100, 70, 32, 11, 8)
+    covered = torch.zeros(800, 560, dtype=torch.int64)
+    for _, (top, bottom, left, right) in boxes:
+        covered[top:bottom, left:right] += 1
+    assert bool((covered == 1).all())
+
+
+def test_group_statistics_pool_as_the_authors_pool_them():
+    """Pixel-weighted mean of the tiles' means and of their variances (the spread between
+    the tiles' means is not added)."""
+    a, b = torch.zeros(1, 32, 2, 2), torch.ones(1, 32, 2, 4)
+    stats = [tiledvae.group_stats(t, 32) + (t.shape[2] * t.shape[3],) for t in (a, b)]
+    var, mean = tiledvae.pooled(stats)
+    assert torch.allclose(mean, torch.full((1, 32), 2 / 3)) and torch.equal(var, torch.zeros(1, 32))
+
+
+@needs_fixtures
+def test_tiled_vae_runs_only_where_the_frame_exceeds_a_tile():
+    vae = load_stage2_tiny(FIXTURES).vae
+    image, z = torch.rand(1, 3, 64, 48), torch.randn(1, 4, 8, 6)
+    with torch.inference_mode():
+        assert torch.equal(tiledvae.tiled_encode_condition(vae, image, 256),
+                           encode_condition(vae, image))
+        assert torch.equal(tiledvae.tiled_decode_latent(vae, z, 256), decode_latent(vae, z))
+        big = torch.rand(1, 3, 160, 144)
+        tiled = tiledvae.tiled_encode_condition(vae, big, 64)
+        decoded = tiledvae.tiled_decode_latent(vae, tiled, 64)
+    assert tiled.shape == (1, 4, 20, 18) and decoded.shape == (1, 3, 160, 144)
+    assert torch.isfinite(decoded).all()
+    with pytest.raises(ValueError, match="multiple of 8"):
+        tiledvae.tiled_encode_condition(vae, big, 60)
