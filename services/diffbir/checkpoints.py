@@ -17,8 +17,8 @@ The files, as the authors read them (``ControlLDM.load_pretrained_sd`` and
 - the SD checkpoint (``v2-1_512-ema-pruned.ckpt``; ``sd2.1-base-zsnr-laionaes5.ckpt`` for
   v2.1) is a Lightning file whose ``state_dict`` holds the UNet under
   ``model.diffusion_model.``, the VAE under ``first_stage_model.`` and the text encoder under
-  ``cond_stage_model.``; other entries (the LDM's schedule buffers) are not networks' and
-  are left. Under each prefix every key must be there with its shape and nothing else may be
+  ``cond_stage_model.``; other entries (the LDM's schedule buffers, an EMA copy, the VAE's
+  training loss under ``first_stage_model.loss.``) are not networks' and are left. Under each prefix every key must be there with its shape and nothing else may be
   (the authors load with strict=False; we are stricter so that a wrong file is named);
 - the ControlNet file (``DiffBIR_v2.1.pt``, ``v2.pth``) is the bare state dict (a
   ``state_dict`` entry or a ``module.`` prefix is unwrapped as for stage 1), loaded strictly.
@@ -38,6 +38,9 @@ from . import controlnet, textencoder, unet, vae
 
 SD_PREFIXES = {"unet": "model.diffusion_model.", "vae": "first_stage_model.",
                "clip": "cond_stage_model."}
+# Some SD files keep the autoencoder's training loss (LPIPS, discriminator) under the VAE's
+# prefix; it is no part of the network, and the authors' loader never reads it.
+NOT_NETWORK = ("first_stage_model.loss.",)
 
 
 class Stage2Networks(NamedTuple):
@@ -74,7 +77,8 @@ def build_stage2(config: dict | None = None, *, init: bool = True) -> Stage2Netw
 def sd_part(state: dict, name: str) -> dict:
     """The entries of network ``name`` in an SD state dict, its prefix removed."""
     prefix = SD_PREFIXES[name]
-    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    return {key[len(prefix):]: value for key, value in state.items()
+            if key.startswith(prefix) and not key.startswith(NOT_NETWORK)}
 
 
 def controlnet_state(checkpoint: dict) -> dict:

@@ -116,11 +116,14 @@ def test_released_configuration_has_the_checkpoint_layout(name):
 
 @needs_fixtures
 def test_released_files_load_strictly_as_the_authors_ship_them(tmp_path):
-    """The loader reads an SD Lightning .ckpt (prefixes, schedule buffers beside) and a
-    ControlNet .pth with a 'module.' prefix: shown on the tiny layout, same code path."""
+    """The loader reads an SD Lightning .ckpt (the prefixes; schedule buffers and the VAE's
+    training loss beside) and a ControlNet .pth with a 'module.' prefix: shown on the tiny
+    layout, the same code path."""
     sd, control = tiny_sd_and_control()
-    torch.save({"state_dict": {**sd, "betas": torch.zeros(1000), "alphas_cumprod": torch.ones(1000)},
-                "global_step": 7}, tmp_path / "v2-1_512-ema-pruned.ckpt")
+    beside = {"betas": torch.zeros(1000), "alphas_cumprod": torch.ones(1000),
+              "first_stage_model.loss.logvar": torch.zeros(())}
+    torch.save({"state_dict": {**sd, **beside}, "global_step": 7},
+               tmp_path / "v2-1_512-ema-pruned.ckpt")
     torch.save({f"module.{k}": v for k, v in control.items()}, tmp_path / "v2.pth")
     nets = load_stage2(tmp_path / "v2-1_512-ema-pruned.ckpt", tmp_path / "v2.pth", tiny_config())
     prefix = SD_PREFIXES["unet"]
