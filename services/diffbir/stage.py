@@ -25,8 +25,9 @@ step noise (a still scene keeps its generated texture instead of flickering).
 Per clip, the header's params may set ``tiled`` (0/1), ``tile_size``, ``tile_stride``,
 ``batch``, and for stage 2 ``stage`` (1/2), ``sampler`` (edm_dpm++_3m_sde, spaced),
 ``steps``, ``cfg``, ``strength`` (the control scale), ``seed``, ``prompt``,
-``negative_prompt``, ``diffusion_tiled`` (0/1), ``diffusion_tile_size`` and
-``diffusion_tile_stride``.
+``negative_prompt``, ``diffusion_tiled`` (0/1), ``diffusion_tile_size``,
+``diffusion_tile_stride``, ``vae_tiled`` (0/1), ``vae_encoder_tile_size`` and
+``vae_decoder_tile_size`` (the authors' tiling flags, sizes in pixels).
 """
 from __future__ import annotations
 
@@ -86,11 +87,15 @@ class Settings:
     diffusion_tiled: bool = False
     diffusion_tile_size: int = Sampling.tile_size
     diffusion_tile_stride: int = Sampling.tile_stride
+    vae_tiled: bool = False
+    vae_encoder_tile_size: int = Sampling.vae_encoder_tile_size
+    vae_decoder_tile_size: int = Sampling.vae_decoder_tile_size
 
     def sampling(self) -> Sampling:
         return Sampling(self.sampler, self.steps, self.cfg, self.strength, self.seed,
                         self.prompt, self.negative_prompt, self.diffusion_tiled,
-                        self.diffusion_tile_size, self.diffusion_tile_stride)
+                        self.diffusion_tile_size, self.diffusion_tile_stride, self.vae_tiled,
+                        self.vae_encoder_tile_size, self.vae_decoder_tile_size)
 
     def check(self) -> "Settings":
         self.check_stage2()
@@ -123,6 +128,10 @@ class Settings:
         if self.diffusion_tiled and not (0 < stride <= size and stride % 8 == 0):
             raise StageError(f"diffusion_tile_stride must be a multiple of 8 in [8, "
                              f"diffusion_tile_size={size}], not {stride}")
+        for key in ("vae_encoder_tile_size", "vae_decoder_tile_size"):
+            value = getattr(self, key)
+            if self.vae_tiled and (value < 64 or value % 8):
+                raise StageError(f"{key} must be a multiple of 8, at least 64, not {value}")
 
     def with_params(self, params: Mapping[str, str]) -> "Settings":
         changes: dict = {}
@@ -154,7 +163,8 @@ PARAM_TYPES = {"tiled": parse_flag, "tile_size": int, "tile_stride": int, "batch
                "stage": parse_stage, "sampler": str, "steps": int, "cfg": float, "strength": float,
                "seed": int, "prompt": str, "negative_prompt": str,
                "diffusion_tiled": parse_flag, "diffusion_tile_size": int,
-               "diffusion_tile_stride": int}
+               "diffusion_tile_stride": int, "vae_tiled": parse_flag,
+               "vae_encoder_tile_size": int, "vae_decoder_tile_size": int}
 KIND_NAMES = {parse_flag: "0 or 1", parse_stage: "1 or 2", int: "an integer",
               float: "a number", str: "text"}
 

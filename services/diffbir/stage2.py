@@ -10,7 +10,9 @@ From the stage-1 output (B, 3, h0, w0) in [0, 1]:
    times ``strength`` added into the UNet; tiled diffusion runs it on Gaussian-blended
    latent tiles (tile 512/8, stride 256/8), each with its slice of the image latent;
 4. crop the latent, VAE-decode it (divided by 0.18215), crop to (h0, w0): the sample in
-   about [-1, 1];
+   about [-1, 1]. With ``vae_tiled`` the encoder and decoder run as the authors' Tiled VAE
+   (``tiledvae.py``: tiles of 256 pixels, GroupNorm statistics pooled across tiles), which
+   bounds their memory on large frames;
 5. ``finish``: the wavelet colour fix (the sample's detail on the stage-1 output's lowest
    band), resized to the output size by the caller.
 
@@ -30,6 +32,7 @@ import torch
 from . import sampler, schedule
 from .controlnet import denoise
 from .pipeline import pad_to_multiples_of, tiled_windows, wavelet_reconstruction
+from .tiledvae import tiled_decode_latent, tiled_encode_condition
 from .vae import decode_latent, encode_condition
 
 LATENT_FACTOR = 8           # the VAE's downscale
@@ -58,6 +61,9 @@ class Sampling:
     tiled: bool = False             # --cldm_tiled
     tile_size: int = 512            # in pixels, as the authors give it
     tile_stride: int = 256
+    vae_tiled: bool = False         # --vae_encoder_tiled and --vae_decoder_tiled
+    vae_encoder_tile_size: int = 256
+    vae_decoder_tile_size: int = 256
 
 
 class Condition(NamedTuple):
@@ -86,13 +92,18 @@ class Stage2:
         with self.autocast():
             return self.nets.text_encoder.encode([prompt]).float()
 
-    def vae_encode(self, image: torch.Tensor) -> torch.Tensor:
-        """The condition latent of an image in [0, 1]: the posterior mean, scaled."""
+    def vae_encode(self, image: torch.Tensor, tile: int | None = None) -> torch.Tensor:
+        """The condition latent of an image in [0, 1]: the posterior mean, scaled; the
+        authors' Tiled VAE with ``tile`` (pixels; a smaller image is encoded whole)."""
         with self.autocast():
+            if tile:
+                return tiled_encode_condition(self.nets.vae, image, tile).float()
             return encode_condition(self.nets.vae, image).float()
 
-    def vae_decode(self, z: torch.Tensor) -> torch.Tensor:
+    def vae_decode(self, z: torch.Tensor, tile: int | None = None) -> torch.Tensor:
         with self.autocast():
+            if tile:
+                return tiled_decode_latent(self.nets.vae, z, tile).float()
             return decode_latent(self.nets.vae, z).float()
 
     def model(self, strength: float) -> sampler.Model:
@@ -110,8 +121,9 @@ class Stage2:
                noise: sampler.Noise | None = None, trace: sampler.Trace = None) -> torch.Tensor:
         """``Pipeline.apply_cldm``: the decoded sample (B, 3, h0, w0), about [-1, 1]."""
         batch, _, h0, w0 = cond_img.shape
-        padded = pad_to_multiples_of(cond_img, LATENT_FACTOR if settings.tiled else 64)
-        c_img = self.vae_encode(padded)
+        tiling = settings.tiled or settings.vae_tiled
+        padded = pad_to_multiples_of(cond_img, LATENT_FACTOR if tiling else 64)
+        c_img = self.vae_encode(padded, settings.vae_tiled and settings.vae_encoder_tile_size)
         h1, w1 = c_img.shape[-2:]
         tile, stride = settings.tile_size // LATENT_FACTOR, settings.tile_stride // LATENT_FACTOR
         tiled = settings.tiled and min(h1, w1) >= tile
@@ -131,7 +143,7 @@ class Stage2:
                            trace=trace)
         z = x[..., :h1, :w1]
         record("z", z)
-        return self.vae_decode(z)[..., :h0, :w0]
+        return self.vae_decode(z, settings.vae_tiled and settings.vae_decoder_tile_size)[..., :h0, :w0]
 
 
 def tiled_model(model: sampler.Model, tile: int, stride: int) -> sampler.Model:

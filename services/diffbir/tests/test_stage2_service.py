@@ -110,6 +110,23 @@ def test_every_parameter_reaches_the_path(stage2):
     assert (one_tile - whole).abs().max() < 1e-4
 
 
+
+@needs_fixtures
+def test_vae_tiling_reaches_the_tiled_vae_with_the_authors_tile_sizes(stage2, monkeypatch):
+    from services.diffbir import stage2 as path
+    asked = []
+    for name in ("tiled_encode_condition", "tiled_decode_latent"):
+        real = getattr(path, name)
+        monkeypatch.setattr(path, name, lambda vae, x, tile, real=real, name=name: (
+            asked.append((name, tuple(x.shape[-2:]), tile)) or real(vae, x, tile)))
+    cond = torch.rand(1, 3, 60, 100)      # padded to multiples of 8, not of 64, when tiled
+    out = stage2.sample(cond, Sampling(steps=1, vae_tiled=True, vae_encoder_tile_size=64,
+                                       vae_decoder_tile_size=64))
+    assert out.shape == cond.shape
+    assert asked == [("tiled_encode_condition", (64, 104), 64),
+                     ("tiled_decode_latent", (8, 13), 64)]
+
+
 def test_tiled_diffusion_gives_each_tile_its_window_of_the_image_latent():
     """A pointwise 'network' is the same tiled or not, if and only if every tile is handed
     the image latent under it."""
@@ -130,7 +147,8 @@ def test_describe_tells_stage_2_and_its_sampling(weights):
 @pytest.mark.parametrize("params, message", [
     ({"stage": 3}, "stage"), ({"steps": 0}, "steps"), ({"cfg": "x"}, "cfg"),
     ({"strength": "nan"}, "strength"), ({"seed": -1}, "seed"),
-    ({"diffusion_tiled": 1, "diffusion_tile_size": 100}, "diffusion_tile_size")])
+    ({"diffusion_tiled": 1, "diffusion_tile_size": 100}, "diffusion_tile_size"),
+    ({"vae_tiled": 1, "vae_decoder_tile_size": 60}, "vae_decoder_tile_size")])
 def test_bad_stage_2_params_are_refused(weights, params, message):
     stage = create_stage(weights, "cpu", CONFIG)
     with pytest.raises(StageError, match=message):
