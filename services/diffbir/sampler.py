@@ -116,7 +116,7 @@ class SpacedTables:
     posterior_mean_coef2: torch.Tensor
 
     @classmethod
-    def build(cls, betas: np.ndarray, steps: int) -> "SpacedTables":
+    def build(cls, betas: np.ndarray, steps: int, device="cpu") -> "SpacedTables":
         training = np.cumprod(1.0 - betas)
         timesteps = schedule.spaced_timesteps(len(betas), steps)
         chosen = training[timesteps]
@@ -136,11 +136,8 @@ class SpacedTables:
             "posterior_mean_coef1": spaced_betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
             "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod),
         }
-        return cls(timesteps, **{k: torch.tensor(v, dtype=torch.float32) for k, v in tables.items()})
-
-    def to(self, device) -> "SpacedTables":
-        return SpacedTables(self.timesteps, *(getattr(self, name).to(device) for name in
-                                              list(self.__dataclass_fields__)[1:]))
+        return cls(timesteps, **{k: torch.tensor(v, dtype=torch.float32, device=device)
+                                 for k, v in tables.items()})
 
 
 def sample_spaced(model: Model, cond, uncond, cfg: float, betas: np.ndarray,
@@ -149,7 +146,7 @@ def sample_spaced(model: Model, cond, uncond, cfg: float, betas: np.ndarray,
     """``SpacedSampler.sample``: from x_T down the respaced timesteps; pred_x0 from the CFG
     output (unclipped), the posterior mean, plus sqrt(variance) times the step's draw (the
     last step's draw is taken and multiplied by 0, as upstream)."""
-    tables = SpacedTables.build(betas, steps).to(device)
+    tables = SpacedTables.build(betas, steps, device)
     record(trace, "schedule_timesteps", torch.from_numpy(tables.timesteps))
     x = noise.start(shape, device)
     count = len(tables.timesteps)
