@@ -9,7 +9,9 @@ stage-2 schedules.
 Stage-2 cases (``config.json["stage2"]``, run after those): ``stage2_denoiser`` runs the
 tiny IRControlNet and UNet once (residuals, control scales, CFG); ``stage2_vae`` encodes
 the image to the condition latent and decodes the stored latent; ``stage2_text`` tokenizes
-the prompts and encodes them.
+the prompts and encodes them; ``stage2_sampler`` runs the whole stage-2 path
+(``stage2.Stage2``: condition, sampler, decode, colour fix, resize, uint8) with the case's
+recorded noise.
 """
 from __future__ import annotations
 
@@ -28,8 +30,10 @@ from .controlnet import denoise
 from .textencoder import tokenize
 from .unet import timestep_embedding
 from .vae import decode_latent, encode_condition
-from .pipeline import pillow_upscale
+from .pipeline import pillow_upscale, quantise, resize_to
+from .sampler import RecordedNoise
 from .stage import DiffBIRStage, Settings, load_network
+from .stage2 import Sampling, Stage2, finish
 
 
 def state_file(config: dict) -> Path:
@@ -141,8 +145,35 @@ def run_text(config: dict, case: dict, arrays: dict) -> dict:
     return {name: value.numpy() for name, value in produced.items()}
 
 
+def run_sampler(config: dict, case: dict, arrays: dict) -> dict:
+    """The whole stage-2 path from the condition image to the uint8 frame, with the case's
+    recorded start noise and step draws; every traced intermediate is returned too."""
+    params = case["params"]
+    edm = params["sampler"] != "spaced"
+    traced: dict[str, list] = {}
+    stage2 = Stage2(load_stage2_tiny(config["folder"]), params["version"])
+    noise = RecordedNoise(torch.from_numpy(arrays["x_T"]),
+                          torch.from_numpy(arrays["brownian_noise" if edm else "step_noise"]))
+    sampling = Sampling(params["sampler"], params["steps"], params["cfg_scale"],
+                        params["strength"], prompt=str(arrays["pos_prompt"]),
+                        negative_prompt=str(arrays["neg_prompt"]))
+    cond_img = torch.from_numpy(arrays["cond_img"])
+    x_decoded = stage2.sample(cond_img, sampling, noise,
+                              trace=lambda name, v: traced.setdefault(name, []).append(v.clone()))
+    wavelet_out = finish(x_decoded, cond_img)
+    out_float = resize_to(wavelet_out, tuple(int(n) for n in arrays["output_size"]))
+    produced = {name: torch.stack(values) if len(values) > 1 else values[0]
+                for name, values in traced.items()}
+    produced["x_steps"] = produced.pop("x")
+    produced["model_t"] = produced["model_t"][:, 0]
+    produced.update(x_decoded=x_decoded, wavelet_out=wavelet_out, out_float=out_float,
+                    out_uint8=quantise(out_float).permute(0, 2, 3, 1))
+    return {name: value.numpy() for name, value in produced.items()}
+
+
 KINDS = {"forward": run_forward, "pipeline": run_pipeline, "op": run_op,
-         "stage2_denoiser": run_denoiser, "stage2_vae": run_vae, "stage2_text": run_text}
+         "stage2_denoiser": run_denoiser, "stage2_vae": run_vae, "stage2_text": run_text,
+         "stage2_sampler": run_sampler}
 
 
 def run_case(config: dict, case: dict, arrays: dict) -> dict[str, np.ndarray]:

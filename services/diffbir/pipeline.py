@@ -87,11 +87,19 @@ def gaussian_weights(width: int, height: int) -> torch.Tensor:
 def tiled(network: Network, x: torch.Tensor, tile: int, stride: int) -> torch.Tensor:
     """The network over overlapping ``tile`` squares, blended by Gaussian weights: the sum
     of weighted tiles over the sum of weights (no padding; x is at least a tile)."""
+    return tiled_windows(lambda x_tile, window: network(x_tile), x, tile, stride)
+
+
+def tiled_windows(function: Callable[[torch.Tensor, tuple[int, int, int, int]], torch.Tensor],
+                  x: torch.Tensor, tile: int, stride: int) -> torch.Tensor:
+    """``make_tiled_fn``: ``function(tile, window)`` over the windows of x, blended; the
+    window lets a caller cut its other inputs to match (stage 2's image latent)."""
     out = torch.zeros_like(x, dtype=torch.float32)
     count = torch.zeros_like(out)
     weights = gaussian_weights(tile, tile).to(device=x.device, dtype=torch.float32)
-    for top, bottom, left, right in sliding_windows(*x.shape[-2:], tile, stride):
-        out[..., top:bottom, left:right] += network(x[..., top:bottom, left:right]) * weights
+    for window in sliding_windows(*x.shape[-2:], tile, stride):
+        top, bottom, left, right = window
+        out[..., top:bottom, left:right] += function(x[..., top:bottom, left:right], window) * weights
         count[..., top:bottom, left:right] += weights
     return out / count
 
@@ -119,3 +127,34 @@ def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def quantise(x: torch.Tensor) -> torch.Tensor:
     """uint8 as the authors save it: x * 255 clamped and truncated, not rounded."""
     return (x * 255.0).clamp(0, 255).to(torch.uint8)
+
+
+# --- the end of stage 2 (``wavelet_reconstruction`` in ``diffbir/utils/common.py``) -------
+
+WAVELET_LEVELS = 5
+
+
+def wavelet_blur(x: torch.Tensor, radius: int) -> torch.Tensor:
+    """The 3x3 [1,2,1]^T [1,2,1] / 16 blur dilated by ``radius``, replicate-padded."""
+    kernel = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]],
+                          dtype=x.dtype, device=x.device) / 16
+    channels = x.shape[1]
+    padded = F.pad(x, (radius,) * 4, mode="replicate")
+    return F.conv2d(padded, kernel.expand(channels, 1, 3, 3), groups=channels, dilation=radius)
+
+
+def wavelet_decomposition(x: torch.Tensor, levels: int = WAVELET_LEVELS
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(high, low): the sum of the detail bands and the last, lowest band."""
+    high = torch.zeros_like(x)
+    for level in range(levels):
+        low = wavelet_blur(x, 2 ** level)
+        high += x - low
+        x = low
+    return high, low
+
+
+def wavelet_reconstruction(content: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+    """The sample's detail bands on the condition's lowest band: stage 2 brings texture,
+    the stage-1 output keeps the colours."""
+    return wavelet_decomposition(content)[0] + wavelet_decomposition(colour)[1]

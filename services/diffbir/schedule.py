@@ -60,3 +60,13 @@ def spaced_timesteps(count: int, steps: int) -> np.ndarray:
         taken.append(round(position))
         position += stride
     return np.array(sorted(set(taken)), dtype=np.int64)
+
+
+# The released versions' schedules (configs/inference/diffusion_v2.1.yaml, diffusion.yaml).
+PARAMETERIZATION = {"v2.1": "v", "v2": "eps", "v1": "eps"}
+
+
+def betas(version: str) -> np.ndarray:
+    """The training betas of a DiffBIR version: v2.1 zero-terminal-SNR, v1/v2 linear."""
+    linear = linear_betas()
+    return zero_terminal_snr(linear) if version == "v2.1" else linear

@@ -135,13 +135,15 @@ def load_strict(module, state: dict, missing_ok=()) -> None:
     module.load_state_dict(state, strict=not missing_ok)
 
 
-def checkpoint_file(model: str, weights: Path | None = None) -> Path:
+def checkpoint_file(model: str, weights: Path | None = None,
+                    names: tuple[str, ...] | None = None) -> Path:
     """The checkpoint a service loads: ``weights`` itself when it is a file; else, in the
     folder it names (directly or in the store's layout) or in the weights store (None),
     the first of the manifest's files that is present, in the form the service reads
     (converted, where the manifest names a conversion) — the default checkpoint first,
-    then the alternatives. A file present only as downloaded is named with the command
-    that converts it."""
+    then the alternatives (only those named in ``names``, when given: a model whose files
+    serve different networks). A file present only as downloaded is named with the
+    command that converts it."""
     if weights is not None and not Path(weights).is_dir():
         if not Path(weights).is_file():
             raise WeightsError(f"{model} weights not found at {weights}")
@@ -151,7 +153,7 @@ def checkpoint_file(model: str, weights: Path | None = None) -> Path:
     def places(name: str) -> list[Path]:
         return ([root / name] if root is not None else []) + [weights_path(model, name, root)]
 
-    entries = manifest(model)
+    entries = [e for e in manifest(model) if names is None or e.name in names]
     for path in (path for entry in entries for path in places(entry.loaded)):
         if path.is_file():
             return path
