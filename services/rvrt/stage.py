@@ -221,8 +221,9 @@ class RVRTStage(NeuralStage):
     max_batch = 16
 
     def __init__(self, net: RVRT, device: torch.device, half: bool = False,
-                 weights_id: str = "", patch_batch: int | None = None):
-        super().__init__(net, device, half=bool(half), identity=weights_id)
+                 weights_id: str = "", patch_batch: int | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__(net, device, half=bool(half), identity=weights_id, dtype=dtype)
         self.patch_batch = default_batch(self.device, patch_batch)
 
     @property
@@ -345,7 +346,7 @@ def verify_checkpoint(name: str, path: Path, arch: Path | None = None) -> None:
 
 
 def create_stage(weights: Path | None = None, device: str = "auto",
-                 arch: Path | None = None) -> RVRTStage:
+                 arch: Path | None = None, precision: str | None = None) -> RVRTStage:
     """The denoise stage: RVRT with the authors' checkpoint (or ``weights``), built from
     ``arch`` (default: the released 006 configuration), on ``device``."""
     kwargs, missing_ok = read_arch(arch)
@@ -353,5 +354,5 @@ def create_stage(weights: Path | None = None, device: str = "auto",
     net = build_network(**kwargs)
     load_weights(net, path, missing_ok)
     target = pick_device(device)
-    half = pick_dtype(target) == torch.float16
-    return RVRTStage(net, target, half=half, weights_id=file_identity(path))
+    return RVRTStage(net, target, weights_id=file_identity(path),
+                     dtype=pick_dtype(target, model=MODEL, precision=precision))

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from services.stagekit.codec import decode_reference
-from services.stagekit.device import pick_device
+from services.stagekit.device import pick_device, precision_name
 from services.stagekit.neural import (NeuralStage, config_missing_ok, default_batch,
                                       keys_matching, load_into, read_config, tiny_kwargs)
 from services.stagekit.stage import ClipInfo, Stage, StageError
@@ -222,15 +222,15 @@ class AnalogStage(NeuralStage):
 
     def __init__(self, network: torch.nn.Module, device="cpu", half: bool | None = None,
                  weights: Path | None = None, batch: int | None = None,
-                 window_frames: int = 2 * RADIUS + 1):
+                 window_frames: int = 2 * RADIUS + 1, precision: str | None = None):
         if window_frames < 1 or window_frames % 2 == 0:
             raise ValueError(f"window_frames must be odd, not {window_frames}")
         self.radius = window_frames // 2
         self.window = (self.radius, self.radius)
-        super().__init__(network, device, half=half,
+        super().__init__(network, device, half=half, precision=precision,
                          identity=lambda: f"sha256:{sha256_file(weights)}" if weights else "")
         self.batch = default_batch(self.device, batch)
-        self.backend = self.torch_backend("fp16" if self.half else "")
+        self.backend = self.torch_backend(precision_name(self.dtype) if self.half else "")
 
     @abc.abstractmethod
     def geometry(self, info: ClipInfo) -> Geometry:
@@ -322,8 +322,9 @@ class TapeStage(AnalogStage):
     model = MODEL
 
     def __init__(self, network, device="cpu", half=None, weights=None, batch=None,
-                 window_frames: int = 2 * RADIUS + 1, scorer: ClipScorer | None = None):
-        super().__init__(network, device, half, weights, batch, window_frames)
+                 window_frames: int = 2 * RADIUS + 1, scorer: ClipScorer | None = None,
+                 precision: str | None = None):
+        super().__init__(network, device, half, weights, batch, window_frames, precision)
         self.scorer = scorer
 
     def geometry(self, info: ClipInfo) -> Geometry:
@@ -532,7 +533,7 @@ def verify_checkpoint(name: str, path: Path, arch: Path | None = None) -> None:
 
 
 def create_stage(weights: Path | None = None, device: str = "auto", arch: Path | None = None,
-                 half: bool | None = None) -> list[Stage]:
+                 half: bool | None = None, precision: str | None = None) -> list[Stage]:
     """The service's stages: ``tape`` first (the task's default), then ``swinunet``, for
     each network whose checkpoint is found. CLIP RN50x4 is loaded from ``RN50x4.pt`` beside
     the checkpoints when present; without it TAPE needs ``references`` in the request."""
@@ -547,11 +548,12 @@ def create_stage(weights: Path | None = None, device: str = "auto", arch: Path |
     if MODEL in states:
         state, file = states[MODEL]
         network = load_network(MODEL, state, kwargs.get(MODEL, {}), missing_ok)
-        stages.append(TapeStage(network, chosen, half, file, scorer=_scorer(weights, chosen)))
+        stages.append(TapeStage(network, chosen, half, file, scorer=_scorer(weights, chosen),
+                                precision=precision))
     if SWINUNET in states:
         state, file = states[SWINUNET]
         network = load_network(SWINUNET, state, kwargs.get(SWINUNET, {}), missing_ok)
-        stages.append(SwinUNetStage(network, chosen, half, file))
+        stages.append(SwinUNetStage(network, chosen, half, file, precision=precision))
     return stages
 
 

@@ -367,7 +367,9 @@ def build_unloaded(kwargs: dict, missing_ok=()) -> TCVCNetworks:
     return build_networks(**kwargs) if missing_ok else unfilled(lambda: build_networks(**kwargs))
 
 
-def create_stage(weights: Path | None = None, device: str = "auto", arch: Path | None = None) -> TCVCStage:
+def create_stage(weights: Path | None = None, device: str = "auto", arch: Path | None = None,
+                 precision: str | None = None) -> TCVCStage:
     nets, files = build_loaded(weights, arch)
     torch_device = pick_device(device)
-    return TCVCStage(Colorizer(nets, torch_device, pick_dtype(torch_device)), files)
+    dtype = pick_dtype(torch_device, model=MODEL, precision=precision)
+    return TCVCStage(Colorizer(nets, torch_device, dtype), files)
