@@ -6,6 +6,7 @@ frame rate, audio) in ``SourceInfo``.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -151,6 +152,63 @@ def decode(info: SourceInfo, size: tuple[int, int] | None = None) -> Iterator[np
                          "frames could be decoded")
 
 
+SEEK_GAP_S = 2.0   # frames_at seeks to a frame further ahead than this; nearer, it decodes on
+
+
+def frames_at(info: SourceInfo, indices) -> dict[int, np.ndarray]:
+    """The frames ``decode(info)`` yields at ``indices``, as RGB24, without decoding the
+    input whole: each is reached by seeking to the keyframe before it (or decoding on,
+    when it is near), and only the frames asked for are converted. For the analysis,
+    which needs full frames at a few positions only (colour references)."""
+    wanted = sorted(set(indices))
+    found: dict[int, np.ndarray] = {}
+    if not wanted:
+        return found
+    with _open(info.path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        frames = container.decode(stream)
+        first = next(frames, None)
+        if first is None or first.time is None:   # no timestamps to seek by: read on
+            return _frames_counted(info, wanted)
+        start, fps = first.time, float(info.fps)
+        # decode() gives at each index the latest frame whose slot is not past it (the
+        # first of a slot; a gap repeats the one before): ``held`` is the latest decoded
+        # frame, ``before`` the one held before it.
+        held, slot, before = first, 0, None
+        for index in wanted:
+            if (index - slot) / fps > SEEK_GAP_S:
+                container.seek(int((start + index / fps) / stream.time_base), stream=stream)
+                frames = container.decode(stream)
+                held, slot, before = None, -1, None
+            while held is None or slot <= index:
+                frame = next(frames, None)
+                if frame is None:
+                    break
+                this = None if frame.time is None else round((frame.time - start) * fps)
+                if this is not None and (held is None or this > slot):
+                    before, held, slot = held, frame, this
+            if held is not None and slot > index:
+                found[index] = _rgb(before if before is not None else held, info)
+            elif held is not None and slot == index:   # the input's last frame
+                found[index] = _rgb(held, info)
+        return found
+
+
+def _frames_counted(info: SourceInfo, wanted: list[int]) -> dict[int, np.ndarray]:
+    found = {}
+    for index, frame in enumerate(decode(info)):
+        if index in wanted:
+            found[index] = frame
+        if index >= wanted[-1]:
+            break
+    return found
+
+
+def _rgb(frame, info: SourceInfo) -> np.ndarray:
+    return _upright(frame.to_ndarray(format="rgb24"), info.rotation)
+
+
 def _upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
     if rotation == 0:
         return rgb
@@ -216,6 +274,25 @@ LOOKAHEAD = 40            # x264's frames of look-ahead (preset medium) up to fu
 LOOKAHEAD_PIXELS = 1920 * 1080   # ... and fewer above, so the encoder holds a fixed area
 
 
+@functools.cache
+def x264_reproducible() -> dict[str, str]:
+    """x264 options that make an encode repeatable, so that a resumed run's segments (encoded
+    by another process) are the pictures an uninterrupted run gives. x264's AVX-512 kernels
+    are not: in a busy multi-threaded process the same frames and settings now and then came
+    out with other per-macroblock quantisers (a ramp of up to 1.3 levels over a clip), never
+    so with AVX2, which x264 rounds alike (the same bytes as its AVX-512 output otherwise).
+    So on a CPU with AVX-512, x264 gets the instruction sets every such CPU has, without it."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo
+                          if line.startswith("flags")), [])
+    except OSError:
+        return {}
+    if "avx512f" not in flags:
+        return {}
+    return {"x264-params": "asm=MMX2,SSE2Fast,SSSE3,SSE4.2,AVX,FMA3,BMI2,AVX2"}
+
+
 def lookahead(width: int, height: int) -> int:
     return max(10, min(LOOKAHEAD, LOOKAHEAD * LOOKAHEAD_PIXELS // (width * height)))
 
@@ -268,12 +345,15 @@ class VideoWriter:
             opts["crf"] = str(spec.crf)
         if spec.codec == "h264":
             opts["rc-lookahead"] = str(lookahead(width, height))
+            opts.update(x264_reproducible())
         ctx.options = opts
         self.frames = 0
         _warn_if_aspect_lost(spec, sar)
 
     def write(self, rgb: np.ndarray) -> None:
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        # The frame wraps the array (no copy): the conversion to the encoder's pixel
+        # format reads it once, into a frame of its own.
+        frame = av.VideoFrame.from_numpy_buffer(np.ascontiguousarray(rgb), format="rgb24")
         frame = frame.reformat(format=self.stream.pix_fmt, dst_colorspace="ITU709")
         frame.pts = self.frames
         self.frames += 1

@@ -4,7 +4,6 @@ the output size (sizing.py) and frame rate, and whether the job fits this machin
 memory (memory.py)."""
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -121,5 +120,6 @@ def _working_size(source: media.SourceInfo, native: str, specs: list[StageSpec])
         return (w, h)
     if source.interlaced and not deinterlaced:
         return full  # resampling interlaced frames would mix the two fields
-    sample = list(itertools.islice(media.decode(source), 0, 240, 30))[:NATIVE_SAMPLE]
-    return native_size(sample, source.interlaced)
+    # Only the sampled frames are converted (and none decoded past the last of them).
+    found = media.frames_at(source, range(0, 30 * NATIVE_SAMPLE, 30))
+    return native_size([found[i] for i in sorted(found)], source.interlaced)
