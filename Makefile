@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all clean bench-models bench-quality bench-pipeline bench-order bench-checkpoints bench-sizes images browser
+.PHONY: setup demo test test-all clean bench-models bench-quality bench-pipeline bench-order bench-checkpoints bench-sizes bench-neural images browser
 
 setup: $(VENV)/.installed
 
@@ -52,6 +52,10 @@ bench-checkpoints: setup
 
 bench-sizes: setup
 	$(PY) -m bench.sizes
+
+# BENCH_ARGS="--device cuda" on a GPU; "--models tape,rvrt --frames 2" to limit it
+bench-neural: setup
+	$(PY) -m bench.neural $(BENCH_ARGS)
 
 images: setup
 	$(PY) -m deploy.images

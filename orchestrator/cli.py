@@ -13,9 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
+
+from services.stagekit.device import PRECISIONS
 
 from . import __version__, media
 from .errors import UserError
@@ -111,6 +114,14 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-height", type=int, default=MAX_HEIGHT, metavar="N",
                         help=f"largest output height in lines (default {MAX_HEIGHT})")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda for in-process models")
+    add_precision_flag(parser)
+
+
+def add_precision_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="precision of the in-process neural models (default auto: fp32, "
+                             "or half precision on CUDA for a model whose error was measured "
+                             "acceptable; stage services take their own --precision)")
 
 
 def add_outage_flag(parser: argparse.ArgumentParser) -> None:
@@ -168,6 +179,7 @@ def add_service_parsers(sub) -> None:
                        help="a host name the web page answers to (IP addresses and localhost "
                             "always)")
     serve.add_argument("--device", default="auto", help="auto, cpu or cuda for in-process models")
+    add_precision_flag(serve)
     serve.add_argument("--keep-outputs", type=float, default=7.0, metavar="DAYS",
                        help="days an ended job's output (and its files) stay in the store "
                             "(default %(default)g)")
@@ -345,12 +357,29 @@ COMMANDS = {"submit": cmd_submit, "inspect": cmd_inspect, "preview": cmd_preview
                for name in ("status", "watch", "list", "cancel", "fetch")}}
 
 
+def _cuda(device: str) -> bool:
+    if device not in ("auto", "") and not device.startswith("cuda"):
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["simulate"]:  # its own parser: every flag after it is the simulator's
         from .media.simulate import main as simulate_main
         return simulate_main(argv[1:])
     args = build_parser().parse_args(argv)
+    if getattr(args, "precision", None):
+        if args.precision == "fp16" and not _cuda(getattr(args, "device", "auto")):
+            print("error: --precision fp16 needs a CUDA device (use bf16 or fp32 on the CPU)",
+                  file=sys.stderr)
+            return 1
+        # The in-process stages read it where they pick their dtype (services/stagekit/device.py).
+        os.environ["RESTORATION_PRECISION"] = args.precision
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
     try:

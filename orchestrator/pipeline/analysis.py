@@ -70,3 +70,32 @@ def colour_source(scene: GreyScene, colorize: StageSpec | None) -> str:
     if scene.references or colorize.model == "classical":
         return scene.describe()
     return f"colour from {colorize.model} (no colour frame in the tape to take colour from)"
+
+
+TAPE_CANDIDATES = 16      # frames of the whole input TAPE scores beside each clip's own
+
+
+def runs_tape(plan: Plan) -> bool:
+    return any(s.task == "analog" and s.model == "tape" for s in plan.stages)
+
+
+def input_candidates(plan: Plan, count: int = TAPE_CANDIDATES) -> tuple[bytes, ...]:
+    """``count`` frames spread evenly over the whole input, at the working size (one field
+    of an interlaced source, so no combing reads as damage), as JPEG: the clip header's
+    references for TAPE, which scores them with each clip's own frames and takes its
+    references from the whole video, as the authors' script does."""
+    import cv2
+    import numpy as np
+    src = plan.source
+    total = max(1, src.frame_count or 1)
+    picks = set(np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist())
+    found = []
+    for index, frame in enumerate(media.decode(src)):
+        if index in picks:
+            field = frame[::2] if src.interlaced else frame
+            image = cv2.resize(field, plan.working_size, interpolation=cv2.INTER_AREA)
+            found.append(cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                                      [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes())
+        if index >= max(picks):
+            break
+    return tuple(found)

@@ -112,7 +112,8 @@ def _served_task(task: str, model: str) -> str:
 
 
 def create_local(task: str, model: str, device: str = "auto"):
-    """Build the in-process Stage of ``model`` for ``task``."""
+    """Build the in-process Stage of ``model`` for ``task`` (in the precision the
+    orchestrator's --precision put in $RESTORATION_PRECISION, 'auto' by default)."""
     module = importlib.import_module(f"services.{model}.stage")
     made = module.create_stage(weights=None, device=device, arch=None)
     stages = made if isinstance(made, list) else [made]

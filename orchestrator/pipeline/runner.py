@@ -26,7 +26,8 @@ from .. import media
 from ..errors import UserError
 from ..media.references import Scan
 from ..media.shots import Shot
-from .analysis import analyse, clip_analysis, colorizes, colour_source
+from .analysis import (analyse, clip_analysis, colorizes, colour_source, input_candidates,
+                       runs_tape)
 from .memory import QUEUE_BYTES, QUEUE_FRAMES
 from .plan import Plan
 from .progress import Display, Progress
@@ -139,6 +140,7 @@ class Job:
         self.scenes = scenes   # the analysis: found by the first run's pass when not given
         self.shots: list[Shot] = []
         self.references: dict[str, tuple[bytes, ...]] = {}
+        self.input_candidates: tuple[bytes, ...] = ()     # TAPE's references from the whole input
         self.time_offset = time_offset   # where the source starts in the user's video (s)
 
     def run(self):
@@ -243,6 +245,8 @@ class Job:
             self.scenes = analyse(self.plan, self.progress.frame_scanned)
         if colorizes(self.plan):
             self.references = self.scenes.references()
+        if runs_tape(self.plan):
+            self.input_candidates = input_candidates(self.plan)
         self.shots = self.scenes.shot_list()
         self.progress.clips_total = len(self.shots)
         fps = float(self.plan.source.fps)
@@ -282,6 +286,8 @@ class Job:
         info = info.replace(params=step.clip_params(info, self.plan))
         if step.spec is not None and step.spec.task == "colorize":
             info = info.replace(references=self.references.get(info.clip_id, ()))
+        elif step.spec is not None and step.spec.task == "analog" and step.spec.model == "tape":
+            info = info.replace(references=self.input_candidates)
         if step.passes_through(info.params):
             out_info, out_frames = info, iter(frames)
         else:

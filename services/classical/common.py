@@ -8,6 +8,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import cv2
 import numpy as np
 
+from services.stagekit.noise import noise_sigma  # noqa: F401  (the classical models' estimator)
 from services.stagekit.stage import ClipInfo, Stage, StageError
 
 from . import MODEL
@@ -140,28 +141,6 @@ def luma(image: np.ndarray) -> np.ndarray:
 def grey8(image: np.ndarray) -> np.ndarray:
     """uint8 luma, what the optical flow reads."""
     return np.clip(luma(image) + 0.5, 0, 255).astype(np.uint8)
-
-
-_NOISE_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
-
-
-def noise_sigma(y: np.ndarray) -> float:
-    """Standard deviation of white noise in a luma image (Immerkaer's operator).
-
-    The operator cancels smooth content; texture and edges would still inflate a plain
-    mean, so only the flattest half of the image (by gradient) votes, through a median."""
-    y = y.astype(np.float32)
-    response = np.abs(cv2.filter2D(y, -1, _NOISE_KERNEL, borderType=cv2.BORDER_REFLECT))
-    # Flatness is judged on a smoothed copy, so the noise itself does not pick the voters.
-    smooth = cv2.GaussianBlur(y, (0, 0), 2.0)
-    gradient = (np.abs(cv2.Sobel(smooth, cv2.CV_32F, 1, 0))
-                + np.abs(cv2.Sobel(smooth, cv2.CV_32F, 0, 1)))
-    flat = gradient[1:-1, 1:-1] <= np.median(gradient[1:-1, 1:-1])
-    votes = response[1:-1, 1:-1][flat]
-    if votes.size == 0:
-        return 0.0
-    # |N(0, 36 s^2)| has median 0.6745 * 6 s.
-    return float(np.median(votes) / (0.6745 * 6.0))
 
 
 def mapped(function: Callable[[T], T], items: Iterable[T]) -> Iterator[T]:

@@ -238,10 +238,11 @@ def verify_checkpoint(name: str, path: Path, arch: Path | None = None) -> None:
 
 
 def create_stage(weights: Path | None = None, device: str = "auto",
-                 arch: Path | None = None) -> MMPRNNStage:
+                 arch: Path | None = None, precision: str | None = None) -> MMPRNNStage:
     path = checkpoint_file(MODEL, weights)
     network = load_mmprnn(path, **read_arch(arch))
     chosen = pick_device(device)
     if chosen.type == "cuda":
         network.group = 8
-    return MMPRNNStage(network, chosen, pick_dtype(chosen), file_identity(path))
+    return MMPRNNStage(network, chosen, pick_dtype(chosen, model=MODEL, precision=precision),
+                       file_identity(path))

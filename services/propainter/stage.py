@@ -219,7 +219,7 @@ def verify_checkpoint(name: str, path: Path, arch: Path | None = None) -> None:
 
 
 def create_stage(weights: Path | None = None, device: str = "auto",
-                 arch: Path | None = None) -> ProPainterStage:
+                 arch: Path | None = None, precision: str | None = None) -> ProPainterStage:
     """The stage on ``device``; ``weights``: a folder with the authors' three files, one
     combined file, or None for the weights store; ``arch``: a JSON configuration (a
     parity config.json) or None for the released networks."""
@@ -231,4 +231,5 @@ def create_stage(weights: Path | None = None, device: str = "auto",
     else:
         identity = load_official(nets, weights)
     target = pick_device(device)
-    return ProPainterStage(nets, target, pick_dtype(target), identity)
+    return ProPainterStage(nets, target, pick_dtype(target, model=MODEL, precision=precision),
+                           identity)

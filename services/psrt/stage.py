@@ -131,8 +131,9 @@ class PSRTStage(NeuralStage):
     float32_parts = ("spynet",)
 
     def __init__(self, network: BasicRecurrentSwin, device="cpu", half: bool | None = None,
-                 identity: str = "", settings: Settings | None = None):
-        super().__init__(network, device, half=half, identity=identity)
+                 identity: str = "", settings: Settings | None = None,
+                 precision: str | None = None):
+        super().__init__(network, device, half=half, identity=identity, precision=precision)
         self.settings = (settings or Settings()).check()
         half_overlap = self.settings.overlap // 2
         self.window = (half_overlap, self.settings.overlap - half_overlap)
@@ -279,7 +280,8 @@ def arch_kwargs(arch: Path | None) -> dict:
 
 
 def create_stage(weights: Path | None = None, device: str = "auto", arch: Path | None = None,
-                 half: bool | None = None, settings: Settings | None = None) -> PSRTStage:
+                 half: bool | None = None, settings: Settings | None = None,
+                 precision: str | None = None) -> PSRTStage:
     """The stage with the authors' checkpoint (file, folder, or the weights store when
     None) on ``device`` ('auto': CUDA if present); ``arch`` None = official network."""
     main, spynet = checkpoint_files(weights)
@@ -288,4 +290,4 @@ def create_stage(weights: Path | None = None, device: str = "auto", arch: Path |
     device = pick_device(device)
     # equal tiles of a chunk share one batch
     settings = settings or Settings(tile_batch=default_batch(device))
-    return PSRTStage(network, device, half, file_identity(main, spynet), settings)
+    return PSRTStage(network, device, half, file_identity(main, spynet), settings, precision)

@@ -1,7 +1,10 @@
 """The denoise stage around RVRT: the authors' ``main_test_rvrt.py`` procedure, streamed.
 
 Per clip (parity README, pipeline ``--sigma 10 --tile 16 160 160 --tile_overlap 2 20 20``):
-frames / 255 in float32 with a constant sigma/255 channel appended; tiles of 16 frames,
+frames / 255 in float32 with a constant sigma/255 channel appended (sigma: the ``sigma``
+parameter, else the noise level the orchestrator's analysis measured, ``noise_sigma`` in
+the clip header, else the level measured here on the clip's first frames: the authors
+give the network the true noise level of the clip, which on a tape is not always 10); tiles of 16 frames,
 each the plain average over the tiles that contain it; inside a tile, 160 px patches
 whose outputs lose overlap/2 px on every side that faces another patch before they are
 averaged; clamp, x255, round half to even.
@@ -13,6 +16,9 @@ extended by mirroring their last rows/columns, and a tile with an odd number of 
 """
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import logging
 import math
 import re
 from collections import deque
@@ -25,6 +31,7 @@ import torch
 
 from services.stagekit import ClipInfo, StageError
 from services.stagekit.device import pick_device, pick_dtype
+from services.stagekit.noise import analysed_sigma, clip_sigma
 from services.stagekit.neural import (NeuralStage, config_kwargs, config_missing_ok,
                                       default_batch, file_identity, float32_state, keys_matching,
                                       load_into, read_config)
@@ -34,7 +41,9 @@ from services.stagekit.windowing import batches
 from . import MODEL, TASK
 from .network import RVRT, build_network
 
-DEFAULT_SIGMA = 10.0
+log = logging.getLogger(__name__)
+DEFAULT_SIGMA = 10.0    # the authors' --sigma in their example; used only for an empty clip
+SIGMA_FRAMES = 4        # frames the noise level is measured on when the analysis sent none
 DEFAULT_TILE = (16, 160, 160)
 DEFAULT_OVERLAP = (2, 20, 20)
 MIN_SIDE = 132          # SpyNet's coarsest level needs quarter-size frames above 32 px
@@ -45,7 +54,7 @@ SIDE_MULTIPLE = 4       # the feature grid (two stride-2 convs) must match the f
 class Settings:
     """Per-clip parameters, from the clip header (all optional)."""
 
-    sigma: float = DEFAULT_SIGMA
+    sigma: float | None = None      # None: the clip's measured noise level
     frames: int = DEFAULT_TILE[0]
     patch: int = DEFAULT_TILE[1]
     frame_overlap: int = DEFAULT_OVERLAP[0]
@@ -53,7 +62,7 @@ class Settings:
 
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> "Settings":
-        sigma = _number(params, "sigma", DEFAULT_SIGMA)
+        sigma = _number(params, "sigma", None)
         tile = _triple(params, "tile", DEFAULT_TILE)
         overlap = _triple(params, "tile_overlap", DEFAULT_OVERLAP)
         settings = cls(sigma, tile[0], tile[1], overlap[0], overlap[1])
@@ -61,7 +70,7 @@ class Settings:
         return settings
 
     def check(self) -> None:
-        if not 0 <= self.sigma <= 255:
+        if self.sigma is not None and not 0 <= self.sigma <= 255:
             raise StageError(f"sigma must be in [0, 255] (8-bit levels), not {self.sigma:g}")
         if self.frames < 2 or self.frames % 2:
             raise StageError(f"tile frames must be even and at least 2, not {self.frames}")
@@ -76,7 +85,7 @@ class Settings:
                              f"not {self.patch_overlap}")
 
 
-def _number(params: Mapping[str, str], key: str, default: float) -> float:
+def _number(params: Mapping[str, str], key: str, default: float | None) -> float | None:
     if key not in params:
         return default
     try:
@@ -193,6 +202,16 @@ class TemporalBlend:
 
 # ---------------------------------------------------------------- the stage
 
+def clip_noise(info: ClipInfo, first: list[np.ndarray]) -> float:
+    """The clip's noise sigma in 8-bit levels: the analysis's when it sent one, else
+    measured on ``first`` (the clip's first frames), clamped to what the network takes."""
+    sigma = analysed_sigma(info.analysis)
+    if sigma is None:
+        sigma = clip_sigma(first) if first else DEFAULT_SIGMA
+        log.info("denoise/rvrt clip %s: noise sigma %.2f (measured)", info.clip_id, sigma)
+    return float(min(max(sigma, 0.0), 255.0))
+
+
 class RVRTStage(NeuralStage):
     task = TASK
     model = MODEL
@@ -202,8 +221,9 @@ class RVRTStage(NeuralStage):
     max_batch = 16
 
     def __init__(self, net: RVRT, device: torch.device, half: bool = False,
-                 weights_id: str = "", patch_batch: int | None = None):
-        super().__init__(net, device, half=bool(half), identity=weights_id)
+                 weights_id: str = "", patch_batch: int | None = None,
+                 dtype: torch.dtype | None = None):
+        super().__init__(net, device, half=bool(half), identity=weights_id, dtype=dtype)
         self.patch_batch = default_batch(self.device, patch_batch)
 
     @property
@@ -216,6 +236,11 @@ class RVRTStage(NeuralStage):
 
     def process(self, info: ClipInfo, frames) -> Iterator[np.ndarray]:
         settings = Settings.from_params(info.params)
+        if settings.sigma is None:
+            frames = iter(frames)
+            first = list(itertools.islice(frames, SIGMA_FRAMES))
+            settings = dataclasses.replace(settings, sigma=clip_noise(info, first))
+            frames = itertools.chain(first, frames)
         pad_h = side_padding(info.height, settings.patch)
         pad_w = side_padding(info.width, settings.patch)
         rows = mirror_index(info.height, pad_h).to(self.device)
@@ -321,7 +346,7 @@ def verify_checkpoint(name: str, path: Path, arch: Path | None = None) -> None:
 
 
 def create_stage(weights: Path | None = None, device: str = "auto",
-                 arch: Path | None = None) -> RVRTStage:
+                 arch: Path | None = None, precision: str | None = None) -> RVRTStage:
     """The denoise stage: RVRT with the authors' checkpoint (or ``weights``), built from
     ``arch`` (default: the released 006 configuration), on ``device``."""
     kwargs, missing_ok = read_arch(arch)
@@ -329,5 +354,5 @@ def create_stage(weights: Path | None = None, device: str = "auto",
     net = build_network(**kwargs)
     load_weights(net, path, missing_ok)
     target = pick_device(device)
-    half = pick_dtype(target) == torch.float16
-    return RVRTStage(net, target, half=half, weights_id=file_identity(path))
+    return RVRTStage(net, target, weights_id=file_identity(path),
+                     dtype=pick_dtype(target, model=MODEL, precision=precision))

@@ -43,8 +43,8 @@ class SfAdaCoFStage(NeuralStage):
     cast = ("get_kernel",)
 
     def __init__(self, network: AdaCoFNet, device: torch.device | str = "cpu",
-                 half: bool | None = None, identity: str = ""):
-        super().__init__(network, device, half=half, identity=identity)
+                 half: bool | None = None, identity: str = "", precision: str | None = None):
+        super().__init__(network, device, half=half, identity=identity, precision=precision)
         # A CPU gains little from batching pairs while each pair at 720x480 needs ~0.7 GB of
         # activations; a GPU gains a lot.
         self.max_batch = default_batch(self.device)
@@ -157,9 +157,11 @@ def verify_checkpoint(name: str, path: Path, arch: Path | str | dict | None = No
 
 
 def create_stage(weights: Path | str | None = None, device: str = "auto",
-                 arch: Path | str | dict | None = None, half: bool | None = None) -> SfAdaCoFStage:
+                 arch: Path | str | dict | None = None, half: bool | None = None,
+                 precision: str | None = None) -> SfAdaCoFStage:
     """The stage with the authors' checkpoint loaded strictly. ``device`` 'auto' lets
     $RESTORATION_DEVICE choose, else CUDA when present; half precision on CUDA by default."""
     network, path = load_network(weights, arch)
     chosen = pick_device(device)
-    return SfAdaCoFStage(network, chosen, half=half, identity=sha256_file(path))
+    return SfAdaCoFStage(network, chosen, half=half, identity=sha256_file(path),
+                         precision=precision)

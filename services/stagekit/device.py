@@ -1,7 +1,20 @@
-"""Choosing where a network runs, and in which precision."""
+"""Choosing where a network runs, and in which precision.
+
+Precision is ``auto`` (the default), ``fp32``, ``fp16`` or ``bf16``: a service's
+``--precision``, ``create_stage(precision=...)``, the orchestrator's ``--precision`` for
+its in-process models, or $RESTORATION_PRECISION. The authors run every model in fp32, so
+``auto`` is fp32 except for a model whose half-precision error bench/neural.py measured on
+a GPU and found acceptable (``HALF_MEASURED``), on CUDA.
+"""
 from __future__ import annotations
 
 import os
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+# model: the half precision ``auto`` runs it in on CUDA, with the error that was measured
+# (bench/neural.py --device cuda, random weights at the working size, levels of 255).
+# A model not listed runs in fp32 until a measurement says half precision holds.
+HALF_MEASURED: dict[str, str] = {}
 
 
 def pick_device(preference: str | None = None):
@@ -19,10 +32,29 @@ def pick_device(preference: str | None = None):
     return device
 
 
-def pick_dtype(device, half: bool | None = None):
-    """float16 on CUDA unless told otherwise (each model says where half holds quality);
-    float32 on the CPU."""
+def pick_precision(device, precision: str | None = None, model: str = ""):
+    """The dtype ``model`` runs in on ``device`` for ``precision`` (None: $RESTORATION_
+    PRECISION, else 'auto'). float16 only on CUDA (CPU kernels for it are few and slow)."""
+    import torch
+    choice = precision or os.environ.get("RESTORATION_PRECISION") or "auto"
+    if choice not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {choice!r}")
+    if choice == "auto":
+        choice = HALF_MEASURED.get(model, "fp32") if device.type == "cuda" else "fp32"
+    if choice == "fp16" and device.type != "cuda":
+        raise ValueError("precision fp16 needs a CUDA device (use bf16 or fp32 on the CPU)")
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[choice]
+
+
+def pick_dtype(device, half: bool | None = None, model: str = "", precision: str | None = None):
+    """``half`` True: float16 on CUDA (float32 elsewhere); False: float32; None: as
+    ``precision`` says for ``model`` (``pick_precision``)."""
     import torch
     if half is None:
-        half = device.type == "cuda"
+        return pick_precision(device, precision, model)
     return torch.float16 if half and device.type == "cuda" else torch.float32
+
+
+def precision_name(dtype) -> str:
+    import torch
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")

@@ -24,7 +24,8 @@ class NeuralStage(Stage):
     """A stage around a PyTorch network.
 
     ``device`` is where the network runs. Its precision is ``dtype`` when given, else
-    float16 on CUDA unless ``half`` is False, float32 on the CPU (``pick_dtype``). Whose
+    float16 on CUDA when ``half`` is True, float32 when False, and when None what
+    ``precision`` says for the model (``pick_dtype``: fp32 unless measured otherwise). Whose
     weights take that dtype is ``cast``: all of them (True), those of the submodules it
     names, or none (False: the network runs under ``autocast()``); ``float32_parts``
     names submodules put back to float32 after the cast. ``identity`` is what Describe()
@@ -38,25 +39,27 @@ class NeuralStage(Stage):
     float32_parts: tuple[str, ...] = ()
 
     def __init__(self, network: torch.nn.Module, device="cpu", *, half: bool | None = None,
-                 dtype: torch.dtype | None = None, identity: str | Callable[[], str] = ""):
+                 dtype: torch.dtype | None = None, identity: str | Callable[[], str] = "",
+                 precision: str | None = None):
         self.device = torch.device(device)
-        self.dtype = pick_dtype(self.device, half) if dtype is None else dtype
+        self.dtype = pick_dtype(self.device, half, self.model, precision) if dtype is None else dtype
         self.network = self.placed(network)
         self._identity = identity
 
     @property
     def half(self) -> bool:
-        """Whether the network runs in float16."""
-        return self.dtype == torch.float16
+        """Whether the network runs in half precision (float16 or bfloat16)."""
+        return self.dtype in (torch.float16, torch.bfloat16)
 
     def placed(self, network: torch.nn.Module) -> torch.nn.Module:
         """``network`` in eval mode on the stage's device, its weights cast as ``cast`` says."""
         return on_device(network, self.device, self.dtype, self.cast, self.float32_parts)
 
     def autocast(self):
-        """float16 autocast on CUDA when the stage runs in half precision; else nothing."""
-        if self.half and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.float16)
+        """Autocast to the stage's half precision (float16 on CUDA, bfloat16 on either);
+        nothing in float32."""
+        if self.half:
+            return torch.autocast(self.device.type, dtype=self.dtype)
         return nullcontext()
 
     def torch_backend(self, detail: str = "") -> str:

@@ -16,6 +16,7 @@ errors, clips in flight).
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import signal
 import sys
@@ -31,6 +32,7 @@ from grpc_reflection.v1alpha import reflection
 
 from . import codec
 from .auth import TokenCheck, read_token
+from .device import PRECISIONS
 from .protos import stage_pb2 as pb
 from .protos import stage_pb2_grpc as pb_grpc
 from .stage import Stage, StageError
@@ -242,6 +244,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weights", type=Path, default=None,
                         help="checkpoint file or folder (default: the weights store)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="the network's precision (default auto: fp32, or the half "
+                             "precision bench/neural.py measured acceptable for the model on "
+                             "CUDA; $RESTORATION_PRECISION)")
     parser.add_argument("--arch", type=Path, default=None,
                         help="JSON network configuration (default: the official one)")
     parser.add_argument("--workers", type=int, default=16, help="concurrent streams")
@@ -264,12 +270,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def precision_kwargs(create_stage: Callable, precision: str | None) -> dict:
+    """{'precision': ...} for a model whose create_stage takes one; a precision asked of
+    one that has none (a classical model) is refused."""
+    if precision is None:
+        return {}
+    if "precision" in inspect.signature(create_stage).parameters:
+        return {"precision": precision}
+    if precision in ("auto", "fp32"):
+        return {}
+    raise ValueError(f"this model runs in float32 only, not {precision}")
+
+
 def main(create_stage: Callable[..., Stage | list[Stage]], argv=None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        made = create_stage(weights=args.weights, device=args.device, arch=args.arch)
+        made = create_stage(weights=args.weights, device=args.device, arch=args.arch,
+                            **precision_kwargs(create_stage, args.precision))
         stages = made if isinstance(made, list) else [made]
         credentials = (server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
                        if args.tls_cert else None)

@@ -202,18 +202,38 @@ class WindowAttention3D(nn.Module):
         bias = self.relative_position_bias_table[index].reshape(n, n, -1).permute(2, 0, 1)
         # softmax(q k^T * scale + bias + mask) v in one fused kernel, never holding the
         # (windows, heads, n, n) logits.
-        logits_add = bias.unsqueeze(0) if mask is None else _per_window(bias, mask, windows)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=logits_add.to(q.dtype),
-                                           scale=self.scale)
+        x = windowed_attention(q, k, v, logits_add(bias, mask), self.scale)
         return self.proj(x.transpose(1, 2).reshape(windows, n, c))
 
 
-def _per_window(bias: torch.Tensor, mask: torch.Tensor, windows: int) -> torch.Tensor:
-    """bias (heads, n, n) + region mask (count, n, n) for a batch whose window list repeats
-    every ``count`` windows: (windows, heads, n, n)."""
-    count = mask.shape[0]
-    combined = bias.unsqueeze(0) + mask.unsqueeze(1)
-    return combined if windows == count else combined.repeat(windows // count, 1, 1, 1)
+def logits_add(bias: torch.Tensor, mask: torch.Tensor | None, tile: int = 1) -> torch.Tensor:
+    """What attention adds to its logits: bias (heads, n, n) plus the region mask (count,
+    n, n) when there is one, (count or 1, heads, tile * n, n) with the query rows tiled
+    ``tile`` times (one per query frame). Per window position, not per window: a batch's
+    windows repeat every ``count``, and ``windowed_attention`` broadcasts over them."""
+    add = bias.unsqueeze(0) if mask is None else bias.unsqueeze(0) + mask.unsqueeze(1)
+    if tile > 1:
+        count, heads, n, m = add.shape
+        add = add.unsqueeze(2).expand(-1, -1, tile, -1, -1).reshape(count, heads, tile * n, m)
+    return add
+
+
+def windowed_attention(q, k, v, add: torch.Tensor, scale: float) -> torch.Tensor:
+    """Fused attention of q (windows, heads, L, d) over k, v (windows, heads, S, d) with
+    ``add`` (count, heads, L, S) for windows repeating every ``count``: the batch is seen
+    as (windows / count, count * heads) so the term broadcasts over the repeats instead of
+    being copied for each window (2 GB per block at 720x480 when it was)."""
+    windows, heads, length, depth = q.shape
+    count = add.shape[0]
+    if count == 1:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=add.to(q.dtype), scale=scale)
+    if windows % count:
+        raise ValueError(f"{windows} windows do not repeat every {count}")
+    folded = lambda t: t.reshape(windows // count, count * heads, *t.shape[2:])  # noqa: E731
+    out = F.scaled_dot_product_attention(
+        folded(q), folded(k), folded(v), scale=scale,
+        attn_mask=add.to(q.dtype).reshape(1, count * heads, *add.shape[2:]))
+    return out.reshape(windows, heads, length, depth)
 
 
 class SwinTransformerBlock3D(nn.Module):
@@ -379,14 +399,11 @@ class MultiReferenceWindowAttention(nn.Module):
         k, v = self.kv(refs).reshape(g, m, n, 2, heads, hd).permute(3, 1, 0, 4, 2, 5)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         bias = bias.view(n, n, -1).permute(2, 0, 1)
-        logits_add = bias.unsqueeze(0) if mask is None else _per_window(bias, mask, g)
-        # The same additive term for every query frame: tile it along the T * N queries.
-        logits_add = logits_add.unsqueeze(2).expand(-1, -1, t, -1, -1).reshape(-1, heads, t * n, n)
+        # The same additive term for every query frame: tiled along the T * N queries.
+        add = logits_add(bias, mask, tile=t)
         # Each reference frame is attended to on its own (the softmax runs over the n
         # tokens of one reference window), so one fused attention per reference.
-        per_ref = [F.scaled_dot_product_attention(q, k[i], v[i], attn_mask=logits_add.to(q.dtype),
-                                                  scale=self.scale)
-                   for i in range(m)]
+        per_ref = [windowed_attention(q, k[i], v[i], add, self.scale) for i in range(m)]
         y = torch.stack([r.view(g, heads, t, n, hd).transpose(1, 2) for r in per_ref], dim=1)
         # That is (G, M, T, nH, N, hd) in memory: the authors' (G, T, M, nH, N, hd) result
         # transposed to M-major, which they then read back as (G, T, M, N, C), mixing T

@@ -17,6 +17,10 @@ What differs, on purpose, and the parameters that bring the authors' behaviour b
   output, which shifts the picture and loses 2 * pad rows and columns.
 - ``references=[[...], ...]`` (TAPE) gives each frame's reference indices, as the
   authors' references.json does, instead of running the CLIP selection.
+- References come from the whole input, as the authors pick them from the whole video:
+  the frames of the input the clip header carries (``ClipInfo.references``, the
+  orchestrator's picks over the input) are scored with the clip's own and join the
+  candidates; ``reference_scope=shot`` keeps to the clip's frames.
 - Frames are used as decoded; the scripts' JPEG round trip of every frame is left out.
 - A clip where no frame scores below Otsu's threshold (e.g. a single frame) takes its
   references from all its frames; the authors' script fails there.
@@ -28,6 +32,7 @@ restores from the spool. Memory stays at a few windows however long the clip is.
 from __future__ import annotations
 
 import abc
+import itertools
 import json
 import os
 import tempfile
@@ -40,7 +45,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from services.stagekit.device import pick_device
+from services.stagekit.codec import decode_reference
+from services.stagekit.device import pick_device, precision_name
 from services.stagekit.neural import (NeuralStage, config_missing_ok, default_batch,
                                       keys_matching, load_into, read_config, tiny_kwargs)
 from services.stagekit.stage import ClipInfo, Stage, StageError
@@ -216,15 +222,15 @@ class AnalogStage(NeuralStage):
 
     def __init__(self, network: torch.nn.Module, device="cpu", half: bool | None = None,
                  weights: Path | None = None, batch: int | None = None,
-                 window_frames: int = 2 * RADIUS + 1):
+                 window_frames: int = 2 * RADIUS + 1, precision: str | None = None):
         if window_frames < 1 or window_frames % 2 == 0:
             raise ValueError(f"window_frames must be odd, not {window_frames}")
         self.radius = window_frames // 2
         self.window = (self.radius, self.radius)
-        super().__init__(network, device, half=half,
+        super().__init__(network, device, half=half, precision=precision,
                          identity=lambda: f"sha256:{sha256_file(weights)}" if weights else "")
         self.batch = default_batch(self.device, batch)
-        self.backend = self.torch_backend("fp16" if self.half else "")
+        self.backend = self.torch_backend(precision_name(self.dtype) if self.half else "")
 
     @abc.abstractmethod
     def geometry(self, info: ClipInfo) -> Geometry:
@@ -316,8 +322,9 @@ class TapeStage(AnalogStage):
     model = MODEL
 
     def __init__(self, network, device="cpu", half=None, weights=None, batch=None,
-                 window_frames: int = 2 * RADIUS + 1, scorer: ClipScorer | None = None):
-        super().__init__(network, device, half, weights, batch, window_frames)
+                 window_frames: int = 2 * RADIUS + 1, scorer: ClipScorer | None = None,
+                 precision: str | None = None):
+        super().__init__(network, device, half, weights, batch, window_frames, precision)
         self.scorer = scorer
 
     def geometry(self, info: ClipInfo) -> Geometry:
@@ -327,6 +334,7 @@ class TapeStage(AnalogStage):
     def validate(self, info: ClipInfo) -> None:
         super().validate(info)
         given = info.params.get("references", "")
+        _scope(info.params)
         if given:
             _parse_references(given)
         elif self.scorer is None:
@@ -337,10 +345,14 @@ class TapeStage(AnalogStage):
     def restore(self, info: ClipInfo, frames: Iterator[np.ndarray]) -> Iterator[torch.Tensor]:
         geometry = self.geometry(info)
         spool = FrameSpool()
+        given = bool(info.params.get("references"))
         try:
-            features = self._spool(frames, spool, bool(info.params.get("references")))
-            references = self._references(info, features, len(spool))
-            yield from self._restore(spool, references, geometry)
+            features = self._spool(frames, spool, given)
+            count = len(spool)
+            if not given and count and _scope(info.params) == "input":
+                features += self._spool(_pool(info), spool, given)
+            references = self._references(info, features, count)
+            yield from self._restore(spool, references, geometry, count)
         finally:
             spool.close()
 
@@ -361,12 +373,14 @@ class TapeStage(AnalogStage):
             return np.zeros((0, REFERENCES), dtype=np.int64)
         chosen = selection(torch.cat(features), self.scorer.text_features, REFERENCES,
                            upstream_bug=_upstream(info.params))
-        return chosen["references"]
+        return chosen["references"][:count]
 
-    def _restore(self, spool: FrameSpool, references: np.ndarray, geometry: Geometry):
-        """Second pass: sliding five-frame windows over the spool, in batches."""
+    def _restore(self, spool: FrameSpool, references: np.ndarray, geometry: Geometry,
+                 count: int):
+        """Second pass: sliding five-frame windows over the clip's frames in the spool (the
+        input's frames after them are references only), in batches."""
         refs_cache: OrderedDict = OrderedDict()
-        inputs = (self.to_input(frame, geometry) for frame in spool)
+        inputs = (self.to_input(frame, geometry) for frame in itertools.islice(spool, count))
         windows = centred_windows(_indexed(inputs), self.radius)
         for run in _window_batches(windows, self.batch):
             lq = torch.stack([window_tensor(window) for _, window in run])
@@ -386,6 +400,27 @@ class TapeStage(AnalogStage):
             cache.move_to_end(index)
             tensors.append(cache[index])
         return torch.stack(tensors)
+
+
+def _scope(params) -> str:
+    value = params.get("reference_scope", "input")
+    if value not in ("input", "shot"):
+        raise StageError(f"reference_scope must be 'input' or 'shot', not {value!r}")
+    return value
+
+
+def _pool(info: ClipInfo) -> Iterator[np.ndarray]:
+    """The input's frames beyond the clip that the header carries (``references``: the
+    orchestrator's picks over the whole input), at the clip's frame size and format, as
+    candidate references."""
+    for data in info.references:
+        image = torch.from_numpy(decode_reference(data)).permute(2, 0, 1)[None].float()
+        if image.shape[-2:] != (info.height, info.width):
+            image = F.interpolate(image, size=(info.height, info.width), mode="bilinear",
+                                  align_corners=False, antialias=True)
+        frame = image[0].permute(1, 2, 0).clamp(0, 255)
+        yield (frame.round().to(torch.uint8).numpy() if info.pixel_format == "rgb24"
+               else (frame / 255.0).half().numpy())
 
 
 def _as_uint8(frame: np.ndarray) -> np.ndarray:
@@ -498,7 +533,7 @@ def verify_checkpoint(name: str, path: Path, arch: Path | None = None) -> None:
 
 
 def create_stage(weights: Path | None = None, device: str = "auto", arch: Path | None = None,
-                 half: bool | None = None) -> list[Stage]:
+                 half: bool | None = None, precision: str | None = None) -> list[Stage]:
     """The service's stages: ``tape`` first (the task's default), then ``swinunet``, for
     each network whose checkpoint is found. CLIP RN50x4 is loaded from ``RN50x4.pt`` beside
     the checkpoints when present; without it TAPE needs ``references`` in the request."""
@@ -513,11 +548,12 @@ def create_stage(weights: Path | None = None, device: str = "auto", arch: Path |
     if MODEL in states:
         state, file = states[MODEL]
         network = load_network(MODEL, state, kwargs.get(MODEL, {}), missing_ok)
-        stages.append(TapeStage(network, chosen, half, file, scorer=_scorer(weights, chosen)))
+        stages.append(TapeStage(network, chosen, half, file, scorer=_scorer(weights, chosen),
+                                precision=precision))
     if SWINUNET in states:
         state, file = states[SWINUNET]
         network = load_network(SWINUNET, state, kwargs.get(SWINUNET, {}), missing_ok)
-        stages.append(SwinUNetStage(network, chosen, half, file))
+        stages.append(SwinUNetStage(network, chosen, half, file, precision=precision))
     return stages
 
 

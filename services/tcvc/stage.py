@@ -6,7 +6,10 @@ reference image), then stage 2 propagates the reference through the shot in clip
 only 3 frames and the memory at a time. As the authors do: skimage Lab (D65), L-50 into the
 networks, ab raw, the networks at 216x384, the predicted ab upsampled and joined with the
 full-resolution L. Unlike their script, the whole frame is kept (no centre crop) unless the
-compatibility switch ``compat=authors`` asks for their 480x848 crop.
+compatibility switch ``compat=authors`` asks for their 480x848 crop; as theirs does, the
+networks see the picture in its own proportions: the default working size has the frame's
+display aspect (its SAR included) at about the authors' 216x384 pixel count, so 4:3
+footage is not stretched to 16:9.
 
 Clip parameters (``ClipInfo.params``):
   scenes       ``grey`` (default): colour a clip only if its first frame is black-and-white
@@ -15,7 +18,8 @@ Clip parameters (``ClipInfo.params``):
                default: the first of the references in the clip header (the tape's own
                colour frame nearest the shot, chosen by the orchestrator), else stage 1's
                colourisation of the shot's first frame.
-  working_size ``HxW`` the networks run at (multiples of 8), default 216x384.
+  working_size ``HxW`` the networks run at (multiples of 8), default: the frame's display
+               aspect at about 216x384's pixel count (216x384 itself for 16:9 frames).
   compat       ``authors``: the authors' centre crop to ``video_size`` (default 480x848);
                output frames are then that size, as theirs are. rgb24 only.
   output       ``video`` (default), or ``reference``: the one reference frame the shot is
@@ -24,6 +28,7 @@ Clip parameters (``ClipInfo.params``):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -62,7 +67,7 @@ DECODER_FILE = "checkpoint_decoder_finetune02010000.pth"
 
 @dataclass(frozen=True)
 class Options:
-    working: tuple[int, int] = WORKING_SIZE
+    working: tuple[int, int] | None = WORKING_SIZE   # None: from the frame's aspect
     crop: tuple[int, int] | None = None     # the authors' CenterPad size (compat=authors)
     all_scenes: bool = False
     reference: Path | None = None
@@ -87,8 +92,8 @@ def parse_options(params) -> Options:
     scenes = params.get("scenes", "grey")
     if scenes not in ("grey", "all"):
         raise StageError(f"scenes must be 'grey' or 'all', not {scenes!r}")
-    working = _size(params.get("working_size", "216x384"), "working_size")
-    if working[0] % 8 or working[1] % 8 or min(working) < 16:
+    working = _size(params["working_size"], "working_size") if params.get("working_size") else None
+    if working is not None and (working[0] % 8 or working[1] % 8 or min(working) < 16):
         raise StageError(f"working_size must be multiples of 8, at least 16: {working}")
     compat = params.get("compat", "")
     if compat not in ("", "authors"):
@@ -101,6 +106,26 @@ def parse_options(params) -> Options:
     if reference is not None and not reference.is_file():
         raise StageError(f"reference image not found: {reference}")
     return Options(working, crop, scenes == "all" or bool(compat), reference, output)
+
+
+def aspect_working_size(width: int, height: int, sar=1) -> tuple[int, int]:
+    """(h, w) in multiples of 8 with the display aspect of a ``width``x``height`` frame
+    of sample aspect ``sar`` and about as many pixels as the authors' 216x384: what the
+    networks see is the picture in its proportions, as after the authors' CenterPad."""
+    aspect = width * float(sar) / height
+    pixels = WORKING_SIZE[0] * WORKING_SIZE[1]
+    h = max(16, 8 * round((pixels / aspect) ** 0.5 / 8))
+    return h, max(16, 8 * round(h * aspect / 8))
+
+
+def resolved(opts: Options, info: ClipInfo) -> Options:
+    """``opts`` with the working size the clip's frames give when none was asked for (the
+    authors' crop, under compat=authors, is what the networks then see)."""
+    if opts.working is not None:
+        return opts
+    height, width = opts.crop or (info.height, info.width)
+    sar = 1 if opts.crop else info.sar
+    return dataclasses.replace(opts, working=aspect_working_size(width, height, sar))
 
 
 # --------------------------------------------------------------------------- per frame
@@ -231,7 +256,7 @@ class TCVCStage(NeuralStage):
         return info.replace(width=width, height=height, frame_count=count)
 
     def process(self, info: ClipInfo, frames: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-        opts = parse_options(info.params)
+        opts = resolved(parse_options(info.params), info)
         frames = iter(frames)
         first = next(frames, None)
         if first is None:
@@ -342,7 +367,9 @@ def build_unloaded(kwargs: dict, missing_ok=()) -> TCVCNetworks:
     return build_networks(**kwargs) if missing_ok else unfilled(lambda: build_networks(**kwargs))
 
 
-def create_stage(weights: Path | None = None, device: str = "auto", arch: Path | None = None) -> TCVCStage:
+def create_stage(weights: Path | None = None, device: str = "auto", arch: Path | None = None,
+                 precision: str | None = None) -> TCVCStage:
     nets, files = build_loaded(weights, arch)
     torch_device = pick_device(device)
-    return TCVCStage(Colorizer(nets, torch_device, pick_dtype(torch_device)), files)
+    dtype = pick_dtype(torch_device, model=MODEL, precision=precision)
+    return TCVCStage(Colorizer(nets, torch_device, dtype), files)

@@ -10,14 +10,14 @@ import torch
 from services.stagekit import StageError
 from services.stagekit.parity import load_arrays, load_config, rel_l2
 from services.stagekit.parity import run as run_parity
-from services.stagekit.testing import clip_info, parity_dir, running_service
+from services.stagekit.testing import clip_info, parity_dir, running_service, shared_dir
 from services.stagekit.weights import WeightsError
 
 from services.rvrt import MODEL
 from services.rvrt.network import (OFFICIAL_KWARGS, build_network, deform_attn,
                                    window_order, window_partition)
 from services.rvrt.parity import run_case
-from services.rvrt.stage import RVRTStage, create_stage, load_weights
+from services.rvrt.stage import SIGMA_FRAMES, RVRTStage, clip_noise, create_stage, load_weights
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -297,7 +297,7 @@ def test_short_clips_and_small_frames_are_padded(random_tiny, count):
     frame is repeated and the frame mirrored out to 132 px, then both are cropped."""
     frames = noisy_clip(count, 60, 50, seed=count)
     stage = RVRTStage(random_tiny, CPU)
-    _, out = stage.run(clip_info(frames), iter(frames))
+    _, out = stage.run(clip_info(frames, sigma=10), iter(frames))
     ours = np.stack(list(out))
     assert ours.shape == frames.shape
 
@@ -320,6 +320,47 @@ def test_float16_frames_in_and_out(random_tiny):
     out8, out16 = np.stack(list(out8)), np.stack(list(out16))
     assert out16.dtype == np.float16 and 0 <= out16.min() and out16.max() <= 1
     assert np.abs(out16.astype(np.float32) * 255 - out8).max() <= 1.5
+
+
+def footage_frames(count: int, start: int = 120) -> np.ndarray:
+    """Frames of the clean cockatoo footage (a stretch no other test tunes on) at the
+    pipeline's working size."""
+    import av
+    import cv2
+    path = shared_dir() / "footage" / "cockatoo_clean.mp4"
+    if not path.is_file():
+        pytest.skip(f"no footage at {path}")
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="rgb24") for _, f in
+                  zip(range(start + count), container.decode(video=0))][start:]
+    return np.stack([cv2.resize(f[:, 160:1120], (360, 240), interpolation=cv2.INTER_AREA)
+                     for f in frames])
+
+
+@pytest.mark.parametrize("sigma", [5.0, 15.0, 30.0])
+def test_sigma_is_the_clips_measured_noise_level(sigma):
+    """No sigma given: the network is told the clip's own noise level, measured on its first
+    frames (within 30 % of the Gaussian noise added to clean footage)."""
+    clean = footage_frames(SIGMA_FRAMES).astype(np.float64)
+    rng = np.random.default_rng(int(sigma))
+    noisy = np.clip(np.round(clean + rng.normal(0, sigma, clean.shape)), 0, 255).astype(np.uint8)
+    info = clip_info(noisy)
+    measured = clip_noise(info, list(noisy))
+    assert abs(measured / sigma - 1) < 0.30, measured
+
+
+def test_sigma_from_the_analysis_or_the_user_wins_over_measuring(random_tiny):
+    seen = []
+    stage = RVRTStage(random_tiny, CPU)
+    hook = random_tiny.register_forward_pre_hook(lambda m, args: seen.append(float(args[0][0, 0, 3, 0, 0])))
+    frames = noisy_clip(2, 132, 132, seed=3)
+    try:
+        list(stage.run(clip_info(frames).replace(analysis={"noise_sigma": b"7.5"}), iter(frames))[1])
+        list(stage.run(clip_info(frames, sigma=20).replace(analysis={"noise_sigma": b"7.5"}),
+                       iter(frames))[1])
+    finally:
+        hook.remove()
+    assert seen == pytest.approx([7.5 / 255, 20 / 255])
 
 
 @pytest.mark.parametrize("params, message", [

@@ -301,3 +301,51 @@ def test_service_streams_the_authors_pipeline(pipeline):
                 expected = pipeline[f"{prefix}_frames_out"]
                 assert out.shape == expected.shape
                 assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
+
+
+# ----------------------------------------------------------------------------- references
+
+class BrightnessScorer:
+    """Stands in for CLIP: dark frames read as clean, bright ones as degraded (feature
+    along or against the prompts' direction), so which frames are clean is known."""
+
+    text_features = torch.tensor([[1.0, 0.0, 0.0]]).repeat(12, 1)
+
+    @staticmethod
+    def image_feature(frame: np.ndarray) -> torch.Tensor:
+        level = float(frame.mean()) / 255.0
+        return torch.tensor([[2 * level - 1, 0.5, level]])
+
+
+def encoded(frame: np.ndarray) -> bytes:
+    import cv2
+    return cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+@needs_fixtures
+@pytest.mark.parametrize("scope", ["input", "shot"])
+def test_references_come_from_the_whole_input(nets, scope):
+    """The clip's frames are all degraded; the clean frames the header carries from
+    elsewhere in the input are scored with them and become the references (reference_scope
+    =shot keeps to the clip, as before)."""
+    rng = np.random.default_rng(3)
+    clip_frames = [rng.integers(170, 256, (32, 48, 3), dtype=np.uint8) for _ in range(3)]
+    elsewhere = [rng.integers(0, 60, (64, 96, 3), dtype=np.uint8) for _ in range(2)]
+    stage = TapeStage(nets[MODEL], scorer=BrightnessScorer())
+    used = []
+    original = stage._reference_tensor
+
+    def spy(spool, indices, geometry, cache):
+        used.append([spool[int(i)].copy() for i in indices])
+        return original(spool, indices, geometry, cache)
+
+    stage._reference_tensor = spy
+    info = clip(clip_frames, reference_scope=scope).replace(
+        references=tuple(encoded(f) for f in elsewhere))
+    out = list(stage.run(info, iter(clip_frames))[1])
+    assert len(out) == 3 and len(used) == 3
+    refs = [r for row in used for r in row]
+    if scope == "input":
+        assert all(r.shape == (32, 48, 3) and r.mean() < 80 for r in refs)
+    else:
+        assert all(any(np.array_equal(r, f) for f in clip_frames) for r in refs)

@@ -234,6 +234,30 @@ def test_full_frame_is_kept_and_its_luminance_too():
     assert np.abs(luma(out) - luma(frames)).mean() < 6
 
 
+@pytest.mark.parametrize("width, height, sar, aspect", [(96, 72, 1, 4 / 3),
+                                                          (90, 60, Fraction(8, 9), 4 / 3),
+                                                          (128, 72, 1, 16 / 9)])
+def test_the_networks_see_the_frame_in_its_display_aspect(width, height, sar, aspect):
+    """By default (no working_size) a 4:3 frame reaches the networks as 4:3, not stretched
+    to the authors' 16:9 216x384; a 16:9 frame gets their 216x384 itself."""
+    seen = []
+    stage = tiny_stage()
+    hook = stage.colorizer.nets.colornet.register_forward_pre_hook(
+        lambda module, args: seen.append(tuple(args[0].shape[-2:])))
+    try:
+        frames = grey_clip(2, height, width)
+        info = ClipInfo("c", width, height, Fraction(25), sar=Fraction(sar), frame_count=2,
+                        params={"output": "reference"})     # stage 1 only: CPU time
+        out = list(stage.run(info, iter(frames))[1])
+    finally:
+        hook.remove()
+    (h, w), = seen
+    assert abs(w / h / aspect - 1) < 0.03 and h % 8 == 0 and w % 8 == 0
+    assert abs(h * w / (216 * 384) - 1) < 0.05
+    assert (h, w) == ((216, 384) if aspect > 1.7 else (h, w))
+    assert [f.shape for f in out] == [(height, width, 3)]
+
+
 def test_colour_clips_pass_through_and_scenes_all_colours_them():
     frames = grey_clip(3).copy()
     frames[..., 0] = np.clip(frames[..., 0].astype(int) + 60, 0, 255)
