@@ -205,13 +205,13 @@ def vhs_task(name: str, kind: str, chroma: bool = False) -> Task:
     if kind == "chroma_delay":
         filters = {"chromashift": chromashift_back, **filters}
     return Task(name, (kind,),
-                "AnalogStage", lambda case: {"field_order": "progressive", "deflicker": "off"}, filters,
+                "AnalogStage", lambda case: {"deflicker": "off"}, filters,
                 python={"untouched": untouched}, chroma_rule=chroma)
 
 
 TASKS = [
-    Task("deinterlace", ("interlace",), "AnalogStage",
-         lambda case: {"field_order": "tff", "clean": "off", "deflicker": "off"},
+    Task("deinterlace", ("interlace",), "DeinterlaceStage",
+         lambda case: {"field_order": "tff"},
          {"bwdif": lambda case: "bwdif=mode=send_field:parity=tff:deint=all",
           "yadif": lambda case: "yadif=mode=send_field:parity=tff:deint=all"}),
     Task("denoise", ("grain",), "DenoiseStage", ffmpeg={
@@ -230,7 +230,7 @@ TASKS = [
          python={"telea r1": telea(1), "telea r3": telea(3)},
          band_only=True),
     Task("analog", ("scratches", "dirt", "dropouts", "line_tears", "flicker"), "AnalogStage",
-         lambda case: {"field_order": "progressive"},
+         lambda case: {},
          {"removegrain": lambda case: "removegrain=4,deflicker",
           # tmedian drops the clip's first and last frames: clones keep the timing.
           "tmedian": lambda case: "tpad=start=1:stop=1:start_mode=clone:stop_mode=clone,"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from .. import media
 from ..media.references import GreyScene, Scan, scan
-from ..media.shots import SCAN_SIZE
+from ..media.shots import SCAN_SIZE, Shot
 from .plan import Plan
 from .specs import StageSpec
 
@@ -31,6 +31,13 @@ def _counted(frames, on_frame):
     for frame in frames:
         yield frame
         on_frame()
+
+
+def clip_analysis(plan: Plan, shot: Shot) -> dict[str, bytes]:
+    """What the analysis found in one clip, as its header carries it to every stage
+    (``ClipInfo.analysis``; keys documented in stage.proto's ClipHeader)."""
+    return {"grey": b"1" if shot.grey else b"0",
+            "field_order": plan.source.field_order.encode()}
 
 
 def colour_source(scene: GreyScene, colorize: StageSpec | None) -> str:

@@ -25,12 +25,12 @@ from .. import media
 from ..errors import UserError
 from ..media.references import Scan
 from ..media.shots import Shot
-from .analysis import analyse, colorizes, colour_source
+from .analysis import analyse, clip_analysis, colorizes, colour_source
 from .memory import QUEUE_BYTES, QUEUE_FRAMES
 from .plan import Plan
 from .progress import Display, Progress
 from .segments import ClipSegments
-from .stagerunners import STAGE_OUTAGE, ClipFailed, Step, build_steps
+from .stagerunners import STAGE_OUTAGE, ClipFailed, Step, build_steps, frames_out
 
 log = logging.getLogger("restoration.orchestrator")
 
@@ -130,7 +130,8 @@ class Job:
         self.skip = skip or set()
         self.on_clip = on_clip or (lambda clip_id, frames: None)
         self.steps = build_steps(plan, device, attempts, outage, self.cancel)
-        self.progress = Progress([s.name for s in self.steps], plan.source.frame_count)
+        self.progress = Progress([s.name for s in self.steps], plan.source.frame_count,
+                                 frames_out(self.steps, plan) if plan.source.frame_count else {})
         self.show_progress = show_progress
         self.grey_scenes: list[tuple[float, float]] = []
         self.geometry: tuple[int, int, Fraction] | None = None
@@ -207,9 +208,11 @@ class Job:
             if index in starts:
                 if index:
                     self._end_clip(out, kept)
+                shot = self.shots[starts[index]]
                 info = ClipInfo(clip_id=f"clip{starts[index]:05d}", width=src.width,
                                 height=src.height, fps=src.fps, sar=src.sar,
-                                start_time=index / float(src.fps))
+                                start_time=index / float(src.fps),
+                                analysis=clip_analysis(self.plan, shot))
                 kept = self._kept(info.clip_id)
                 out.put((kept or "start", info))
             if not kept:
