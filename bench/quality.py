@@ -9,6 +9,10 @@ PSNR minus the best baseline's, and speed over the slowest baseline's. Ours and 
 baselines are timed alternately, each the fastest of ``--repeats`` runs, so that load from
 elsewhere on the machine hits them alike.
 
+The VHS rows (vhs-*) also run TAPE, the analog task's neural model, on the same damage
+where its weights are installed (otherwise its row says it was skipped and why), and the
+verdicts say which of the two models handles each damage better.
+
 The colour row: the middle half of each clean clip made grey, coloured as a job colours it
 (references from the clip's own colour frames around the stretch, ``bench/colour.py``),
 against leaving it grey and against the nearest colour frame's chroma copied as it is; it
@@ -194,6 +198,29 @@ def chromashift_back(case: Case) -> str:
     return f"format=yuv444p,chromashift=cbh={-delay}:crh={-delay}"
 
 
+class Skipped(Exception):
+    """A method that cannot run on this machine; the reason is printed in its row."""
+
+
+TAPE = "tape"
+
+
+def tape_stage(case: Case) -> list[np.ndarray]:
+    """TAPE, the analog task's neural model (trained on VHS damage), on the same damaged
+    frames, as `--model analog=tape` runs it: the classical VHS repairs do not run before
+    it. Only where its weights are installed."""
+    from orchestrator.pipeline import registry
+    from services.stagekit.stage import ClipInfo
+    if not registry.has_weights(TAPE):
+        raise Skipped("no TAPE weights installed (orchestrator weights pull tape)")
+    if not registry.installed(TAPE):
+        raise Skipped("the TAPE service's code (torch, open_clip) is not installed")
+    stage = registry.create_local("analog", TAPE)
+    height, width = case.degraded.frames[0].shape[:2]
+    info = ClipInfo("vhs", width, height, case.rate)
+    return list(stage.run(info, iter(case.degraded.frames))[1])
+
+
 # What a person would reach for against any VHS damage: a spatio-temporal denoiser and a
 # 3x3 median; the chroma delay row also gets chromashift with the true delay.
 VHS_FILTERS = {"hqdn3d": lambda case: "hqdn3d",
@@ -206,7 +233,7 @@ def vhs_task(name: str, kind: str, chroma: bool = False) -> Task:
         filters = {"chromashift": chromashift_back, **filters}
     return Task(name, (kind,),
                 "AnalogStage", lambda case: {"deflicker": "off"}, filters,
-                python={"untouched": untouched}, chroma_rule=chroma)
+                python={"untouched": untouched, TAPE: tape_stage}, chroma_rule=chroma)
 
 
 TASKS = [
@@ -307,9 +334,14 @@ def bench_task(task: Task, clip: str, clean, rate, seed: int, repeats: int,
     best = {name: float("inf") for name in methods}
     outputs = {}
     for _ in range(repeats):
-        for name, method in methods.items():
+        for name, method in list(methods.items()):
             start = time.perf_counter()
-            outputs[name] = method()
+            try:
+                outputs[name] = method()
+            except Skipped as reason:
+                print(f"{clip:<9} {task.name:<12} {name:<13} skipped: {reason}", flush=True)
+                del methods[name]
+                continue
             best[name] = min(best[name], time.perf_counter() - start)
     # Every method is scored on the same frames: those all of them delivered.
     case.compare = min([case.compare] + [len(frames) for frames in outputs.values()])
@@ -327,11 +359,16 @@ HEADER = (f"{'clip':<9} {'task':<12} {'method':<13} {'PSNR':>7} {'SSIM':>7} {'fl
           f"{'chroma':>7} {'fps':>8} {'dPSNR':>7} {'fps/slowest':>11}")
 
 
+def baselines_of(group: list[Row]) -> list[Row]:
+    """The peers a user would reach for (TAPE is our other model, not one of them)."""
+    return [r for r in group if not r.ours and r.method != TAPE]
+
+
 def table_lines(rows: list[Row]) -> list[str]:
     lines = []
     for key in dict.fromkeys((r.clip, r.task) for r in rows):
         group = [r for r in rows if (r.clip, r.task) == key]
-        baselines = [r for r in group if not r.ours]
+        baselines = baselines_of(group)
         best_psnr = max(r.psnr for r in baselines)
         slowest = min(r.fps for r in baselines)
         for r in group:
@@ -351,7 +388,8 @@ def verdicts(rows: list[Row]) -> list[str]:
     for key in dict.fromkeys((r.clip, r.task) for r in rows):
         group = [r for r in rows if (r.clip, r.task) == key]
         ours = next(r for r in group if r.ours)
-        baselines = [r for r in group if not r.ours]
+        baselines = baselines_of(group)
+        neural = next((r for r in group if r.method == TAPE), None)
         best = max(baselines, key=lambda r: r.psnr)
         need = margin.get(key[1], 0.0)
         task = next(t for t in TASKS if t.name == key[1])
@@ -366,6 +404,10 @@ def verdicts(rows: list[Row]) -> list[str]:
             "fps >= slowest/2": (ours.fps >= 0.5 * min(r.fps for r in baselines)
                                  if timed else None),
         }
+        if neural is not None:
+            # Which of the analog task's two models handles this damage better.
+            checks["classical better than TAPE"] = (ours.chroma < neural.chroma
+                                                    if task.chroma_rule else ours.psnr > neural.psnr)
         lines.append(f"{key[0]:<9} {key[1]:<12} " + "  ".join(
             f"{name}: {'n/a' if ok is None else 'yes' if ok else 'NO'}"
             for name, ok in checks.items()))

@@ -6,6 +6,7 @@ frame rate, audio) in ``SourceInfo``.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -216,6 +217,25 @@ LOOKAHEAD = 40            # x264's frames of look-ahead (preset medium) up to fu
 LOOKAHEAD_PIXELS = 1920 * 1080   # ... and fewer above, so the encoder holds a fixed area
 
 
+@functools.cache
+def x264_reproducible() -> dict[str, str]:
+    """x264 options that make an encode repeatable, so that a resumed run's segments (encoded
+    by another process) are the pictures an uninterrupted run gives. x264's AVX-512 kernels
+    are not: in a busy multi-threaded process the same frames and settings now and then came
+    out with other per-macroblock quantisers (a ramp of up to 1.3 levels over a clip), never
+    so with AVX2, which x264 rounds alike (the same bytes as its AVX-512 output otherwise).
+    So on a CPU with AVX-512, x264 gets the instruction sets every such CPU has, without it."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line.split(":", 1)[1].split() for line in cpuinfo
+                          if line.startswith("flags")), [])
+    except OSError:
+        return {}
+    if "avx512f" not in flags:
+        return {}
+    return {"x264-params": "asm=MMX2,SSE2Fast,SSSE3,SSE4.2,AVX,FMA3,BMI2,AVX2"}
+
+
 def lookahead(width: int, height: int) -> int:
     return max(10, min(LOOKAHEAD, LOOKAHEAD * LOOKAHEAD_PIXELS // (width * height)))
 
@@ -268,6 +288,7 @@ class VideoWriter:
             opts["crf"] = str(spec.crf)
         if spec.codec == "h264":
             opts["rc-lookahead"] = str(lookahead(width, height))
+            opts.update(x264_reproducible())
         ctx.options = opts
         self.frames = 0
         _warn_if_aspect_lost(spec, sar)

@@ -9,8 +9,8 @@ Colour frames pass through untouched, bit for bit.
 References are the user's images (``reference`` = comma-separated paths), first, and
 those the orchestrator sends in the clip header: frames of the tape's own colour shots
 around the grey scene, nearest first (``orchestrator.media.references``); per region the
-set that matches better colours it, the user's on a tie, so the user's photos lead where
-they fit and never wash out the tape's colour where they do not. A grey
+set that matches better colours it, or where both match, the one with more colour, so
+the user's photos lead where they fit and never wash out the tape's colour. A grey
 frame is coloured by exemplar-based colour transfer (see ``Colourist``): every reference
 is matched to it densely (DIS optical flow on luma) and lends its chroma where its luma
 agrees; the previous coloured frame, carried along the motion, does the same, so colour
@@ -53,6 +53,8 @@ GUIDE_RADIUS = 3     # guided filter window (work pixels) and regularisation (lu
 GUIDE_EPS = 2e-3
 OVERLAY_CHROMA = 24.0  # chroma (8-bit Cr/Cb magnitude) of a pixel that already has colour
 OVERLAY_RIM = 2      # pixels around it kept as they were too (a text outline)
+BOTH_MATCH = 0.1    # match above which both estimates count, the more saturated kept (0.5 left
+                    # cockatoo 0.2 % less colourful with the user's photos than without)
 PICK_SMOOTH = 4.0    # sigma (work pixels) of the region over which user vs tape is chosen
 
 
@@ -264,10 +266,15 @@ class Colourist:
             for group in groups:
                 sums[group] += coloured
                 totals[group] += weight
-        user_wins = cv2.GaussianBlur(best[0], (0, 0), PICK_SMOOTH) >= \
-            cv2.GaussianBlur(best[1], (0, 0), PICK_SMOOTH)
-        chroma = np.where(user_wins[..., None], sums[0] / totals[0][..., None],
-                          sums[1] / totals[1][..., None])
+        user_match, tape_match = (cv2.GaussianBlur(b, (0, 0), PICK_SMOOTH) for b in best)
+        users, tapes = (s / t[..., None] for s, t in zip(sums, totals))
+        # Where both match at all, the more saturated: the muted one is the less sure of
+        # its hue, and the user's photos then never take colour away (a choice by match
+        # alone left the result 0.4 % less colourful than without them).
+        both = np.minimum(user_match, tape_match) >= BOTH_MATCH
+        stronger = np.einsum("ijk,ijk->ij", users, users) >= np.einsum("ijk,ijk->ij", tapes, tapes)
+        user_wins = np.where(both, stronger, user_match >= tape_match)
+        chroma = np.where(user_wins[..., None], users, tapes)
         chroma = guided_filter(y / 255.0, chroma, GUIDE_RADIUS, GUIDE_EPS)
         self.previous = (grey, soft, chroma)
         if chroma.shape[:2] != self.shape:

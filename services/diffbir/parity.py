@@ -5,6 +5,11 @@ Pillow pre-upscale, runs the stage's restoration on the authors' stored upscaled
 (so it is judged apart from Pillow) and streams their input frames through the stage
 itself for the uint8 output, whole-frame or tiled as the case says; ``op`` computes the
 stage-2 schedules.
+
+Stage-2 cases (``config.json["stage2"]``, run after those): ``stage2_denoiser`` runs the
+tiny IRControlNet and UNet once (residuals, control scales, CFG); ``stage2_vae`` encodes
+the image to the condition latent and decodes the stored latent; ``stage2_text`` tokenizes
+the prompts and encodes them.
 """
 from __future__ import annotations
 
@@ -18,6 +23,11 @@ from services.stagekit.parity import main
 from services.stagekit.stage import ClipInfo
 
 from . import schedule
+from .checkpoints import load_stage2_tiny
+from .controlnet import denoise
+from .textencoder import tokenize
+from .unet import timestep_embedding
+from .vae import decode_latent, encode_condition
 from .pipeline import pillow_upscale
 from .stage import DiffBIRStage, Settings, load_network
 
@@ -92,12 +102,55 @@ def run_op(config: dict, case: dict, arrays: dict) -> dict:
     }
 
 
-KINDS = {"forward": run_forward, "pipeline": run_pipeline, "op": run_op}
+def run_denoiser(config: dict, case: dict, arrays: dict) -> dict:
+    nets = load_stage2_tiny(config["folder"])
+    x, t, c_img, c_txt, uc_txt = (torch.from_numpy(arrays[name])
+                                  for name in ("x_t", "t", "c_img", "c_txt", "uc_txt"))
+    cfg = float(arrays["cfg_scale"])
+    with torch.inference_mode():
+        residuals = nets.controlnet(x, c_img, t, c_txt)
+        cond = denoise(nets.unet, nets.controlnet, x, t, c_txt, c_img, 1.0)
+        uncond = denoise(nets.unet, nets.controlnet, x, t, uc_txt, c_img, 1.0)
+        produced = {f"control_{i}": r for i, r in enumerate(residuals)}
+        produced.update(
+            unet_out=cond, unet_out_uncond=uncond, cfg_out=uncond + cfg * (cond - uncond),
+            unet_out_s05=denoise(nets.unet, nets.controlnet, x, t, c_txt, c_img, 0.5),
+            unet_out_nocontrol=nets.unet(x, t, c_txt),
+            t_emb=timestep_embedding(t, nets.unet.model_channels),
+            unet_emb=nets.unet.embedding(t), controlnet_emb=nets.controlnet.embedding(t))
+    return {name: value.numpy() for name, value in produced.items()}
+
+
+def run_vae(config: dict, case: dict, arrays: dict) -> dict:
+    vae = load_stage2_tiny(config["folder"]).vae
+    image = torch.from_numpy(arrays["image"])
+    with torch.inference_mode():
+        mean, logvar = vae.encode_moments(image * 2 - 1)
+        produced = {"posterior_mean": mean, "posterior_logvar": logvar,
+                    "z": encode_condition(vae, image),
+                    "decoded": decode_latent(vae, torch.from_numpy(arrays["z"]))}
+    return {name: value.numpy() for name, value in produced.items()}
+
+
+def run_text(config: dict, case: dict, arrays: dict) -> dict:
+    encoder = load_stage2_tiny(config["folder"]).text_encoder
+    tokens = tokenize([str(prompt) for prompt in arrays["prompts"]])
+    with torch.inference_mode():
+        produced = {"tokens": tokens, "embedded": encoder.embed(tokens),
+                    "c_txt": encoder.encode_tokens(tokens)}
+    return {name: value.numpy() for name, value in produced.items()}
+
+
+KINDS = {"forward": run_forward, "pipeline": run_pipeline, "op": run_op,
+         "stage2_denoiser": run_denoiser, "stage2_vae": run_vae, "stage2_text": run_text}
 
 
 def run_case(config: dict, case: dict, arrays: dict) -> dict[str, np.ndarray]:
-    return KINDS[case["kind"]](config, case, arrays)
+    """The outputs of ``case``; nothing for a kind not written yet, which the harness
+    reports as every output failing."""
+    runner = KINDS.get(case["kind"])
+    return runner(config, case, arrays) if runner else {}
 
 
 if __name__ == "__main__":
-    main(run_case)
+    main(run_case, groups=("stage2",))

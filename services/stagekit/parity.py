@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -78,12 +78,21 @@ def compare(case: dict, produced: dict, expected: dict) -> list[tuple[str, str, 
     return rows
 
 
-def run(folder: Path, run_case: Callable[[dict, dict, dict], dict], out=sys.stdout) -> int:
-    """Run every case in ``folder``; print a line per output; 0 when all are in tolerance."""
+def all_cases(config: dict, groups: Sequence[str] = ()) -> list[dict]:
+    """The config's cases, then those of each section in ``groups`` (a fixture may keep a
+    later part of a model, e.g. DiffBIR's 'stage2', under its own key)."""
+    return list(config["cases"]) + [case for group in groups
+                                    for case in config.get(group, {}).get("cases", [])]
+
+
+def run(folder: Path, run_case: Callable[[dict, dict, dict], dict], out=sys.stdout,
+        groups: Sequence[str] = ()) -> int:
+    """Run every case in ``folder`` (and in its sections ``groups``); print a line per
+    output; 0 when all are in tolerance."""
     folder = Path(folder)
     config = load_config(folder)
     failed = 0
-    for case in config["cases"]:
+    for case in all_cases(config, groups):
         arrays = load_arrays(folder, case["file"])
         produced = run_case(config, case, arrays)
         for name, metric, value, tol, ok in compare(case, produced, arrays):
@@ -96,10 +105,11 @@ def run(folder: Path, run_case: Callable[[dict, dict, dict], dict], out=sys.stdo
     return 1 if failed else 0
 
 
-def main(run_case: Callable[[dict, dict, dict], dict], argv=None) -> None:
+def main(run_case: Callable[[dict, dict, dict], dict], argv=None,
+         groups: Sequence[str] = ()) -> None:
     parser = argparse.ArgumentParser(description="Check the network against the authors' outputs.")
     parser.add_argument("folder", type=Path, help="a parity folder, e.g. ../shared/parity/MODEL")
     args = parser.parse_args(argv)
     if not (args.folder / "config.json").is_file():
         parser.exit(2, f"error: {args.folder} has no config.json\n")
-    sys.exit(run(args.folder, run_case))
+    sys.exit(run(args.folder, run_case, groups=groups))

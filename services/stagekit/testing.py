@@ -79,3 +79,16 @@ def clip_info(frames, fmt: str | None = None, **params):
     fmt = fmt or ("rgbf16" if frames[0].dtype == np.float16 else "rgb24")
     return ClipInfo("clip", width=width, height=height, fps=Fraction(25), pixel_format=fmt,
                     frame_count=len(frames), params={k: str(v) for k, v in params.items()})
+
+
+def damaged(state: dict, damage: str, key: str) -> dict:
+    """``state`` (changed in place) with ``key`` 'missing', 'extra' (a stray tensor) or
+    'misshaped' (its second dimension one short): what a strict load must name."""
+    import torch
+    if damage == "missing":
+        del state[key]
+    elif damage == "extra":
+        state[key] = torch.zeros(1)
+    else:
+        state[key] = state[key][:, :-1]
+    return state

@@ -74,13 +74,19 @@ def test_chroma_delay_repair_cuts_the_chroma_error_by_a_fifth(cockatoo):
     assert ours < 0.8 * untouched, (untouched, ours)
 
 
-def test_chroma_bleed_repair_lowers_the_chroma_error(cockatoo):
-    # Short of the issue's fifth: the luma-guided sharpening wins back 2 to 8 % on this
-    # footage, whose chroma is soft already (see the report of issue 28).
-    damaged = simulate(cockatoo, ["chroma_bleed"], seed=11).frames
-    untouched = chroma_error(damaged, cockatoo)
-    ours = chroma_error(repaired(damaged), cockatoo)
-    assert ours < 0.99 * untouched, (untouched, ours)
+# A tenth at least (the issue asks a fifth: bench/quality.py gets it on bikes.mp4, not on
+# cockatoo, whose true chroma is soft). Stretches with colour detail to lose: cockatoo's
+# middle (150) has so little that a bleed changes its chroma by under a level, and
+# rightly is not measured there.
+@pytest.mark.parametrize("name,start,strength,cut", [("tape_sim.mp4", 40, 1.2, 0.9),
+                                                     ("cockatoo_clean.mp4", 60, 1.0, 0.9)])
+def test_chroma_bleed_repair_cuts_the_chroma_error(name, start, strength, cut):
+    clean = footage(name, start)
+    damaged = simulate(clean, ["chroma_bleed"], seed=11,
+                       strengths={"chroma_bleed": strength}).frames
+    untouched = chroma_error(damaged, clean)
+    ours = chroma_error(repaired(damaged), clean)
+    assert ours < cut * untouched, (untouched, ours)
 
 
 def test_a_black_and_white_picture_has_no_chroma_damage(either):
@@ -98,7 +104,10 @@ def test_chroma_delay_is_measured(cockatoo):
 
 
 # Not the old film: it has its own dust and streaks, which the stage rightly mends.
-@pytest.mark.parametrize("name,start", [("cockatoo_clean.mp4", 150), ("tape_sim.mp4", 40)])
+# Cockatoo at 250: its own chroma is softer across than down (a blur measured across
+# alone took it for a bleed).
+@pytest.mark.parametrize("name,start", [("cockatoo_clean.mp4", 150), ("cockatoo_clean.mp4", 250),
+                                        ("tape_sim.mp4", 40)])
 def test_clean_footage_passes_through_the_vhs_repairs_unchanged(name, start, monkeypatch):
     clean = footage(name, start)
     frames = [f.astype(np.float32) for f in clean]
