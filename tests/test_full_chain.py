@@ -24,7 +24,9 @@ from services.stagekit.testing import running_service, shared_dir
 
 from .test_e2e import audio_duration, video_facts
 
-pytestmark = pytest.mark.slow
+# About 20 minutes a test on a 2-core machine shared with others, the weights' install
+# (3 minutes) included: TAPE and PSRT at full size take most of it.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 FRAMES = 3                    # interlaced frames: six fields
 AT = 4.0                      # seconds into tape_sim.mp4: its black-and-white scene
