@@ -80,12 +80,14 @@ def test_a_slow_stage_shows_its_frames_and_the_job_is_not_done_before_it_is(tmp_
     pattern = re.compile(rf"{re.escape(slow.name)} (\d+)/{fields} (\d+\.\d) f/s")
     shown = [m for line, *_ in seen for m in pattern.finditer(line)]
     assert any(0 < int(m[1]) < fields for m in shown), seen
-    assert all(abs(1 / float(m[2]) - SLOW) < 0.1 for m in shown), shown
-    # The ETA is the slow stage's frames left at its speed, not an extrapolation of the
-    # decoded count (which says 0 s once all is decoded).
+    # (its own time per frame: the sleep, and what a loaded machine adds)
+    assert all(0.9 * SLOW < 1 / float(m[2]) < 3 * SLOW for m in shown), shown
+    # The ETA is at least the slow stage's frames left at its speed, not an extrapolation
+    # of the decoded count (which says 0 s once all is decoded); other stages may be
+    # slower still on a loaded machine, hence the loose bound above.
     for line, _, fraction, eta in seen:
         match = pattern.search(line)
         if match and eta is not None and int(match[1]) < fields - 2:
             left = (fields - int(match[1])) * SLOW
-            assert 0.5 * left < eta < 2.5 * left, (line, eta)
+            assert 0.5 * left < eta < 4 * left + 1, (line, eta)
     assert job.progress.fraction() == 1.0 and job.progress.eta() == 0.0
