@@ -45,9 +45,10 @@ import numpy as np
 from bench.quality import ffmpeg_exe
 from orchestrator.media import simulate
 from orchestrator.pipeline.registry import TASKS
+from services.stagekit.testing import shared_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "footage"
+SHARED = shared_dir() / "footage"
 TRUTH_SIZE = (360, 240)
 OUTPUT_SIZE = (1440, 960)
 CRF = 18
@@ -218,12 +219,16 @@ class Result:
     peak_rss: int
     psnr: float = float("nan")
     stages: dict[str, float] = field(default_factory=dict)   # seconds per stage
+    cpu_s: float = float("nan")   # the process tree's CPU seconds over the whole run
+    stage_cpu: dict[str, float] = field(default_factory=dict)   # CPU seconds per stage
+    phase_cpu: dict[str, float] = field(default_factory=dict)   # CPU seconds per phase
 
 
 def measured(command: list[str], sampler: TreeSampler,
              stats: Path | None = None) -> tuple[float, tuple[float, float], dict]:
     """Run ``command`` under ``sampler``; its wall time, its streaming span (from
-    ``stats`` when it writes one, else its lifetime) and the stats."""
+    ``stats`` when it writes one, else its lifetime) and the stats, with the CPU seconds
+    of the whole run as ``cpu_s``."""
     start = time.time()
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -234,6 +239,8 @@ def measured(command: list[str], sampler: TreeSampler,
         raise SystemExit(f"error: {' '.join(command[:3])}... failed: {errors.strip()[-500:]}")
     data = json.loads(stats.read_text()) if stats else {}
     span = tuple(data["streaming_span"]) if data.get("streaming_span") else (start, stop)
+    sampler.sample()
+    data["cpu_s"] = sampler.cpu_between(start - 1.0, stop + 1.0)
     return stop - start, span, data
 
 
@@ -254,12 +261,13 @@ FFMPEG_STEPS = ("decode", "bwdif", "hqdn3d", "fillborders", "scale lanczos", "en
 def run_ffmpeg(tape: Tape, out: Path) -> Result:
     exe = ffmpeg_exe()
     with TreeSampler([]) as sampler:
-        wall, span, _ = measured(
+        wall, span, data = measured(
             [exe, "-v", "error", "-y", "-i", str(tape.path), "-vf", ffmpeg_graph(tape),
              "-c:v", "libx264", "-preset", "medium", "-crf", str(CRF), "-pix_fmt", "yuv420p",
              "-c:a", "copy", str(out)], sampler)
     result = Result(tape.name, "ffmpeg chain", wall, count_frames(out),
-                    sampler.cpu_between(*span) / (span[1] - span[0]), sampler.peak_rss)
+                    sampler.cpu_between(*span) / (span[1] - span[0]), sampler.peak_rss,
+                    cpu_s=data["cpu_s"])
     # What each filter adds: decode alone, then growing prefixes of the chain, then encoding.
     previous = 0.0
     for steps, name in enumerate(FFMPEG_STEPS[:-1]):
@@ -322,8 +330,10 @@ def run_ours(tape: Tape, out: Path, replicas: dict[str, int] | None, label: str)
             command += stack.enter_context(stage_services(replicas, sampler))
         wall, span, data = measured(command, sampler, stats)
     result = Result(tape.name, label, wall, data["frames_written"],
-                    sampler.cpu_between(*span) / (span[1] - span[0]), sampler.peak_rss)
+                    sampler.cpu_between(*span) / (span[1] - span[0]), sampler.peak_rss,
+                    cpu_s=data["cpu_s"], phase_cpu=data.get("cpu_phases_s", {}))
     result.stages = {name: s["busy_s"] for name, s in data["stages"].items()}
+    result.stage_cpu = {name: s.get("cpu_s", 0.0) for name, s in data["stages"].items()}
     return result
 
 
@@ -331,12 +341,51 @@ def run_ours(tape: Tape, out: Path, replicas: dict[str, int] | None, label: str)
 
 def table(results: list[Result]) -> list[str]:
     lines = [f"{'input':<9} {'run':<26} {'frames':>6} {'wall s':>7} {'out f/s':>7} "
-             f"{'CPU %':>6} {'RSS MiB':>8} {'PSNR':>6} {'wall/ffmpeg':>11}"]
+             f"{'CPU %':>6} {'CPU s':>6} {'RSS MiB':>8} {'PSNR':>6} {'wall/ffmpeg':>11}"]
     for r in results:
         ffmpeg = next(x for x in results if x.tape == r.tape and x.run == "ffmpeg chain")
         lines.append(f"{r.tape:<9} {r.run:<26} {r.frames:6d} {r.wall:7.1f} "
-                     f"{r.frames / r.wall:7.1f} {100 * r.cpu:6.0f} "
+                     f"{r.frames / r.wall:7.1f} {100 * r.cpu:6.0f} {r.cpu_s:6.1f} "
                      f"{r.peak_rss / 2 ** 20:8.0f} {r.psnr:6.2f} {r.wall / ffmpeg.wall:11.2f}")
+    return lines
+
+
+def ratio_lines(results: list[Result]) -> list[str]:
+    """Each of our runs over the ffmpeg chain's on the same tape, measured in the same run."""
+    lines = []
+    for r in results:
+        ffmpeg = next(x for x in results if x.tape == r.tape and x.run == "ffmpeg chain")
+        if r is not ffmpeg:
+            lines.append(f"{r.tape} / {r.run} over ffmpeg: wall {r.wall / ffmpeg.wall:.2f}x, "
+                         f"CPU {r.cpu_s / ffmpeg.cpu_s:.2f}x, peak memory "
+                         f"{r.peak_rss / ffmpeg.peak_rss:.2f}x, PSNR {r.psnr - ffmpeg.psnr:+.2f} dB")
+    return lines
+
+
+def cpu_table(results: list[Result]) -> list[str]:
+    """Where our CPU seconds go: per phase of the run (start-up, probe and plan, the
+    analysis pass, streaming), the streaming span per stage (each stage's thread and its
+    frame workers), decode and encode (their Python threads), and what is left: the
+    encoder's (x264) and decoder's own threads and OpenCV's pool."""
+    lines = []
+    for r in results:
+        if not r.phase_cpu:
+            continue
+        phases = dict(r.phase_cpu)
+        streaming = phases.pop("streaming", 0.0)
+        named = phases.pop("streaming: stages", 0.0)
+        threads = {k.split(": ", 1)[1]: phases.pop(k) for k in list(phases)
+                   if k.startswith("streaming: ")}
+        total = phases.pop("total", r.cpu_s)
+        rows = [(name, s) for name, s in phases.items()]
+        rows.append(("streaming", streaming))
+        rows += [(f"  {name}", s) for name, s in r.stage_cpu.items()]
+        rows += [(f"  {name} (Python side)", s) for name, s in threads.items()]
+        rows.append(("  x264, decoder, OpenCV threads",
+                     streaming - named - sum(threads.values())))
+        rows.append(("whole process (its own count)", total))
+        lines.append(f"{r.tape} / {r.run}: CPU seconds (process tree, sampled: {r.cpu_s:.1f})")
+        lines += [f"  {name:<34} {s:7.1f} {100 * s / max(total, 1e-9):5.1f}%" for name, s in rows]
     return lines
 
 
@@ -422,6 +471,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("time per stage (ours: each stage's busy time; ffmpeg: what each step adds)")
     print("\n".join(stage_table(results)))
+    print()
+    print("\n".join(cpu_table(results)))
+    print()
+    print("\n".join(ratio_lines(results)))
     print()
     print("\n".join(checks(results, cores)))
     return 0

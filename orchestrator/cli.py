@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from . import __version__, media
@@ -56,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser("inspect", help="what the tool detects in a video and would do")
     inspect.add_argument("input", type=Path)
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
+    inspect.add_argument("--overlay-crops", type=Path, metavar="DIR",
+                         help="write a PNG crop of each overlay found into DIR (listed by path)")
     add_pipeline_flags(inspect)
 
     preview = sub.add_parser("preview", help="restore a stretch and show it beside the original")
@@ -190,6 +193,7 @@ def cmd_submit(args) -> int:
     if args.server:
         from .jobs.cli import submit_remote
         return submit_remote(args)
+    started_cpu = time.process_time()      # what start-up (the imports) cost
     # Every flag is checked before the input is opened: a typo costs nothing.
     crf = media.quality(args.codec, args.crf)
     specs = pipeline_specs.from_args(args)
@@ -209,6 +213,7 @@ def cmd_submit(args) -> int:
     from .pipeline.plan import make_plan
     from .pipeline.runner import ResumableRun
     plan = make_plan(source, specs, **pipeline_specs.sizes_from(args))
+    planned_cpu = time.process_time()
     for line in plan.lines():
         log.info("%s", line)
     if args.resume and args.restart:
@@ -229,7 +234,11 @@ def cmd_submit(args) -> int:
         log.info("%s", line)
     if args.stats:
         try:
-            args.stats.write_text(json.dumps(run.job.progress.stats(), indent=1) + "\n")
+            stats = run.job.progress.stats()
+            stats["cpu_phases_s"] = {"start-up": started_cpu,
+                                     "probe and plan": planned_cpu - started_cpu,
+                                     **stats["cpu_phases_s"], "total": time.process_time()}
+            args.stats.write_text(json.dumps(stats, indent=1) + "\n")
         except OSError as exc:
             raise UserError(f"--stats {args.stats}: {exc.strerror} (the output {path} is written)") from None
     print(path)
@@ -261,7 +270,11 @@ def cmd_weights(args) -> int:
 
 def cmd_inspect(args) -> int:
     from .commands.inspect import inspect, render
-    report = inspect(args.input, pipeline_specs.from_args(args), **pipeline_specs.sizes_from(args))
+    crops = args.overlay_crops
+    if crops is not None and crops.exists() and not crops.is_dir():
+        raise UserError(f"{crops}: not a folder")
+    report = inspect(args.input, pipeline_specs.from_args(args), **pipeline_specs.sizes_from(args),
+                     crops=crops)
     print(render(report, as_json=args.json))
     return 0
 

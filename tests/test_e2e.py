@@ -128,6 +128,13 @@ def assert_stats(stats: dict, frames: int) -> None:
     assert 0 < stats["cpu_use"] <= os.cpu_count() + 0.5
     assert set(stats["stages"]) >= {"analog/classical", "superres/classical"}
     assert all(s["frames"] > 0 and s["busy_s"] >= 0 for s in stats["stages"].values())
+    # The CPU breakdown bench/pipeline.py prints: the stages' share within the streaming
+    # span's, the phases within the whole process's.
+    phases = stats["cpu_phases_s"]
+    assert stats["stages"]["superres/classical"]["cpu_s"] > 0
+    assert 0 < phases["streaming: stages"] <= phases["streaming"] + 0.5
+    assert sum(phases[k] for k in ("start-up", "probe and plan", "analysis", "streaming")) \
+        <= phases["total"] + 0.5
 
 
 def test_interpolation_never_blends_across_a_cut(tmp_path):

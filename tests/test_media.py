@@ -88,3 +88,26 @@ def test_writer_codecs_keep_size_rate_aspect_and_audio(tmp_path, codec, suffix):
 def test_ffv1_needs_matroska(tmp_path):
     with pytest.raises(media.MediaError, match="mkv"):
         media.OutputSpec(tmp_path / "x.mp4", "ffv1").check()
+
+
+@pytest.mark.parametrize("variable", [False, True])
+def test_frames_at_gives_the_decoded_frames_by_seeking(tmp_path, variable):
+    """The analysis reads only its few reference frames whole: each must be the frame the
+    job's own decode gives at that index, whether reached by seeking (keyframes every 12
+    frames, positions more than SEEK_GAP_S apart) or by decoding on."""
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 255, (32, 48, 3), dtype=np.uint8) for _ in range(160)]
+    options = {"crf": "10", "g": "12"}
+    path = write_video(tmp_path / "clip.mp4", frames, fps=Fraction(24), options=options)
+    if variable:   # every third frame dropped: decode repeats the one before
+        path = tmp_path / "vfr.mkv"
+        subprocess.run([ffmpeg(), "-v", "error", "-i", str(tmp_path / "clip.mp4"), "-vf",
+                        "select='not(eq(mod(n\\,3)\\,2))'", "-fps_mode", "vfr", "-c:v",
+                        "libx264", "-crf", "10", "-g", "12", str(path)], check=True)
+    info = media.probe(path)
+    decoded = list(media.decode(info))
+    wanted = [0, 5, 6, 70, 71, 150, len(decoded) - 1, len(decoded) + 5]
+    found = media.frames_at(info, wanted)
+    assert sorted(found) == sorted(i for i in wanted if i < len(decoded))
+    for index, frame in found.items():
+        assert np.array_equal(frame, decoded[index]), index

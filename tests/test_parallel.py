@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import time
 
-from services.stagekit.parallel import PerThread, ordered_map
+from services.stagekit.parallel import PerThread, ordered_map, thread_cpu
 
 
 def test_results_keep_the_items_order_whatever_finishes_first():
@@ -75,3 +75,21 @@ def test_per_thread_gives_each_thread_its_own_object():
     list(ordered_map(work, range(8), workers=2))
     assert all(len(ids) == 1 for ids in seen.values())
     assert len({next(iter(ids)) for ids in seen.values()}) == len(seen)
+
+
+def test_workers_cpu_is_charged_to_the_calling_thread():
+    """A stage's CPU (bench-pipeline's breakdown) is its thread's and its frame workers':
+    work done on the pool counts for the thread that mapped it, and not for another."""
+    def burn(_):
+        end = time.thread_time() + 0.1
+        while time.thread_time() < end:
+            pass
+
+    before = thread_cpu()
+    other = []
+    watcher = threading.Thread(target=lambda: other.append(thread_cpu()))
+    list(ordered_map(burn, range(4), workers=2))
+    watcher.start()
+    watcher.join()
+    assert thread_cpu() - before >= 0.35
+    assert other[0] < 0.1

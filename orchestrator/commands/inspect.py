@@ -8,6 +8,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import cv2
+
 from .. import media
 from ..media.references import Scan
 from ..pipeline import memory
@@ -20,7 +22,9 @@ BAND_SAMPLE = 16  # frames the border detector looks at, as the outpaint stage d
 
 
 def inspect(path: Path, specs: list[StageSpec], native: str = "auto", scale: str = "auto",
-            max_height: int = MAX_HEIGHT) -> dict:
+            max_height: int = MAX_HEIGHT, crops: Path | None = None) -> dict:
+    """What the tool finds in ``path`` and would do; ``crops``: a folder to write a PNG
+    crop of each overlay into (the report lists its path)."""
     source = media.probe(path)
     plan = make_plan(source, specs, native, scale, max_height, refuse=False)
     found = analyse(plan)   # the same pass a job makes: its shots are the job's clips
@@ -41,6 +45,7 @@ def inspect(path: Path, specs: list[StageSpec], native: str = "auto", scale: str
         "black_and_white": [{"from_s": round(a, 3), "to_s": round(b, 3)} for a, b in grey],
         "grey_scenes": _grey_scenes(found, plan),
         "damaged_bands": _bands(source),
+        "overlays": _overlays(found, source, crops),
         "vhs": _vhs(source),
         "audio": _audio(path),
         "pipeline": {
@@ -69,6 +74,25 @@ def _grey_scenes(found: Scan, plan) -> list[dict]:
              "references": [{"at_s": round(r.time_s, 3), "side": r.side, "match": r.score}
                             for r in scene.references],
              "colour": colour_source(scene, colorize)} for scene in found.scenes]
+
+
+def _overlays(found: Scan, source: media.SourceInfo, crops: Path | None) -> list[dict]:
+    """Each burned-in overlay: its box in the source's pixels, its frames and times, and
+    the path of its crop when asked for."""
+    overlays = found.overlays
+    listed = []
+    for number, overlay in enumerate(overlays.items if overlays else []):
+        item = {"box": overlays.box_at(overlay, (source.width, source.height)),
+                "frames": [overlay.first, overlay.last],
+                "from_s": round(overlay.first / found.fps, 3),
+                "to_s": round((overlay.last + 1) / found.fps, 3)}
+        if crops is not None:
+            crops.mkdir(parents=True, exist_ok=True)
+            where = crops / f"overlay{number:02d}.png"
+            cv2.imwrite(str(where), cv2.cvtColor(overlay.crop(), cv2.COLOR_RGB2BGR))
+            item["crop"] = str(where)
+        listed.append(item)
+    return listed
 
 
 def _merge(spans: list) -> list:
@@ -152,6 +176,10 @@ def render(report: dict, as_json: bool = False) -> str:
         + ", ".join(f"{s:.2f}s" for s in report["shots"]["starts_s"]) + ")",
         "  black-and-white: " + (", ".join(f"{g['from_s']:.2f}s-{g['to_s']:.2f}s" for g in grey) or "none"),
         *(f"    {g['from_s']:.2f}s-{g['to_s']:.2f}s: {g['colour']}" for g in report["grey_scenes"]),
+        "  overlays: " + (", ".join(
+            f"{o['from_s']:.2f}s-{o['to_s']:.2f}s at x={o['box'][0]} y={o['box'][1]} "
+            f"{o['box'][2]}x{o['box'][3]}" + (f" ({o['crop']})" if "crop" in o else "")
+            for o in report.get("overlays", [])) or "none"),
         "  damaged bands: " + (", ".join(f"{k} {n} px" for k, n in bands.items())
                                + f" (of the {v['width']}x{v['height']} frame)" if bands else "none"),
         "  VHS: " + _vhs_words(report.get("vhs", {})),

@@ -22,6 +22,7 @@ import numpy as np
 
 from services.stagekit.monochrome import thumbnail
 
+from .overlays import Overlays
 from .shots import Shot, ShotDetector
 
 REFERENCE_WIDTH = 480     # references are kept at most this wide (colour has little detail)
@@ -35,11 +36,13 @@ GREY_SHARE = 0.9          # a clip is a grey scene when this share of its frames
 
 @dataclass
 class Frame:
-    """A sampled frame: where it is, the reduced colour image, and its luma thumbnail."""
+    """A sampled frame: where it is, the reduced colour image, and its luma thumbnail;
+    ``colour`` when it may be a reference (its image then kept, or read later)."""
 
     index: int
     image: np.ndarray | None
     luma: np.ndarray
+    colour: bool = False
 
 
 @dataclass
@@ -48,7 +51,7 @@ class Reference:
     time_s: float
     side: str             # 'before' or 'after' the grey scene
     score: float          # content match with the grey scene, -1..1
-    image: np.ndarray     # RGB uint8
+    image: np.ndarray | None   # RGB uint8 (None until read, for a scan of proxy frames)
 
     def encoded(self) -> bytes:
         ok, data = cv2.imencode(".jpg", cv2.cvtColor(self.image, cv2.COLOR_RGB2BGR),
@@ -111,6 +114,7 @@ class _Pending:
     before: list[Frame]
     after: list[Frame] = field(default_factory=list)
     shots_after: int = 0
+    later: bool = False                      # images are read once the references are chosen
 
 
 @dataclass
@@ -122,6 +126,7 @@ class Scan:
     shots: list[tuple[int, int]]
     grey: list[bool]
     scenes: list[GreyScene]
+    overlays: Overlays | None = None   # burned-in overlays, when looked for (overlays.py)
 
     def references(self) -> dict[str, tuple[bytes, ...]]:
         return {s.clip_id: tuple(r.encoded() for r in s.references) for s in self.scenes}
@@ -144,10 +149,12 @@ def borrowed(stretch: Scan, whole: Scan, offset_s: float) -> Scan:
 
 
 def scan(frames: Iterable[np.ndarray], fps: float, size: tuple[int, int] | None = None,
-         interlaced: bool = False, keep_images: bool = True) -> Scan:
+         interlaced: bool = False, keep_images: bool = True, later: bool = False) -> Scan:
     """Shots, grey scenes and their references. ``size`` (W, H) is the size references
     are reduced towards (the working size); an interlaced source gives one field of each
-    reference, so no combing is taken for colour."""
+    reference, so no combing is taken for colour. With ``later``, ``frames`` may be small
+    proxies: the references are chosen without their images, which ``read_references``
+    then reads from the input at full size."""
     detector = ShotDetector(fps)
     every = max(1, int(round(SAMPLE_EVERY_S * fps)))
     shots: list[tuple[int, int]] = []
@@ -164,7 +171,7 @@ def scan(frames: Iterable[np.ndarray], fps: float, size: tuple[int, int] | None 
         if current.grey:
             scene = GreyScene(len(shots) - 1, current.start, current.stop, fps)
             scenes.append(scene)
-            pending.append(_Pending(scene, samples, [f for s in recent for f in s]))
+            pending.append(_Pending(scene, samples, [f for s in recent for f in s], later=later))
             return
         for waiting in pending:
             waiting.after += samples
@@ -185,8 +192,9 @@ def scan(frames: Iterable[np.ndarray], fps: float, size: tuple[int, int] | None 
         shot.stop = count = index + 1
         offset = index - shot.start
         sampled = offset % every == 0
-        if sampled or keep_images:
-            sample = _sample(frame, index, size, interlaced, keep_images and not detector.grey)
+        if sampled or keep_images or later:
+            sample = _sample(frame, index, size, interlaced, keep_images and not later,
+                             not detector.grey)
             shot.last = sample
             if sampled:
                 (shot.head if len(shot.head) < SAMPLES else shot.tail).append(sample)
@@ -197,15 +205,30 @@ def scan(frames: Iterable[np.ndarray], fps: float, size: tuple[int, int] | None 
     return Scan(fps, shots, grey, scenes)
 
 
-def _sample(frame: np.ndarray, index: int, size, interlaced: bool, keep: bool) -> Frame:
-    image = None
-    if keep:
-        source = frame[::2] if interlaced else frame
-        width, height = size or (frame.shape[1], frame.shape[0])
-        if width > REFERENCE_WIDTH:
-            width, height = REFERENCE_WIDTH, max(2, round(height * REFERENCE_WIDTH / width))
-        image = cv2.resize(source, (width, height), interpolation=cv2.INTER_AREA)
-    return Frame(index, image, cv2.cvtColor(thumbnail(frame), cv2.COLOR_RGB2GRAY))
+def _sample(frame: np.ndarray, index: int, size, interlaced: bool, keep: bool,
+            colour: bool) -> Frame:
+    image = reduced(frame, size, interlaced) if keep and colour else None
+    return Frame(index, image, cv2.cvtColor(thumbnail(frame), cv2.COLOR_RGB2GRAY), colour)
+
+
+def reduced(frame: np.ndarray, size, interlaced: bool) -> np.ndarray:
+    """A reference's image: towards ``size`` (at most REFERENCE_WIDTH wide), one field of
+    an interlaced frame."""
+    source = frame[::2] if interlaced else frame
+    width, height = size or (frame.shape[1], frame.shape[0])
+    if width > REFERENCE_WIDTH:
+        width, height = REFERENCE_WIDTH, max(2, round(height * REFERENCE_WIDTH / width))
+    return cv2.resize(source, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def read_references(found: Scan, read, size, interlaced: bool) -> Scan:
+    """``found`` (a scan with ``later``) with its references' images, from the full
+    frames ``read(indices)`` gives (a dict by frame index)."""
+    references = [r for scene in found.scenes for r in scene.references]
+    frames = read(sorted({r.index for r in references}))
+    for reference in references:
+        reference.image = reduced(frames[reference.index], size, interlaced)
+    return found
 
 
 def _choose(waiting: _Pending) -> None:
@@ -215,7 +238,7 @@ def _choose(waiting: _Pending) -> None:
     scored = []
     for side, frames in (("before", waiting.before), ("after", waiting.after)):
         for frame in frames:
-            if frame.image is None:
+            if not frame.colour or (frame.image is None and not waiting.later):
                 continue
             score = max(similarity(frame.luma, look.luma) for look in waiting.looks)
             if score >= MIN_MATCH:

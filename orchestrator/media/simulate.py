@@ -150,7 +150,69 @@ class Degraded:
     truth: list[np.ndarray]
     fps_factor: int = 1             # truth frames per degraded frame
     scale: int = 1                  # truth size / degraded size
-    mask: np.ndarray | None = None  # the damaged border (uint8, 255 = damaged), if any
+    mask: np.ndarray | None = None  # damaged border or overlay (uint8, 255 = damaged), if any
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """A burned-in overlay as a camcorder draws it: its text, where (a corner or the
+    middle of the top or bottom edge), its colour, an outline (a dark rim round the
+    letters) or none, and the height of its letters as a share of the frame's."""
+
+    text: str = "JAN 15 1994"
+    position: str = "bottom-right"
+    colour: tuple[int, int, int] = (255, 220, 40)
+    outline: bool = False
+    height: float = 0.05
+
+
+STAMP_POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "bottom", "top")
+STAMP_TEXTS = ("JAN 15 1994", "12:41:07", "PLAY", "DEC 24 1989  8:15PM", "REC 0:03:21")
+STAMP_COLOURS = ((255, 220, 40), (255, 255, 255), (250, 120, 40), (120, 255, 120))
+
+
+def draw_stamp(frames: list[np.ndarray], stamp: Stamp = Stamp(),
+               span: tuple[int, int] | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+    """``frames`` with ``stamp`` burned into frames ``span`` (first, stop; all by default),
+    and its text-shaped mask (uint8, 255 where a letter or its outline covers at least
+    half a pixel)."""
+    height, width = frames[0].shape[:2]
+    scale = stamp.height * height / 22.0    # FONT_HERSHEY_SIMPLEX capitals are 22 px at 1
+    thick = max(1, round(scale * 1.6))
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    (w, h), _ = cv2.getTextSize(stamp.text, font, scale, thick)
+    margin_x, margin_y = round(0.06 * width), round(0.06 * height)
+    x = {"left": margin_x, "right": width - margin_x - w}.get(
+        stamp.position.split("-")[-1], (width - w) // 2)
+    y = margin_y + h if stamp.position.startswith("top") else height - margin_y
+    cover = np.zeros((height, width), np.uint8)
+    cv2.putText(cover, stamp.text, (x, y), font, scale, 255, thick, cv2.LINE_AA)
+    rim = (cv2.dilate(cover, np.ones((3, 3), np.uint8))
+           if stamp.outline else np.zeros_like(cover))
+    alpha = (cover.astype(np.float32) / 255.0)[..., None]
+    dark = (rim.astype(np.float32) / 255.0)[..., None] * (1.0 - alpha)
+    colour = np.float32(stamp.colour)
+    first, stop = span or (0, len(frames))
+    out = []
+    for index, frame in enumerate(frames):
+        if first <= index < stop:
+            picture = frame.astype(np.float32) * (1.0 - dark - alpha) + alpha * colour
+            frame = _eight(picture)
+        out.append(frame)
+    mask = np.where(np.maximum(cover, rim) >= 128, 255, 0).astype(np.uint8)
+    return out, mask
+
+
+def overlay(frames, rng) -> Degraded:
+    """A burned-in stamp (date, time, a recorder's word), drawn on every frame: its text,
+    corner, colour and outline drawn from the generator. The truth is the clip without
+    it; the mask is the stamp's letters."""
+    stamp = Stamp(text=STAMP_TEXTS[int(rng.integers(len(STAMP_TEXTS)))],
+                  position=STAMP_POSITIONS[int(rng.integers(len(STAMP_POSITIONS)))],
+                  colour=STAMP_COLOURS[int(rng.integers(len(STAMP_COLOURS)))],
+                  outline=bool(rng.integers(2)), height=float(rng.uniform(0.04, 0.07)))
+    stamped, mask = draw_stamp(frames, stamp)
+    return Degraded(stamped, list(frames), mask=mask)
 
 
 def grain(frames, rng) -> list[np.ndarray]:
@@ -386,7 +448,7 @@ def _grey(frame: np.ndarray) -> np.ndarray:
 # In the order they are applied: damage to the picture first, then what the capture
 # does to the geometry and the timing.
 KINDS = {
-    "grain": grain, "defocus": defocus, "motion_blur": motion_blur,
+    "overlay": overlay, "grain": grain, "defocus": defocus, "motion_blur": motion_blur,
     "black_and_white": black_and_white, "flicker": flicker, "chroma_bleed": chroma_bleed,
     "chroma_delay": chroma_delay, "scratches": scratches, "dirt": dirt,
     "dropouts": dropouts, "tape_dropouts": tape_dropouts, "line_tears": line_tears,
@@ -428,6 +490,8 @@ def _compose(before: Degraded, step) -> Degraded:
     if step.fps_factor > 1 and before.fps_factor > 1:
         raise ValueError("drop_frames and interlace each halve the frame rate: pick one")
     mask = step.mask if step.mask is not None else before.mask
+    if step.mask is not None and before.mask is not None and step.mask.shape == before.mask.shape:
+        mask = step.mask | before.mask
     if step.scale > 1 and mask is not None:
         mask = cv2.resize(mask, (step.frames[0].shape[1], step.frames[0].shape[0]),
                           interpolation=cv2.INTER_NEAREST)

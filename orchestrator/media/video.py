@@ -152,6 +152,63 @@ def decode(info: SourceInfo, size: tuple[int, int] | None = None) -> Iterator[np
                          "frames could be decoded")
 
 
+SEEK_GAP_S = 2.0   # frames_at seeks to a frame further ahead than this; nearer, it decodes on
+
+
+def frames_at(info: SourceInfo, indices) -> dict[int, np.ndarray]:
+    """The frames ``decode(info)`` yields at ``indices``, as RGB24, without decoding the
+    input whole: each is reached by seeking to the keyframe before it (or decoding on,
+    when it is near), and only the frames asked for are converted. For the analysis,
+    which needs full frames at a few positions only (colour references)."""
+    wanted = sorted(set(indices))
+    found: dict[int, np.ndarray] = {}
+    if not wanted:
+        return found
+    with _open(info.path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        frames = container.decode(stream)
+        first = next(frames, None)
+        if first is None or first.time is None:   # no timestamps to seek by: read on
+            return _frames_counted(info, wanted)
+        start, fps = first.time, float(info.fps)
+        # decode() gives at each index the latest frame whose slot is not past it (the
+        # first of a slot; a gap repeats the one before): ``held`` is the latest decoded
+        # frame, ``before`` the one held before it.
+        held, slot, before = first, 0, None
+        for index in wanted:
+            if (index - slot) / fps > SEEK_GAP_S:
+                container.seek(int((start + index / fps) / stream.time_base), stream=stream)
+                frames = container.decode(stream)
+                held, slot, before = None, -1, None
+            while held is None or slot <= index:
+                frame = next(frames, None)
+                if frame is None:
+                    break
+                this = None if frame.time is None else round((frame.time - start) * fps)
+                if this is not None and (held is None or this > slot):
+                    before, held, slot = held, frame, this
+            if held is not None and slot > index:
+                found[index] = _rgb(before if before is not None else held, info)
+            elif held is not None and slot == index:   # the input's last frame
+                found[index] = _rgb(held, info)
+        return found
+
+
+def _frames_counted(info: SourceInfo, wanted: list[int]) -> dict[int, np.ndarray]:
+    found = {}
+    for index, frame in enumerate(decode(info)):
+        if index in wanted:
+            found[index] = frame
+        if index >= wanted[-1]:
+            break
+    return found
+
+
+def _rgb(frame, info: SourceInfo) -> np.ndarray:
+    return _upright(frame.to_ndarray(format="rgb24"), info.rotation)
+
+
 def _upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
     if rotation == 0:
         return rgb
@@ -294,7 +351,9 @@ class VideoWriter:
         _warn_if_aspect_lost(spec, sar)
 
     def write(self, rgb: np.ndarray) -> None:
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        # The frame wraps the array (no copy): the conversion to the encoder's pixel
+        # format reads it once, into a frame of its own.
+        frame = av.VideoFrame.from_numpy_buffer(np.ascontiguousarray(rgb), format="rgb24")
         frame = frame.reformat(format=self.stream.pix_fmt, dst_colorspace="ITU709")
         frame.pts = self.frames
         self.frames += 1

@@ -5,7 +5,8 @@
     plan.py          what a job will do, decided before any work (models, sizes, frame rate)
     sizing.py        the output size: the super-resolution factor within --max-height
     memory.py        the peak memory a plan needs, against what this machine has free
-    analysis.py      one pass before any work: the shots, grey scenes and their references
+    analysis.py      one pass before any work: the shots, grey scenes and their references,
+                     the overlays (and each clip's share of them for its header)
     endpoints.py     replicas of a remote stage, and a failed call in words
     stagerunners.py  how a step reaches its stage: in process, gRPC or Triton, with retries
                      and an outage window

@@ -1,10 +1,12 @@
 """What a job knows before any work, from one pass over the input: the shots (the clips it
-streams), which of them are grey, and the references each grey scene takes its colour from.
+streams), which of them are grey, the references each grey scene takes its colour from, and
+the burned-in overlays (date stamps) with the frames they are in.
 The job, `inspect` and `preview` all use it, so what they report is what the job does."""
 from __future__ import annotations
 
 from .. import media
-from ..media.references import GreyScene, Scan, scan
+from ..media.overlays import OverlayFinder, detect_size
+from ..media.references import GreyScene, Scan, read_references, scan
 from ..media.shots import SCAN_SIZE, Shot
 from .plan import Plan
 from .specs import StageSpec
@@ -17,14 +19,29 @@ def colorizes(plan: Plan) -> bool:
 def analyse(plan: Plan, on_frame=None) -> Scan:
     """What the job knows before any work, from one pass over the input: its shots (the
     clips it streams, so progress counts against a fixed total), which are grey, and, when a
-    colorize stage runs, each grey scene's references from the tape's colour shots (so the
-    pass then reads whole frames; otherwise small ones, which is cheaper)."""
+    colorize stage runs, each grey scene's references from the tape's colour shots. The
+    pass reads small frames (the decoder scales them, a fraction of the cost of whole
+    ones); the few references chosen are then read whole, each by a seek."""
     src = plan.source
     colour = colorizes(plan)
-    frames = media.decode(src) if colour else media.decode(src, SCAN_SIZE)
+    frames = media.decode(src, _small_size(plan))
     if on_frame is not None:
         frames = _counted(frames, on_frame)
-    return scan(frames, float(src.fps), plan.working_size, src.interlaced, keep_images=colour)
+    overlays = OverlayFinder(float(src.fps))
+    found = scan(overlays.watch(frames), float(src.fps), plan.working_size, src.interlaced,
+                 keep_images=False, later=colour)
+    found.overlays = overlays.finish()
+    if not colour:
+        return found
+    return read_references(found, lambda indices: media.frames_at(src, indices),
+                           plan.working_size, src.interlaced)
+
+
+def _small_size(plan: Plan) -> tuple[int, int]:
+    """The size the pass decodes at: the shot scan's, or the overlay detector's when that is
+    larger (text needs a few pixels per stroke)."""
+    overlay = detect_size(*plan.working_size)
+    return overlay if overlay[0] * overlay[1] > SCAN_SIZE[0] * SCAN_SIZE[1] else SCAN_SIZE
 
 
 def _counted(frames, on_frame):
@@ -33,11 +50,15 @@ def _counted(frames, on_frame):
         on_frame()
 
 
-def clip_analysis(plan: Plan, shot: Shot) -> dict[str, bytes]:
+def clip_analysis(found: Scan, shot: Shot, plan: Plan) -> dict[str, bytes]:
     """What the analysis found in one clip, as its header carries it to every stage
-    (``ClipInfo.analysis``; keys documented in stage.proto's ClipHeader)."""
-    return {"grey": b"1" if shot.grey else b"0",
-            "field_order": plan.source.field_order.encode()}
+    (``ClipInfo.analysis``; keys documented in stage.proto's ClipHeader): whether it is
+    grey, the source's field order, and its overlays at the working size."""
+    entries = {"grey": b"1" if shot.grey else b"0",
+               "field_order": plan.source.field_order.encode()}
+    if found.overlays:
+        entries.update(found.overlays.analysis(shot.start, shot.stop, plan.working_size))
+    return entries
 
 
 def colour_source(scene: GreyScene, colorize: StageSpec | None) -> str:

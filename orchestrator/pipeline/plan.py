@@ -147,5 +147,6 @@ def _working_size(source: media.SourceInfo, native: str, specs: list[StageSpec])
         return (w, h)
     if source.interlaced and not deinterlaced:
         return full  # resampling interlaced frames would mix the two fields
-    sample = list(itertools.islice(media.decode(source), 0, 240, 30))[:NATIVE_SAMPLE]
-    return native_size(sample, source.interlaced)
+    # Only the sampled frames are converted (and none decoded past the last of them).
+    found = media.frames_at(source, range(0, 30 * NATIVE_SAMPLE, 30))
+    return native_size([found[i] for i in sorted(found)], source.interlaced)

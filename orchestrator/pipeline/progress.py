@@ -25,6 +25,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 class StageCounter:
     frames: int = 0
     busy: float = 0.0          # seconds spent inside the stage
+    cpu: float = 0.0           # CPU seconds of the stage's thread and its frame workers
 
 
 @dataclass
@@ -44,6 +45,11 @@ class Progress:
     # and once the last frame is encoded: the span in which the pipeline streams.
     first_decoded: tuple[float, float] | None = None
     last_encoded: tuple[float, float] | None = None
+    # CPU seconds by phase ('analysis', ...) and, while streaming, by thread outside the
+    # stages ('decode', 'encode': the Python side; the encoder's and decoder's own threads
+    # are in what the streaming span's total leaves over).
+    phase_cpu: dict[str, float] = field(default_factory=dict)
+    thread_cpu: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         self.lock = threading.Lock()
@@ -74,8 +80,21 @@ class Progress:
         return {"frames_decoded": self.decoded, "frames_written": self.written,
                 "wall_s": time.monotonic() - self.started, "streaming_span": span,
                 "cpu_use": self.cpu_use(),
-                "stages": {name: {"frames": c.frames, "busy_s": c.busy}
-                           for name, c in self.stages.items()}}
+                "stages": {name: {"frames": c.frames, "busy_s": c.busy, "cpu_s": c.cpu}
+                           for name, c in self.stages.items()},
+                "cpu_phases_s": {**self.phase_cpu, **self.streaming_cpu()}}
+
+    def streaming_cpu(self) -> dict[str, float]:
+        """The streaming span's CPU seconds: in all, and in its decode, stages and encode."""
+        if self.first_decoded is None or self.last_encoded is None:
+            return {}
+        total = self.last_encoded[1] - self.first_decoded[1]
+        return {"streaming": total, "streaming: stages": sum(c.cpu for c in self.stages.values()),
+                **{f"streaming: {name}": cpu for name, cpu in self.thread_cpu.items()}}
+
+    def stage_cpu(self, name: str, cpu: float) -> None:
+        """The stage's CPU seconds so far (its thread's, with its frame workers')."""
+        self.stages[name].cpu = cpu
 
     def stage_frame(self, name: str, busy: float) -> None:
         with self.lock:

@@ -20,6 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from services.stagekit import ClipInfo, StageError
+from services.stagekit.parallel import thread_cpu
 
 from .. import media
 from ..errors import UserError
@@ -157,7 +158,9 @@ class Job:
                 shutil.rmtree(scratch, ignore_errors=True)
 
     def _run(self):
+        cpu = time.process_time()
         self._analyse()
+        self.progress.phase_cpu["analysis"] = time.process_time() - cpu
         channels = [Channel(self.cancel) for _ in range(len(self.steps) + 1)]
         threads = [threading.Thread(target=self._guard, args=(self._source, channels[0]),
                                     name="decode", daemon=True)]
@@ -204,6 +207,7 @@ class Job:
         src = self.plan.source
         starts = {shot.start: number for number, shot in enumerate(self.shots)}
         kept = None       # this clip is already done (or left out): no frames go on
+        cpu = thread_cpu()
         for index, frame in enumerate(media.decode(src)):
             if index in starts:
                 if index:
@@ -212,12 +216,13 @@ class Job:
                 info = ClipInfo(clip_id=f"clip{starts[index]:05d}", width=src.width,
                                 height=src.height, fps=src.fps, sar=src.sar,
                                 start_time=index / float(src.fps),
-                                analysis=clip_analysis(self.plan, shot))
+                                analysis=clip_analysis(self.scenes, shot, self.plan))
                 kept = self._kept(info.clip_id)
                 out.put((kept or "start", info))
             if not kept:
                 out.put(("frame", frame))
             self.progress.frame_decoded()
+            self.progress.thread_cpu["decode"] = thread_cpu() - cpu
         self._end_clip(out, kept)
         out.put(("stop", None))
 
@@ -251,7 +256,9 @@ class Job:
     def _stage(self, step: Step, inbox: Channel, outbox: Channel):
         """A clip that fails here travels on as a 'fail' marker behind the clips finished
         before it, so those still reach their checkpoints before the job stops."""
+        cpu = thread_cpu()
         while True:
+            self.progress.stage_cpu(step.name, thread_cpu() - cpu)
             kind, info = inbox.get()
             if kind == "stop":
                 outbox.put(("stop", None))
@@ -299,8 +306,10 @@ class Job:
 
     def _sink(self, inbox: Channel) -> None:
         keeper = None
+        cpu = thread_cpu()
         try:
             while True:
+                self.progress.thread_cpu["encode"] = thread_cpu() - cpu
                 kind, value = inbox.get()
                 if kind == "stop":
                     break

@@ -57,7 +57,8 @@ PRESETS = {
 DEFAULT_PRESET = next(iter(PRESETS))
 TASK_LABELS = {
     "deinterlace": "Deinterlace (interlaced tapes only)",
-    "analog": "Remove tape artefacts", "outpaint": "Rebuild damaged borders",
+    "analog": "Remove tape artefacts",
+    "outpaint": "Rebuild damaged borders (and remove date stamps)",
     "colorize": "Colour black-and-white scenes", "deblur": "Sharpen blur",
     "denoise": "Reduce noise", "superres": "Enlarge 4x", "interpolate": "Smoother motion (2x frames)",
 }
@@ -150,7 +151,7 @@ class WebApp:
         video, still = folder / "compare.mp4", folder / "compare.png"
         try:
             with self._heavy_turn(), _named_as(upload):
-                preview(upload.path, video, at, seconds, _specs(_tasks(body)), "auto",
+                preview(upload.path, video, at, seconds, _specs(_tasks(body), body), "auto",
                         self.device, "side", still, show_progress=False)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
@@ -189,7 +190,7 @@ class WebApp:
         upload = self.checked(str(body.get("upload", "")))
         output_name = f"{Path(upload.name).stem or 'video'}.restored.mp4"
         tasks = _tasks(body)
-        params = {}
+        params = _overlay_params(body, tasks)
         references = self._reference_paths(body, tasks)
         if references:
             params["colorize"] = {"reference": ",".join(map(str, references))}
@@ -319,8 +320,19 @@ def _named_as(upload):
         raise UserError(message) from None
 
 
-def _specs(tasks: list[str]) -> list:
-    return pipeline_specs.build(stages=",".join(tasks))
+def _specs(tasks: list[str], body: dict | None = None) -> list:
+    sets = [f"{task}.{key}={value}" for task, given in _overlay_params(body or {}, tasks).items()
+            for key, value in given.items()]
+    return pipeline_specs.build(stages=",".join(tasks), sets=sets or None)
+
+
+def _overlay_params(body: dict, tasks: list[str]) -> dict:
+    """The page's choice for burned-in overlays (date stamps): removed by the outpaint
+    stage (the default) or kept, as outpaint.overlays."""
+    choice = body.get("overlays", "remove")
+    if choice not in ("remove", "keep"):
+        raise HttpError(400, "overlays: 'remove' or 'keep'")
+    return {"outpaint": {"overlays": choice}} if "outpaint" in tasks else {}
 
 
 def _number(body: dict, key: str, default: float) -> float:

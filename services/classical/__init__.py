@@ -8,7 +8,8 @@ so each is a real algorithm rather than a placeholder:
 - analog: a motion-aware temporal impulse filter for dropouts, scratches and dirt, VHS
   repairs (line jitter, chroma delay and bleed), and luminance flicker reduction;
 - outpaint: detection of damaged border bands, rebuilt from neighbouring frames by optical
-  flow, then spatially;
+  flow, then spatially; burned-in overlays (date stamps, found by the orchestrator's
+  analysis) removed the same way (``overlays=remove``, the default, or ``keep``);
 - colorize: finds black-and-white frames; colours them from reference images by
   luminance-and-texture matched transfer, or leaves them grey and says so;
 - deblur: noise-regularised Wiener deconvolution with an estimated Gaussian PSF;

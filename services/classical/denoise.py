@@ -25,7 +25,8 @@ from services.stagekit.stage import ClipInfo
 from services.stagekit.parallel import PerThread, frame_workers, ordered_map
 from services.stagekit.windowing import neighbourhoods
 
-from .common import ClassicalStage, from_work, grey8, log, luma, noise_sigma, worked
+from .common import (ClassicalStage, from_work, grey8, log, luma, noise_sigma, to_eight,
+                     worked)
 from .flow import FlowEstimator, warp
 
 RADIUS = 2
@@ -70,9 +71,16 @@ class DenoiseStage(ClassicalStage):
             log.info("%s clip %s: noise sigma %.2f (estimated)", self.name, info.clip_id, sigma)
         # Each frame is denoised from its own window alone: frames run side by side.
         flows = PerThread(make_flow)
-        one = lambda window: from_work(denoise(window, flows.get(), sigma), info.pixel_format)
+        one = lambda window: delivered_one(denoise(window, flows.get(), sigma), info.pixel_format)
         yield from ordered_map(one, itertools.chain([first], windows),
                                frame_workers(info.width * info.height))
+
+
+def delivered_one(image: np.ndarray, pixel_format: str) -> np.ndarray:
+    """The denoised frame in the clip's format: the spatial pass's uint8 as it is."""
+    if image.dtype == np.uint8:
+        return image if pixel_format == "rgb24" else from_work(image.astype(np.float32), pixel_format)
+    return from_work(image, pixel_format)
 
 
 def clip_sigma(window: list[Item], flow: FlowEstimator) -> float:
@@ -137,6 +145,6 @@ def spatial(image: np.ndarray, residual: np.ndarray) -> np.ndarray:
     level = float(np.mean(residual))
     if level < 0.75:
         return image
-    eight = np.clip(np.rint(image), 0, 255).astype(np.uint8)
     h = SPATIAL * level
-    return cv2.fastNlMeansDenoisingColored(eight, None, h, h, 5, SEARCH).astype(np.float32)
+    # uint8 out, as it comes: converting it to float32 and back would change nothing.
+    return cv2.fastNlMeansDenoisingColored(to_eight(image), None, h, h, 5, SEARCH)

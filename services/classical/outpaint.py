@@ -12,6 +12,9 @@ undamaged area and the neighbour, so moved, matches the frame next to the band, 
 taken (the nearest frames weigh most). Content entering or leaving the picture through a
 band is thus recovered; what no frame saw is filled from the picture beside the band.
 
+Burned-in overlays the orchestrator's analysis found (a date stamp) are then removed the
+same way, from the frames around (overlays.py); ``overlays=keep`` leaves them in place.
+
 Besides a shrunken grey copy for the flow, only the bands and a few lines beside them are
 read or written: the rest of a frame passes through untouched, in its own pixel format.
 """
@@ -25,10 +28,13 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
+from services.stagekit.overlays import removes_overlays, without_overlays
 from services.stagekit.stage import ClipInfo
 from services.stagekit.windowing import neighbourhoods
 
 from .common import ClassicalStage, from_work, grey8, log, luma, noise_sigma, to_work
+from .overlays import RADIUS as OVERLAY_RADIUS
+from .overlays import OverlayRemover
 
 EDGES = ("left", "right", "top", "bottom")
 LOOKAHEAD = 16      # frames read before the first output, to find the bands
@@ -58,13 +64,27 @@ class Bands:
 
 class OutpaintStage(ClassicalStage):
     task = "outpaint"
-    window = (RADIUS, max(RADIUS, LOOKAHEAD))
+    window = (max(RADIUS, OVERLAY_RADIUS), max(RADIUS, LOOKAHEAD, OVERLAY_RADIUS))
     max_batch = 8
-    params = ("bands",)
+    params = ("bands", "overlays")
+
+    def removes_overlays(self, info: ClipInfo) -> bool:
+        """overlays=remove (the default): the clip's burned-in overlays are taken out;
+        keep: left in place (and protected from the band rebuilding like any temporal
+        work)."""
+        return removes_overlays(info, self.name)
+
+    def protects_overlays(self, info: ClipInfo) -> bool:
+        return not self.removes_overlays(info)
+
+    def output_info(self, info: ClipInfo) -> ClipInfo:
+        out = super().output_info(info)
+        return without_overlays(out) if self.removes_overlays(info) else out
 
     def settings(self, info: ClipInfo) -> Bands | None:
         """The bands the user gave, Bands() for none, None for automatic detection."""
         self.check_known(info)
+        self.removes_overlays(info)
         value = info.params.get("bands", "").strip().lower()
         if value in ("", "auto"):
             return None
@@ -97,6 +117,8 @@ class OutpaintStage(ClassicalStage):
             log.info("%s clip %s: bands given: %s", self.name, info.clip_id, bands.describe())
         if bands.any():
             frames = Rebuilder(bands, info.pixel_format).run(frames)
+        if self.removes_overlays(info):
+            frames = OverlayRemover(info).run(frames)
         yield from frames
 
 

@@ -9,6 +9,8 @@ Parameters (clip header ``params``, all optional):
   first frames (dead black edges, a torn head-switching band at the bottom).
 * ``holes``: JSON list of extra hole boxes ``[x, y, w, h]`` (every frame) or
   ``[x, y, w, h, first, last]`` (frames first..last of the clip), e.g. a burned-in date.
+* ``overlays``: ``remove`` (default) takes the overlays the orchestrator's analysis found
+  (ClipInfo.analysis, text-shaped masks) as holes too; ``keep`` leaves them in place.
 * the authors' options: ``neighbor_length``, ``ref_stride``, ``subvideo_length``,
   ``raft_iter``, ``mask_dilation`` (their defaults 10, 10, 80, 20, 4).
 """
@@ -25,6 +27,7 @@ import torch
 
 from services.stagekit.device import pick_device, pick_dtype
 from services.stagekit.neural import NeuralStage, config_missing_ok, load_into, read_config
+from services.stagekit.overlays import overlay_mask, presence, removes_overlays, without_overlays
 from services.stagekit.stage import ClipInfo, StageError
 from services.stagekit.weights import sha256_file, unwrap, weights_path
 
@@ -123,9 +126,14 @@ class ProPainterStage(NeuralStage):
 
     def output_info(self, info: ClipInfo) -> ClipInfo:
         request = parse_request(info.params, self.options)
+        if removes_overlays(info, f"{TASK}/{MODEL}"):
+            info = without_overlays(info)
         if request.mode == "outpaint" and request.target is not None:
             return info.replace(height=request.target[0], width=request.target[1])
         return info
+
+    def protects_overlays(self, info: ClipInfo) -> bool:
+        return not removes_overlays(info, f"{TASK}/{MODEL}")
 
     def _plan(self, info: ClipInfo, request: Request, band: Band):
         if request.mode == "band":
@@ -145,20 +153,27 @@ class ProPainterStage(NeuralStage):
         plan = self._plan(info, request, band)
         frames = chain(head, frames)
         del head
-        if not band and not request.holes and plan.output_size == (info.height, info.width):
+        overlay = overlay_mask(info) if removes_overlays(info, f"{TASK}/{MODEL}") else None
+        overlay = overlay > 0 if overlay is not None and overlay.any() else None
+        if not band and not request.holes and overlay is None \
+                and plan.output_size == (info.height, info.width):
             yield from frames     # nothing damaged, nothing to grow: the input is the answer
             return
         engine = Completion(self.network, request.options, self.device, self.dtype)
-        for composited in engine.run(self._clip_frames(info, request, band, plan, frames)):
+        for composited in engine.run(self._clip_frames(info, request, band, plan, frames,
+                                                       overlay)):
             yield np.ascontiguousarray(plan.crop(composited))
 
     @staticmethod
-    def _clip_frames(info, request, band, plan, frames):
+    def _clip_frames(info, request, band, plan, frames, overlay=None):
         band_hole = band.mask(info.height, info.width) if request.mode == "band" else None
+        shown = presence(info)
         for index, frame in enumerate(frames):
             hole = holes_mask(request.holes, index, info.height, info.width)
             if band_hole is not None:
                 hole |= band_hole
+            if overlay is not None and shown(index / float(info.fps)):
+                hole |= overlay
             yield plan.clip_frame(frame, hole)
 
 

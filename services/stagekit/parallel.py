@@ -8,8 +8,10 @@ work, so the threads really run side by side.
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Generic, Iterable, Iterator, TypeVar
@@ -38,15 +40,37 @@ def ordered_map(function: Callable[[T], R], items: Iterable[T], workers: int,
     ahead = workers if ahead is None else ahead
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="frames")
     pending: deque = deque()
+    charge = functools.partial(_charged, function, threading.get_ident())
     try:
         for item in items:
-            pending.append(pool.submit(function, item))
+            pending.append(pool.submit(charge, item))
             if len(pending) > ahead:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+_CHARGED: dict[int, float] = {}   # CPU seconds pool threads spent for each calling thread
+_CHARGE_LOCK = threading.Lock()
+
+
+def _charged(function: Callable[[T], R], owner: int, item: T) -> R:
+    start = time.thread_time()
+    try:
+        return function(item)
+    finally:
+        spent = time.thread_time() - start
+        with _CHARGE_LOCK:
+            _CHARGED[owner] = _CHARGED.get(owner, 0.0) + spent
+
+
+def thread_cpu() -> float:
+    """CPU seconds of the calling thread, with what ``ordered_map``'s workers spent on
+    its behalf: a stage's whole CPU cost when called on the stage's thread."""
+    with _CHARGE_LOCK:
+        return time.thread_time() + _CHARGED.get(threading.get_ident(), 0.0)
 
 
 class PerThread(Generic[T]):

@@ -15,13 +15,10 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
+from .errors import StageError
+from .overlays import guarded
+
 PIXEL_FORMATS = {"rgb24": np.uint8, "rgbf16": np.float16}
-
-
-class StageError(ValueError):
-    """The request cannot be processed as given (bad size, format or parameter).
-
-    Served stages answer it with INVALID_ARGUMENT; the message is shown to the user."""
 
 
 @dataclass(frozen=True)
@@ -105,12 +102,20 @@ class Stage(abc.ABC):
             "max_batch": self.max_batch,
         }
 
+    def protects_overlays(self, info: ClipInfo) -> bool:
+        """Whether the clip's burned-in overlays are kept out of this stage's work (pasted
+        back from its input, see overlays.py): for stages that mix frames along motion."""
+        return self.window != (0, 0) or self.fps_factor != 1
+
     def run(self, info: ClipInfo, frames) -> tuple[ClipInfo, Iterator[np.ndarray]]:
         """Validate, then stream: the one entry point callers use (in-process or served)."""
         self.validate(info)
         # References are for this stage alone: the clip travels on without them.
         out_info = self.output_info(info).replace(references=())
-        return out_info, self.process(info, _checked(info, frames))
+        frames = _checked(info, frames)
+        if self.protects_overlays(info):
+            return out_info, guarded(info, out_info, frames, lambda f: self.process(info, f))
+        return out_info, self.process(info, frames)
 
 
 def _checked(info: ClipInfo, frames) -> Iterator[np.ndarray]:

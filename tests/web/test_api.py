@@ -179,3 +179,16 @@ def test_uploaded_reference_images_colour_the_grey_scene(stack, tape, tmp_path):
     middle = frames[int(len(frames) * 0.48)]
     cr = cv2.cvtColor(middle, cv2.COLOR_RGB2YCrCb)[..., 1].astype(float) - 128
     assert cr.mean() > 4.0, cr.mean()
+
+
+def test_the_page_chooses_whether_date_stamps_are_removed_or_kept(stack, tape):
+    """The page's choice reaches the outpaint stage as outpaint.overlays; anything else
+    than remove or keep is refused before a job starts."""
+    from orchestrator.web.server import _specs
+    video = sent(stack, tape.name, tape.read_bytes())
+    status, reply = stack.request("POST", "/api/jobs", {"upload": video, "tasks": ["outpaint"],
+                                                        "overlays": "erase"})
+    assert status == 400 and "overlays" in reply["error"]
+    kept = {s.task: s.params for s in _specs(["analog", "outpaint"], {"overlays": "keep"})}
+    assert kept["outpaint"] == {"overlays": "keep"}
+    assert {s.task: s.params for s in _specs(["outpaint"])}["outpaint"] == {"overlays": "remove"}

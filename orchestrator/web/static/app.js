@@ -126,6 +126,7 @@ function showFindings(report) {
   items.push(`${report.shots.count} shot${report.shots.count === 1 ? "" : "s"}`);
   for (const span of report.black_and_white) items.push(`Black and white from ${span.from_s.toFixed(1)} s to ${span.to_s.toFixed(1)} s`);
   for (const scene of report.grey_scenes || []) items.push(`Colour for ${scene.from_s.toFixed(1)}–${scene.to_s.toFixed(1)} s: ${scene.colour}`);
+  for (const o of report.overlays || []) items.push(`Burned-in text (a date stamp?) from ${o.from_s.toFixed(1)} s to ${o.to_s.toFixed(1)} s at ${o.box[0]},${o.box[1]} (${o.box[2]}×${o.box[3]})`);
   const bands = Object.entries(report.damaged_bands || {}).filter(([, px]) => px > 0);
   if (bands.length) items.push(`Damaged edges: ${bands.map(([side, px]) => `${side} ${px} px`).join(", ")} (of the ${v.width}×${v.height} frame)`);
   items.push(report.audio.length ? `${report.audio.length} sound track${report.audio.length > 1 ? "s" : ""} (kept as they are)` : "No sound");
@@ -167,6 +168,11 @@ function markCustom() {
 
 function sameTasks(a, b) { return a.length === b.length && a.every((t) => b.includes(t)); }
 
+// Burned-in overlays (date stamps): removed by the outpaint stage, or kept.
+function overlayChoice() {
+  return document.querySelector("input[name=overlays]:checked")?.value || "remove";
+}
+
 function readTasks() {
   state.tasks = [...document.querySelectorAll("input[name=task]:checked")].map((box) => box.value);
 }
@@ -180,7 +186,7 @@ async function runPreview(event) {
   button.disabled = true;
   $("preview-status").textContent = "Restoring the preview… this can take a minute.";
   try {
-    const body = { at: Number($("preview-at").value), seconds: Number($("preview-seconds").value), tasks: state.tasks };
+    const body = { at: Number($("preview-at").value), seconds: Number($("preview-seconds").value), tasks: state.tasks, overlays: overlayChoice() };
     state.preview = await api("POST", `/api/uploads/${state.upload.id}/preview`, body);
     showPreview(state.preview);
     $("preview-status").textContent = `Preview of ${body.seconds} s from ${body.at} s: slide to compare.`;
@@ -215,7 +221,7 @@ async function startJob() {
   setStartable();
   try {
     const references = await uploadReferences();
-    const job = await api("POST", "/api/jobs", { upload: state.upload.id, tasks: state.tasks, references });
+    const job = await api("POST", "/api/jobs", { upload: state.upload.id, tasks: state.tasks, references, overlays: overlayChoice() });
     say("The job has started. You can close this page and come back: it keeps running.", true);
     follow(job.id);
   } catch (error) {

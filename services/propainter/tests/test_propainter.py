@@ -377,3 +377,33 @@ def test_half_precision_on_cuda_holds_against_fp32(tiny):
         outputs.append(np.stack(list(out)).astype(np.int32))
     diff = np.abs(outputs[0] - outputs[1])
     assert diff.mean() < 0.5 and np.percentile(diff, 99.9) <= 8
+
+
+def test_overlays_from_the_analysis_are_holes_unless_kept():
+    """The overlay mask the orchestrator's analysis sends becomes part of each frame's
+    hole (overlays=remove, the default) for the frames it is shown in; keep leaves it
+    out and the stage then protects it instead."""
+    import cv2
+    from services.stagekit.overlays import overlay_mask
+    mask = np.zeros((24, 32), np.uint8)
+    mask[16:20, 20:28] = 255
+    analysis = {"overlays": json.dumps([{"box": [20, 16, 8, 4], "frames": [2, 5],
+                                         "fps": 10}]).encode(),
+                "overlay_mask": cv2.imencode(".png", mask)[1].tobytes()}
+    info = ClipInfo("c", 32, 24, Fraction(10), analysis=analysis)
+    holes = []
+    plan = SimpleNamespace(clip_frame=lambda frame, hole: holes.append(hole.copy()))
+    request = SimpleNamespace(mode="band", holes=())
+    frames = [np.zeros((24, 32, 3), np.uint8)] * 8
+    list(ProPainterStage._clip_frames(info, request, Band(), plan, frames,
+                                      overlay_mask(info) > 0))
+    assert [bool(h[17, 22]) for h in holes] == [False, False, True, True, True, True, False, False]
+    assert not holes[3][5, 5]
+    stage = object.__new__(ProPainterStage)     # no networks needed for the parameters
+    stage.options = Options()
+    assert not stage.protects_overlays(info)
+    kept = info.replace(params={"overlays": "keep"})
+    assert stage.protects_overlays(kept)
+    assert "overlays" in stage.output_info(kept).analysis
+    with pytest.raises(StageError, match="remove or keep"):
+        stage.protects_overlays(info.replace(params={"overlays": "erase"}))
