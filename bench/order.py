@@ -3,7 +3,7 @@
 On simulated tapes with their clean truth, the whole pipeline runs embedded (as
 `submit --stages ORDER --native full --codec ffv1` runs it, each run its own process) in
 the default order and in candidate orders that keep the hard constraints (``orchestrator.pipeline.specs.ORDER_RULES``:
-analog first, since it deinterlaces and finds the real picture size). Per order the table
+deinterlace, then analog, first). Per order the table
 gives PSNR and SSIM against the truth (mean over the tapes), flicker (bench/quality.py's:
 how far the frame-to-frame change departs from the truth's), wall time of the streaming
 span, CPU seconds of the process tree in that span and its peak resident memory
@@ -71,7 +71,7 @@ DAMAGE = ("grain", "defocus", "black_and_white", "flicker", "scratches", "dirt",
 TRUTH_SIZE = (640, 480)
 SOURCES = ("cockatoo", "cockatoo-late", "bikes", "hopper")
 DEFAULT_SOURCES = ("cockatoo", "bikes", "hopper")
-SHORT = {"analog": "A", "outpaint": "O", "colorize": "C", "deblur": "B", "denoise": "N",
+SHORT = {"deinterlace": "D", "analog": "A", "outpaint": "O", "colorize": "C", "deblur": "B", "denoise": "N",
          "superres": "S", "interpolate": "I"}
 
 
@@ -301,7 +301,7 @@ def same(x: list[np.ndarray], y: list[np.ndarray]) -> bool:
 def chain(stages, info, frames, tape: Tape):
     """``frames`` through ``stages`` in process, with the pipeline's parameters."""
     for stage in stages:
-        params = {"analog": {"field_order": "progressive"}, "interpolate": {"factor": "2"},
+        params = {"deinterlace": {"field_order": "progressive"}, "interpolate": {"factor": "2"},
                   "colorize": {"reference": ",".join(map(str, tape.references))}}
         info, out = stage.run(info.replace(params=params.get(stage.task, {})), iter(frames))
         frames = list(out)

@@ -241,7 +241,7 @@ def tape_stage(case: Case) -> list[np.ndarray]:
         raise Skipped("the TAPE service's code (torch, open_clip) is not installed")
     stage = registry.create_local("analog", TAPE)
     height, width = case.degraded.frames[0].shape[:2]
-    info = ClipInfo("vhs", width, height, case.rate, params={"field_order": "progressive"})
+    info = ClipInfo("vhs", width, height, case.rate)
     return list(stage.run(info, iter(case.degraded.frames))[1])
 
 
@@ -256,13 +256,13 @@ def vhs_task(name: str, kind: str, chroma: bool = False) -> Task:
     if kind == "chroma_delay":
         filters = {"chromashift": chromashift_back, **filters}
     return Task(name, (kind,),
-                "AnalogStage", lambda case: {"field_order": "progressive", "deflicker": "off"}, filters,
+                "AnalogStage", lambda case: {"deflicker": "off"}, filters,
                 python={"untouched": untouched, TAPE: tape_stage}, chroma_rule=chroma)
 
 
 TASKS = [
-    Task("deinterlace", ("interlace",), "AnalogStage",
-         lambda case: {"field_order": "tff", "clean": "off", "deflicker": "off"},
+    Task("deinterlace", ("interlace",), "DeinterlaceStage",
+         lambda case: {"field_order": "tff"},
          {"bwdif": lambda case: "bwdif=mode=send_field:parity=tff:deint=all",
           "yadif": lambda case: "yadif=mode=send_field:parity=tff:deint=all"}),
     Task("denoise", ("grain",), "DenoiseStage", ffmpeg={
@@ -283,7 +283,7 @@ TASKS = [
     Task("overlay", ("overlay",), "OutpaintStage", ffmpeg={"delogo (box)": delogo},
          python={"untouched": untouched}, band_only=True, analysis=found_overlays),
     Task("analog", ("scratches", "dirt", "dropouts", "line_tears", "flicker"), "AnalogStage",
-         lambda case: {"field_order": "progressive"},
+         lambda case: {},
          {"removegrain": lambda case: "removegrain=4,deflicker",
           # tmedian drops the clip's first and last frames: clones keep the timing.
           "tmedian": lambda case: "tpad=start=1:stop=1:start_mode=clone:stop_mode=clone,"

@@ -23,7 +23,7 @@ METRICS_OFFSET = 1000           # a service's Prometheus port: its gRPC port + t
 WEIGHTS_STORAGE_CLASS: str | None = None
 
 # The video pipeline's tasks in the order a restoration runs them (orchestrator.registry.TASKS).
-VIDEO_TASKS = ("analog", "outpaint", "deblur", "colorize", "denoise", "superres", "interpolate")
+VIDEO_TASKS = ("deinterlace", "analog", "outpaint", "deblur", "colorize", "denoise", "superres", "interpolate")
 
 
 @dataclass(frozen=True)

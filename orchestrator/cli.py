@@ -106,6 +106,9 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
                         help="a stage parameter")
     parser.add_argument("--endpoint", action="append", metavar="TASK=grpc://HOST:PORT",
                         help="run a task on a stage service ('all=...' for every task)")
+    parser.add_argument("--field-order", metavar="auto|tff|bff|progressive",
+                        help="the input's scan (default auto: as the container says); "
+                             "same as --set deinterlace.field_order=...")
     parser.add_argument("--native", default="auto", metavar="auto|full|WxH",
                         help="the tape's real resolution (default: measured)")
     parser.add_argument("--scale", default="auto", metavar="auto|1|2|4",

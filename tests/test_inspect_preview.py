@@ -38,7 +38,8 @@ def test_inspect_tape(shared):
     bands = report["damaged_bands"]
     assert bands.get("left", 0) >= 10 and bands.get("bottom", 0) >= 6
     assert len(report["audio"]) == 1
-    assert [s["task"] for s in report["pipeline"]["stages"]][0] == "analog"
+    assert [s["task"] for s in report["pipeline"]["stages"]][:2] == ["deinterlace", "analog"]
+    assert report["pipeline"]["stages"][0]["params"]["field_order"] == "tff"
 
 
 def test_inspect_old_film(shared):

@@ -15,7 +15,7 @@ from services.stagekit.testing import running_service
 
 from .helpers import textured
 
-TASKS = {"analog", "outpaint", "colorize", "deblur", "denoise", "superres", "interpolate"}
+TASKS = {"deinterlace", "analog", "outpaint", "colorize", "deblur", "denoise", "superres", "interpolate"}
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_bad_param_is_a_stage_error(service):
 
 
 @pytest.mark.parametrize("task,params", [
-    ("analog", {"field_order": "tff"}), ("outpaint", {}), ("denoise", {}),
+    ("deinterlace", {"field_order": "tff"}), ("analog", {}), ("outpaint", {}), ("denoise", {}),
     ("deblur", {}), ("interpolate", {}), ("colorize", {}), ("superres", {})])
 def test_small_batches_give_the_same_frames_as_one_large_batch(service, task, params):
     frames = textured(3, count=9)

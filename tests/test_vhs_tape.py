@@ -63,6 +63,6 @@ def test_with_tape_selected_the_vhs_damage_reaches_tape_unrepaired(damaged_tape,
                for got, decoded in zip(stand_in.received, as_decoded))
     # What the classical analog model would have handed on instead: the same frames mended.
     info = ClipInfo("vhs", source.width, source.height, source.fps,
-                    params={"field_order": "progressive", "deflicker": "off"})
+                    params={"deflicker": "off"})
     mended = list(AnalogStage().run(info, iter(as_decoded))[1])
     assert not any(np.array_equal(got, fixed) for got, fixed in zip(stand_in.received, mended))

@@ -54,7 +54,8 @@ def submit_remote(args) -> int:
 
 def _requested_stages(args) -> list:
     """The stages the user chose on the command line; none: the server's pipeline."""
-    if not any((args.pipeline, args.stages, args.skip, args.model, args.sets, args.endpoint)):
+    if not any((args.pipeline, args.stages, args.skip, args.model, args.sets, args.endpoint,
+                getattr(args, "field_order", None))):
         return []
     return pipeline_specs.from_args(args, local=False)  # the server judges its own models
 

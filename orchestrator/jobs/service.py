@@ -278,7 +278,10 @@ def job_specs(config: Config, options: dict) -> list:
         config.pipeline_file, ",".join(s["task"] for s in stages),
         models=[f"{s['task']}={s['model']}" for s in stages if s["model"] != "auto"],
         sets=[f"{s['task']}.{k}={v}" for s in stages for k, v in s["params"].items()],
-        endpoints=[f"{s['task']}={s['endpoint']}" for s in stages if s["endpoint"] != "local"])
+        endpoints=[f"{s['task']}={s['endpoint']}" for s in stages if s["endpoint"] != "local"],
+        # the job's stages are exact: a deinterlace left out was left out on purpose
+        skip=[] if any(s["task"] == pipeline_specs.DEINTERLACE for s in stages)
+        else [pipeline_specs.DEINTERLACE])
 
 
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
@@ -542,7 +545,10 @@ def stage_rates(progress) -> list[dict]:
 
 def _live(status, progress) -> None:
     """What the running job's progress adds: frames, clips found, per-stage rates, ETA."""
-    status.frames_done = progress.decoded
+    # output frames written, of the output's: decoding runs far ahead of a slow stage
+    status.frames_done = progress.written
+    if progress.output_total:
+        status.frames_total = progress.output_total
     if progress.clips_total is not None:
         status.clips_total = progress.clips_total
     eta = progress.eta()

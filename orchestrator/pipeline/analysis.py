@@ -7,7 +7,7 @@ from __future__ import annotations
 from .. import media
 from ..media.overlays import OverlayFinder, detect_size
 from ..media.references import GreyScene, Scan, read_references, scan
-from ..media.shots import SCAN_SIZE
+from ..media.shots import SCAN_SIZE, Shot
 from .plan import Plan
 from .specs import StageSpec
 
@@ -44,18 +44,21 @@ def _small_size(plan: Plan) -> tuple[int, int]:
     return overlay if overlay[0] * overlay[1] > SCAN_SIZE[0] * SCAN_SIZE[1] else SCAN_SIZE
 
 
-def clip_analysis(found: Scan, start: int, stop: int, plan: Plan) -> dict[str, bytes]:
-    """What the analysis found in frames ``start`` to ``stop`` of the source, as the clip
-    header's analysis entries (the overlays, at the working size)."""
-    if not found.overlays:
-        return {}
-    return found.overlays.analysis(start, stop, plan.working_size)
-
-
 def _counted(frames, on_frame):
     for frame in frames:
         yield frame
         on_frame()
+
+
+def clip_analysis(found: Scan, shot: Shot, plan: Plan) -> dict[str, bytes]:
+    """What the analysis found in one clip, as its header carries it to every stage
+    (``ClipInfo.analysis``; keys documented in stage.proto's ClipHeader): whether it is
+    grey, the source's field order, and its overlays at the working size."""
+    entries = {"grey": b"1" if shot.grey else b"0",
+               "field_order": plan.source.field_order.encode()}
+    if found.overlays:
+        entries.update(found.overlays.analysis(shot.start, shot.stop, plan.working_size))
+    return entries
 
 
 def colour_source(scene: GreyScene, colorize: StageSpec | None) -> str:

@@ -29,6 +29,7 @@ HEADROOM = 0.85               # share of the available memory a job may plan to 
 # for large frames); measured stage by stage at 1080p (two workers) and 2160p (one).
 # A model not listed is taken to be as hungry as the hungriest classical stage.
 STAGE_BYTES_PER_PIXEL = {
+    ("deinterlace", "classical"): (80, 0),
     ("analog", "classical"): (80, 160),
     ("outpaint", "classical"): (60, 0),
     ("colorize", "classical"): (40, 0),
@@ -64,7 +65,7 @@ def estimate(plan) -> int:
 
 def _stage_inputs(plan) -> list:
     """Each stage with the size its cost counts on: the frames it takes in (the source's
-    for an analog stage that deinterlaces, the working size up to superres, the output
+    for the deinterlace stage, the working size up to superres, the output
     size after it), and for superres the frames its model makes."""
     working, out = plan.working_size, []
     size = (plan.source.width, plan.source.height) if plan.source.interlaced else working
@@ -75,7 +76,7 @@ def _stage_inputs(plan) -> list:
             size = plan.output_size
             continue
         out.append((spec, size))
-        if spec.task == "analog":
+        if spec.task == "deinterlace":
             size = working
     return out
 

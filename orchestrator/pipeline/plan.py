@@ -4,6 +4,8 @@ the output size (sizing.py) and frame rate, and whether the job fits this machin
 memory (memory.py)."""
 from __future__ import annotations
 
+import dataclasses
+import itertools
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -12,7 +14,7 @@ from ..errors import UserError
 from ..media.native import native_size
 from . import memory, registry, sizing
 from .endpoints import endpoints, rpc_reason
-from .specs import StageSpec
+from .specs import DEINTERLACE, FIELD_ORDERS, StageSpec
 
 NATIVE_SAMPLE = 8         # frames looked at to estimate the real resolution
 
@@ -57,7 +59,12 @@ def make_plan(source: media.SourceInfo, specs: list[StageSpec], native: str = "a
     """The plan for ``source``; with ``refuse`` a job that would not fit this machine's
     memory is refused here, before any work (``inspect`` reports it instead)."""
     sizing.check_flags(scale, max_height)
-    resolved = [StageSpec(s.task, _resolve(s), dict(s.params), s.endpoint) for s in specs]
+    source = with_field_order(source, specs)
+    # deinterlace runs for interlaced input alone; every stage after it takes progressive
+    # frames at the field rate
+    specs = [s for s in specs if s.task != DEINTERLACE or source.interlaced]
+    resolved = [StageSpec(s.task, _resolve(s), _stage_params(s, source), s.endpoint)
+                for s in specs]
     superres = next((s.model for s in resolved if s.task == "superres"), None)
     sized = sizing.decide(_working_size(source, native, resolved), str(scale), max_height, superres)
     if sized.factor == 1:
@@ -66,6 +73,26 @@ def make_plan(source: media.SourceInfo, specs: list[StageSpec], native: str = "a
     if refuse:
         memory.refuse_unfit(plan)
     return plan
+
+
+def with_field_order(source: media.SourceInfo, specs: list[StageSpec]) -> media.SourceInfo:
+    """``source`` with the field order the job goes by: the container's, unless the
+    deinterlace stage's ``field_order`` says otherwise ('auto': the container's)."""
+    stage = next((s for s in specs if s.task == DEINTERLACE), None)
+    given = (stage.params.get("field_order", "auto") if stage else "auto").strip().lower()
+    if given not in FIELD_ORDERS:
+        raise UserError(f"field order {given!r}: expected one of {', '.join(FIELD_ORDERS)}")
+    if given in ("auto", source.field_order):
+        return source
+    return dataclasses.replace(source, field_order=given)
+
+
+def _stage_params(spec: StageSpec, source: media.SourceInfo) -> dict[str, str]:
+    """The params the stage is sent: the deinterlace stage's field order made concrete."""
+    params = dict(spec.params)
+    if spec.task == DEINTERLACE:
+        params["field_order"] = source.field_order
+    return params
 
 
 def _resolve(spec: StageSpec) -> str:
@@ -107,7 +134,7 @@ def _working_size(source: media.SourceInfo, native: str, specs: list[StageSpec])
     """The real resolution to restore from ('auto' measures it, 'full' keeps the frame size,
     'WxH' sets it)."""
     full = (source.width, source.height)
-    deinterlaced = source.interlaced and any(s.task == "analog" for s in specs)
+    deinterlaced = source.interlaced and any(s.task == DEINTERLACE for s in specs)
     if native == "full":
         return full
     if native != "auto":

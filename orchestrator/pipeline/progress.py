@@ -1,6 +1,12 @@
 """Progress of a job: frames through each stage, rate, ETA; shown live on a terminal (a
 tqdm bar as wide as the terminal, logs above it) and as plain lines otherwise (logs, CI, a
-job service's watchers)."""
+job service's watchers).
+
+It tells the truth for slow stages: the percentage counts the output frames written (not
+the frames decoded, which run far ahead of a slow stage), each stage shows the frames it
+has handed on of all it will and its own speed (seconds per frame when under one frame a
+second), and the ETA is the slowest stage's: the frames it has still to make at the time
+per frame it has taken so far (unknown until every stage has made one)."""
 from __future__ import annotations
 
 import logging
@@ -26,6 +32,9 @@ class StageCounter:
 class Progress:
     names: list[str]
     total_frames: int | None = None
+    # The frames each stage will hand on over the whole job (its name: count), the last
+    # of them the output's; empty where not known.
+    frames_out: dict[str, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     clips_done: int = 0
     clips_total: int | None = None   # known once the shot scan has run
@@ -93,27 +102,54 @@ class Progress:
             counter.frames += 1
             counter.busy += busy
 
+    @property
+    def output_total(self) -> int | None:
+        """The frames the output will have (the last stage's), or None when not known."""
+        if self.frames_out and self.names:
+            return self.frames_out.get(self.names[-1])
+        return self.total_frames
+
     def fraction(self) -> float | None:
-        if not self.total_frames:
+        """The share of the output's frames written."""
+        total = self.output_total
+        if not total:
             return None
-        return min(1.0, self.decoded / self.total_frames)
+        return min(1.0, self.written / total)
 
     def eta(self) -> float | None:
-        done = self.fraction()
-        elapsed = time.monotonic() - self.started
-        if not done or done < 0.01:
+        """Seconds left: the slowest stage's frames still to make at its time per frame;
+        None until every stage has made a frame (before, no stage's speed is known)."""
+        if self.last_encoded is not None:
+            return 0.0
+        if not self.frames_out:
             return None
-        return elapsed * (1 - done) / done
+        with self.lock:
+            counters = [(name, c.frames, c.busy) for name, c in self.stages.items()]
+        left = []
+        for name, frames, busy in counters:
+            total = self.frames_out.get(name)
+            if total is None or frames == 0:
+                if total == 0:
+                    continue
+                return None
+            left.append(max(0, total - frames) * busy / frames)
+        return max(left, default=None)
 
     def details(self) -> list[str]:
-        """What the job is doing, most telling first: the phase or clip, each stage's rate."""
+        """What the job is doing, most telling first: the phase or clip, each stage's
+        frames out and speed."""
         if self.clips_total is None:
             return ["finding shots" + (f" ({self.scanned} of {self.total_frames} frames)"
                                        if self.total_frames else "")]
-        elapsed = max(time.monotonic() - self.started, 1e-6)
+        with self.lock:
+            counters = [(name, c.frames, c.busy) for name, c in self.stages.items()]
         return [f"clip {self.clips_done}/{self.clips_total}",
-                *(f"{name} {counter.frames / elapsed:.1f} f/s"
-                  for name, counter in self.stages.items())]
+                *(f"{name} {frames}{self._of(name)} {speed(frames, busy)}"
+                  for name, frames, busy in counters)]
+
+    def _of(self, name: str) -> str:
+        total = self.frames_out.get(name)
+        return f"/{total}" if total is not None else ""
 
     def line(self) -> str:
         elapsed = time.monotonic() - self.started
@@ -138,13 +174,38 @@ class Progress:
         return rows
 
 
+def speed(frames: int, busy: float) -> str:
+    """A stage's own speed in words: frames a second, or seconds a frame when slower."""
+    if frames == 0:
+        return "(working)"
+    rate = frames / max(busy, 1e-6)
+    if rate >= FAST:   # a stage that hands frames on untouched (interpolation by 1)
+        return f">{FAST} f/s"
+    return f"{rate:.1f} f/s" if rate >= 1 else f"{busy / frames:.1f} s/f"
+
+
+FAST = 999
+
+
 def clock(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 # The percentage and ETA come first, so that a narrow terminal cuts only the details.
-BAR_FORMAT = "{percentage:3.0f}% ETA {remaining} |{bar}| {desc}"
+# {eta} is the Progress's (the slowest stage's), not tqdm's extrapolation of the count.
+BAR_FORMAT = "{percentage:3.0f}% ETA {eta} |{bar}| {desc}"
+UNKNOWN_ETA = "-:--:--"
+
+
+class _Bar(tqdm):
+    """tqdm with an ETA given from outside."""
+
+    eta = UNKNOWN_ETA
+
+    @property
+    def format_dict(self):
+        return {**super().format_dict, "eta": self.eta}
 MIN_BAR = 10              # columns the bar keeps however much there is to say
 HEAD = len("100% ETA 1:00:00 || ")   # the widest the rest of BAR_FORMAT gets
 DEFAULT_COLUMNS = 80
@@ -162,7 +223,7 @@ class LiveBar:
         self.phase = ""
 
     def __enter__(self):
-        self.bar = self.stack.enter_context(tqdm(
+        self.bar = self.stack.enter_context(_Bar(
             total=None, file=self.stream, bar_format=BAR_FORMAT, leave=False, mininterval=0,
             smoothing=0.1, ncols=self.columns()))
         self.stack.enter_context(logging_redirect_tqdm(loggers=[logging.root]))
@@ -180,13 +241,15 @@ class LiveBar:
         except (OSError, ValueError, AttributeError):
             return DEFAULT_COLUMNS
 
-    def show(self, done: int, total: int | None, details: list[str], phase: str = "") -> None:
-        """``done`` of ``total`` with as many of ``details`` as fit; a new phase (or total)
-        starts the count, and the ETA's clock, afresh."""
+    def show(self, done: int, total: int | None, details: list[str], phase: str = "",
+             eta: float | None = None) -> None:
+        """``done`` of ``total`` with as many of ``details`` as fit, and ``eta`` seconds
+        left (None: unknown); a new phase (or total) starts the count afresh."""
         bar = self.bar
         if (total, phase) != (bar.total, self.phase):
             bar.reset(total=total)
             self.phase = phase
+        bar.eta = UNKNOWN_ETA if eta is None else clock(eta)
         bar.ncols = self.columns()
         bar.n = min(done, total) if total else done
         bar.set_description_str(fit(details, bar.ncols - HEAD - MIN_BAR), refresh=False)
@@ -246,6 +309,7 @@ class Display:
         if p.clips_total is None:
             self.bar.show(p.scanned, p.total_frames, p.details(), "scan")
         else:
-            # Decoding runs a few frames ahead of encoding: 100% only once all is written.
-            done = p.decoded if p.last_encoded or not p.total_frames else min(p.decoded, p.total_frames - 1)
-            self.bar.show(done, p.total_frames, p.details(), "restore")
+            # The output's frames are written before it is joined: 100% only once it is.
+            total = p.output_total
+            done = p.written if p.last_encoded or not total else min(p.written, total - 1)
+            self.bar.show(done, total, p.details(), "restore", p.eta())

@@ -8,7 +8,8 @@ from services.stagekit.weights import weights_present
 
 # The video pipeline's tasks, in the order a restoration runs them: the best measured by
 # bench/order.py (README, "The order of the stages"); specs.ORDER_RULES says what must hold.
-TASKS = ("analog", "outpaint", "deblur", "colorize", "denoise", "superres", "interpolate")
+# `deinterlace` runs only for interlaced input (plan.py drops it for progressive input).
+TASKS = ("deinterlace", "analog", "outpaint", "deblur", "colorize", "denoise", "superres", "interpolate")
 IMAGE_TASKS = ("inpaint",)
 
 # `auto` takes the first model whose weights are present, then the classical one.

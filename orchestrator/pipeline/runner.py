@@ -32,7 +32,7 @@ from .memory import QUEUE_BYTES, QUEUE_FRAMES
 from .plan import Plan
 from .progress import Display, Progress
 from .segments import ClipSegments
-from .stagerunners import STAGE_OUTAGE, ClipFailed, Step, build_steps
+from .stagerunners import STAGE_OUTAGE, ClipFailed, Step, build_steps, frames_out
 
 log = logging.getLogger("restoration.orchestrator")
 
@@ -132,7 +132,8 @@ class Job:
         self.skip = skip or set()
         self.on_clip = on_clip or (lambda clip_id, frames: None)
         self.steps = build_steps(plan, device, attempts, outage, self.cancel)
-        self.progress = Progress([s.name for s in self.steps], plan.source.frame_count)
+        self.progress = Progress([s.name for s in self.steps], plan.source.frame_count,
+                                 frames_out(self.steps, plan) if plan.source.frame_count else {})
         self.show_progress = show_progress
         self.grey_scenes: list[tuple[float, float]] = []
         self.geometry: tuple[int, int, Fraction] | None = None
@@ -217,8 +218,7 @@ class Job:
                 info = ClipInfo(clip_id=f"clip{starts[index]:05d}", width=src.width,
                                 height=src.height, fps=src.fps, sar=src.sar,
                                 start_time=index / float(src.fps),
-                                analysis=clip_analysis(self.scenes, shot.start, shot.stop,
-                                                       self.plan))
+                                analysis=clip_analysis(self.scenes, shot, self.plan))
                 kept = self._kept(info.clip_id)
                 out.put((kept or "start", info))
             if not kept:

@@ -4,6 +4,7 @@ It comes from the defaults, a pipeline file (YAML) and the command line, in that
 precedence:
 
     stages:
+      - task: deinterlace
       - task: analog
       - task: denoise
         model: classical
@@ -83,6 +84,9 @@ def build(file: Path | None = None, stages: str | None = None, skip: list[str] |
         for task in chosen:
             known_task(task, "--stages")
         specs = [by_task.get(t, StageSpec(t)) for t in chosen]
+    if not any(s.task == DEINTERLACE for s in specs):
+        # Inserted for every pipeline: the plan keeps it for interlaced input alone.
+        specs.insert(0, StageSpec(DEINTERLACE))
     if skip:
         skipped = {t.strip() for item in skip for t in item.split(",") if t.strip()}
         for task in sorted(skipped):
@@ -110,14 +114,23 @@ def build(file: Path | None = None, stages: str | None = None, skip: list[str] |
     return specs
 
 
+DEINTERLACE = "deinterlace"
+FIELD_ORDERS = ("auto", "tff", "bff", "progressive")   # deinterlace.field_order, --field-order
+
+
 @dataclass(frozen=True)
 class OrderRules:
     """What no order of the stages may break; every other order is the user's choice
     (bench/order.py measures what each costs and gives)."""
 
-    # analog deinterlaces and brings the picture to its real size: every other stage
-    # takes progressive frames at the working size (plan.py resamples right after it).
-    first: tuple[str, ...] = ("analog",)
+    # The tasks that lead, in this order. deinterlace makes the progressive frames every
+    # other stage takes (plan.py resamples to the working size right after it); analog
+    # mends the tape's line and field damage (jitter, dropouts, chroma delay) before any
+    # other stage spreads it across lines and frames.
+    first: tuple[str, ...] = (DEINTERLACE, "analog")
+    why: tuple[str, ...] = (
+        "it turns interlaced frames into the progressive ones the others take",
+        "it mends the tape's line damage before the others spread it")
 
 
 ORDER_RULES = OrderRules()
@@ -125,11 +138,16 @@ ORDER_RULES = OrderRules()
 
 def order_problem(tasks: list[str] | tuple[str, ...]) -> str | None:
     """Why this order of tasks cannot run, or None."""
-    for task in ORDER_RULES.first:
-        if task in tasks and tasks[0] != task:
-            before = ", ".join(tasks[:list(tasks).index(task)])
-            return (f"stage order: {task} must come first (it deinterlaces and finds the "
-                    f"real picture size the others work at), not after {before}")
+    tasks = list(tasks)
+    leaders = ORDER_RULES.first
+    for rank, (task, why) in enumerate(zip(leaders, ORDER_RULES.why)):
+        if task not in tasks:
+            continue
+        wrong = [t for t in tasks[:tasks.index(task)] if t not in leaders[:rank]]
+        if wrong:
+            after = f" (only {', '.join(leaders[:rank])} before it)" if rank else ""
+            return (f"stage order: {task} must come first{after}: {why}; not after "
+                    f"{', '.join(wrong)}")
     return None
 
 
@@ -196,7 +214,10 @@ def check_runnable(specs: list[StageSpec]) -> None:
 def from_args(args, local: bool = True) -> list[StageSpec]:
     """The stages the pipeline flags of `submit`, `inspect` and `preview` choose; with
     ``local``, checked as the stages of a run on this machine."""
-    specs = build(args.pipeline, args.stages, args.skip, args.model, args.sets, args.endpoint)
+    sets = list(args.sets or [])
+    if getattr(args, "field_order", None):
+        sets.append(f"{DEINTERLACE}.field_order={args.field_order}")
+    specs = build(args.pipeline, args.stages, args.skip, args.model, sets, args.endpoint)
     if local:
         check_runnable(specs)
     return specs

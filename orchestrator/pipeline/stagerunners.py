@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 
 from services.stagekit import ClipInfo, Stage
 
@@ -15,7 +16,7 @@ from . import registry
 from .endpoints import endpoints, rpc_reason
 from .plan import Plan
 from .sizing import NATIVE_FACTORS
-from .specs import StageSpec
+from .specs import DEINTERLACE, StageSpec
 from .transforms import Resample
 
 log = logging.getLogger("restoration.orchestrator")
@@ -159,12 +160,34 @@ class Step:
             params["factor"] = str(max(1, round(plan.target_fps / info.fps)))
         return params
 
+    def rate_factor(self, fps: Fraction, plan: Plan) -> int:
+        """How many frames the step hands on per frame it takes, for clips at ``fps``."""
+        task = self.spec.task if self.spec is not None else ""
+        if task == DEINTERLACE:
+            return 1 if self.params.get("field_order") == "progressive" else 2
+        if task == "interpolate":
+            info = ClipInfo("", 1, 1, fps)
+            factor = self.clip_params(info, plan)["factor"].strip()
+            return int(factor) if factor.isdigit() else 1   # a bad one: the stage says so
+        return 1
+
     def passes_through(self, params: dict) -> bool:
         """Whether the stage would hand the clip back unchanged (interpolation by 1, a
         tape already at the target rate once deinterlaced): its frames then skip it, and
         a remote one is not sent them at all."""
         return (self.spec is not None and self.spec.task == "interpolate"
                 and params.get("factor", "").strip() == "1")
+
+
+def frames_out(steps: list[Step], plan: Plan) -> dict[str, int]:
+    """The frames each step will hand on over the whole job: the source's frames times the
+    frame-rate factors of the steps up to it (the output's are the last step's)."""
+    count, fps, out = plan.source.frame_count or 0, plan.source.fps, {}
+    for step in steps:
+        factor = step.rate_factor(fps, plan)
+        count, fps = count * factor, fps * factor
+        out[step.name] = count
+    return out
 
 
 def build_steps(plan: Plan, device: str = "auto", attempts: dict[str, int] | None = None,
@@ -176,17 +199,17 @@ def build_steps(plan: Plan, device: str = "auto", attempts: dict[str, int] | Non
         resampled = True
     for spec in plan.stages:
         params = dict(spec.params)
-        if spec.task == "analog":
-            params.setdefault("field_order", plan.source.field_order
-                              if plan.source.interlaced else "progressive")
+        if spec.task == DEINTERLACE:
+            params.setdefault("field_order", plan.source.field_order)
             if spec.model == "classical" and not resampled:
+                # resampled in floating point as it comes out, before it is rounded
                 params.setdefault("size", "%dx%d" % plan.working_size)
         if spec.task == "superres" and spec.model in NATIVE_FACTORS:
             params["scale"] = str(plan.sizing.model_factor)
         runner = (LocalRunner(registry.create_local(spec.task, spec.model, device))
                   if spec.endpoint == "local" else RemoteRunner(spec, attempts, outage=outage, stop=stop))
         steps.append(Step(f"{spec.task}/{spec.model}", runner, params, spec))
-        if spec.task == "analog" and not resampled:
+        if spec.task == DEINTERLACE and not resampled:
             steps.append(Step("resample", LocalRunner(Resample(*plan.working_size)), {}))
             resampled = True
         if spec.task == "superres" and plan.sizing.model_factor != plan.sizing.factor:

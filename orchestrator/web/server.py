@@ -50,13 +50,14 @@ PRESETS = {
     "full": {"label": "Everything: the full restoration (as the command line does)",
              "tasks": list(registry.TASKS)},
     "sharp": {"label": "Clean, sharpen and enlarge (no colour, no smoother motion)",
-              "tasks": ["analog", "deblur", "denoise", "superres"]},
+              "tasks": ["deinterlace", "analog", "deblur", "denoise", "superres"]},
     "clean": {"label": "Quick clean-up only (tape noise and artefacts, size kept small)",
-              "tasks": ["analog", "denoise"]},
+              "tasks": ["deinterlace", "analog", "denoise"]},
 }
 DEFAULT_PRESET = next(iter(PRESETS))
 TASK_LABELS = {
-    "analog": "Remove tape artefacts and deinterlace",
+    "deinterlace": "Deinterlace (interlaced tapes only)",
+    "analog": "Remove tape artefacts",
     "outpaint": "Rebuild damaged borders (and remove date stamps)",
     "colorize": "Colour black-and-white scenes", "deblur": "Sharpen blur",
     "denoise": "Reduce noise", "superres": "Enlarge 4x", "interpolate": "Smoother motion (2x frames)",

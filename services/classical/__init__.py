@@ -3,9 +3,10 @@
 They are what runs on a laptop, in CI and on a first run before any weights are pulled,
 so each is a real algorithm rather than a placeholder:
 
-- analog: motion-compensated, motion-adaptive deinterlacing to the field rate (bwdif's
-  decision rule on motion-compensated fields), a motion-aware temporal impulse filter for
-  dropouts, scratches and dirt, and luminance flicker reduction;
+- deinterlace: motion-compensated, motion-adaptive deinterlacing to the field rate
+  (bwdif's decision rule on motion-compensated fields);
+- analog: a motion-aware temporal impulse filter for dropouts, scratches and dirt, VHS
+  repairs (line jitter, chroma delay and bleed), and luminance flicker reduction;
 - outpaint: detection of damaged border bands, rebuilt from neighbouring frames by optical
   flow, then spatially; burned-in overlays (date stamps, found by the orchestrator's
   analysis) removed the same way (``overlays=remove``, the default, or ``keep``);
@@ -19,8 +20,8 @@ so each is a real algorithm rather than a placeholder:
   motion), then, per pixel, the candidate motions at the intermediate time weighted by
   how well the two frames agree along them; never across a clip's end (a shot cut).
 
-``python -m services.classical --listen HOST:PORT`` serves all seven.
+``python -m services.classical --listen HOST:PORT`` serves all eight.
 """
 
 MODEL = "classical"
-TASKS = ("analog", "outpaint", "deblur", "colorize", "denoise", "superres", "interpolate")
+TASKS = ("deinterlace", "analog", "outpaint", "deblur", "colorize", "denoise", "superres", "interpolate")

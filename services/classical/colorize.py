@@ -1,7 +1,10 @@
 """colorize/classical: colour the black-and-white frames of a clip, and only those.
 
-A frame is black-and-white when its chroma is about zero everywhere (a little is allowed
-for compression). Colour frames pass through untouched, bit for bit.
+Which frames are black-and-white the orchestrator's analysis says for the whole clip (the
+clip header's ``grey``; a stage before may have tinted them a little, which must not
+change that); without it, a frame is black-and-white when its chroma is about zero
+everywhere (a little is allowed for compression). ``scenes=all`` colours every frame.
+Colour frames pass through untouched, bit for bit.
 
 References are the user's images (``reference`` = comma-separated paths), first, and
 those the orchestrator sends in the clip header: frames of the tape's own colour shots
@@ -28,7 +31,7 @@ import cv2
 import numpy as np
 
 from services.stagekit.codec import decode_reference
-from services.stagekit.monochrome import is_monochrome
+from services.stagekit.monochrome import found_grey, is_monochrome
 from services.stagekit.stage import ClipInfo, StageError
 
 from .common import ClassicalStage, from_work, log, to_work
@@ -59,10 +62,11 @@ class ColorizeStage(ClassicalStage):
     task = "colorize"
     window = (0, 0)
     max_batch = 16
-    params = ("reference",)
+    params = ("reference", "scenes")
 
     def settings(self, info: ClipInfo) -> tuple[Path, ...]:
         self.check_known(info)
+        self.param_choice(info, "scenes", ("grey", "all"))
         value = info.params.get("reference", "").strip()
         paths = tuple(Path(part.strip()) for part in value.split(",") if part.strip())
         for path in paths:
@@ -75,11 +79,13 @@ class ColorizeStage(ClassicalStage):
 
     def process(self, info: ClipInfo, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         paths = self.settings(info)
+        found = True if self.param_choice(info, "scenes", ("grey", "all")) == "all" \
+            else found_grey(info)
         colourist = None
         grey_count = total = 0
         for frame in frames:
             total += 1
-            if not is_monochrome(frame):
+            if not (is_monochrome(frame) if found is None else found):
                 if colourist is not None:
                     colourist.forget()
                 yield frame

@@ -102,6 +102,16 @@ class ClassicalStage(Stage):
             return False
         raise self.fail(key, value, "on or off")
 
+    def param_size(self, info: ClipInfo) -> tuple[int, int] | None:
+        """The ``size`` parameter (WxH), or None when not given."""
+        value = info.params.get("size", "").strip().lower()
+        if not value:
+            return None
+        match = re.fullmatch(r"(\d+)x(\d+)", value)
+        if not match or not all(0 < int(v) <= 16384 for v in match.groups()):
+            raise self.fail("size", info.params["size"], "WxH, e.g. 360x240")
+        return int(match[1]), int(match[2])
+
 
 def to_work(frame: np.ndarray) -> np.ndarray:
     """float32 RGB in [0, 255], whatever the clip's pixel format."""
@@ -131,6 +141,13 @@ def worked(frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
 def delivered(images: Iterable[np.ndarray], pixel_format: str) -> Iterator[np.ndarray]:
     for image in images:
         yield from_work(image, pixel_format)
+
+
+def resample(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` at ``size`` (width, height): area-averaged down, bicubic up."""
+    shrinking = size[0] <= image.shape[1] and size[1] <= image.shape[0]
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if shrinking
+                      else cv2.INTER_CUBIC)
 
 
 def luma(image: np.ndarray) -> np.ndarray:

@@ -8,12 +8,13 @@ from services.stagekit.stage import Stage, StageError
 from .analog import AnalogStage
 from .colorize import ColorizeStage
 from .deblur import DeblurStage
+from .deinterlace import DeinterlaceStage
 from .denoise import DenoiseStage
 from .interpolate import InterpolateStage
 from .outpaint import OutpaintStage
 from .superres import SuperresStage
 
-STAGES = (AnalogStage, OutpaintStage, ColorizeStage, DeblurStage, DenoiseStage,
+STAGES = (DeinterlaceStage, AnalogStage, OutpaintStage, ColorizeStage, DeblurStage, DenoiseStage,
           SuperresStage, InterpolateStage)
 
 

@@ -12,9 +12,10 @@ frame (upstream ``ddcolor/pipeline.py:ColorizationPipeline.process``, kept exact
 OpenCV does the colour conversions and the resize, as upstream, so the frames match theirs.
 
 Around it, for video:
-- A clip is coloured only when it is black-and-white or tinted monochrome (decided on its
-  first frame, with the orchestrator's shot-detector rule; shot cuts already separate grey
-  from colour scenes); colour clips pass through untouched. ``scenes=all`` colours every clip.
+- A clip is coloured only when it is black-and-white or tinted monochrome (as the
+  orchestrator's analysis found it, in the clip header; without one, decided on its first
+  frame with the shot detector's rule; shot cuts already separate grey from colour
+  scenes); colour clips pass through untouched. ``scenes=all`` colours every clip.
 - ``smooth=S`` (0 <= S < 1, default 0: off, the authors' output) blends each frame's a/b
   with the previous frame's along optical flow (``temporal.py``) against per-frame flicker;
   the flicker before and after is logged per clip.
@@ -39,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from services.stagekit.device import pick_device, pick_dtype
-from services.stagekit.monochrome import is_monochrome
+from services.stagekit.monochrome import clip_is_grey
 from services.stagekit.neural import (NeuralStage, config_kwargs, default_batch, file_identity,
                                       load_into, read_config, unfilled)
 from services.stagekit.stage import ClipInfo, StageError
@@ -176,7 +177,7 @@ class DDColorStage(NeuralStage):
         if first is None:
             return
         clip = chain([first], frames)
-        if not options.all_scenes and not is_monochrome(first):
+        if not options.all_scenes and not clip_is_grey(info, first):
             log.info("ddcolor clip %s: a colour scene, passed through", info.clip_id)
             yield from clip
             return

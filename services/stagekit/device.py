@@ -58,3 +58,30 @@ def pick_dtype(device, half: bool | None = None, model: str = "", precision: str
 def precision_name(dtype) -> str:
     import torch
     return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
+
+
+THREADS_ENV = "RESTORATION_TORCH_THREADS"
+
+
+def torch_threads() -> int:
+    """The CPU threads torch works a clip with, by one rule wherever a stage runs (a thread
+    of an embedded job, a worker of a stage service): $RESTORATION_TORCH_THREADS, else
+    the CPUs this process may run on (its affinity: a container's cpuset). The count
+    changes torch's rounding (a sum is split into one part per thread), so the same frames
+    come out of both paths only with the same count, whatever OMP_NUM_THREADS says."""
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if not value:
+        return len(os.sched_getaffinity(0))
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"${THREADS_ENV} must be a positive integer, not {value!r}")
+    return int(value)
+
+
+def use_torch_threads() -> None:
+    """Set the calling thread's torch thread count to ``torch_threads()``: torch keeps the
+    count per thread (a thread that already worked keeps the count it had then), so it is
+    set in the thread that does the work, for every clip."""
+    import torch
+    threads = torch_threads()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)

@@ -27,3 +27,18 @@ def chroma_spread(thumb: np.ndarray) -> float:
 
 def is_monochrome(frame: np.ndarray) -> bool:
     return chroma_spread(thumbnail(frame)) < MONOCHROME_SPREAD
+
+
+def found_grey(info) -> bool | None:
+    """Whether the orchestrator's analysis found the clip black-and-white (the clip
+    header's ``grey``), or None where it did not say: a colorizer then judges the frames."""
+    found = info.analysis.get("grey")
+    return None if found is None else found == b"1"
+
+
+def clip_is_grey(info, first: np.ndarray) -> bool:
+    """Whether a clip is a black-and-white scene to colour: as the analysis found it,
+    else as its first frame looks (a stage never decides again what the analysis found:
+    a stage before may have tinted the frames)."""
+    found = found_grey(info)
+    return is_monochrome(first) if found is None else found

@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from .device import pick_dtype
+from .device import pick_dtype, torch_threads, use_torch_threads
 from .stage import Stage
 from .weights import WeightsError, load_checkpoint, load_strict, sha256_file
 
@@ -41,6 +41,7 @@ class NeuralStage(Stage):
     def __init__(self, network: torch.nn.Module, device="cpu", *, half: bool | None = None,
                  dtype: torch.dtype | None = None, identity: str | Callable[[], str] = "",
                  precision: str | None = None):
+        torch_threads()   # a bad $RESTORATION_TORCH_THREADS stops a service at its start
         self.device = torch.device(device)
         self.dtype = pick_dtype(self.device, half, self.model, precision) if dtype is None else dtype
         self.network = self.placed(network)
@@ -71,10 +72,22 @@ class NeuralStage(Stage):
         """Describe()'s device and dtype entries, for the stages that add them."""
         return {"device": str(self.device), "dtype": str(self.dtype).replace("torch.", "")}
 
+    def run(self, info, frames):
+        """As every stage runs, with torch's thread count set by the one rule
+        (``device.torch_threads``) in whichever thread works the clip: embedded and served,
+        the same count gives the same frames."""
+        out_info, out = super().run(info, frames)
+        return out_info, _with_torch_threads(out)
+
     def weights_identity(self) -> str:
         if callable(self._identity):
             self._identity = self._identity()
         return self._identity
+
+
+def _with_torch_threads(frames):
+    use_torch_threads()   # here: the generator runs in the thread that pulls its frames
+    yield from frames
 
 
 def on_device(network: torch.nn.Module, device, dtype: torch.dtype = torch.float32,

@@ -12,8 +12,10 @@ display aspect (its SAR included) at about the authors' 216x384 pixel count, so 
 footage is not stretched to 16:9.
 
 Clip parameters (``ClipInfo.params``):
-  scenes       ``grey`` (default): colour a clip only if its first frame is black-and-white
-               (or tinted monochrome), pass colour clips through; ``all``: colour every clip.
+  scenes       ``grey`` (default): colour a clip only if it is black-and-white (as the
+               orchestrator's analysis found it, in the clip header; without one, if its
+               first frame is grey or tinted monochrome), pass colour clips through;
+               ``all``: colour every clip.
   reference    path (on the service's file system) of a colour reference image for the shot;
                default: the first of the references in the clip header (the tape's own
                colour frame nearest the shot, chosen by the orchestrator), else stage 1's
@@ -41,7 +43,7 @@ import torch.nn.functional as F
 
 from services.stagekit.codec import decode_reference
 from services.stagekit.device import pick_device, pick_dtype
-from services.stagekit.monochrome import is_monochrome
+from services.stagekit.monochrome import clip_is_grey
 from services.stagekit.neural import (NeuralStage, config_missing_ok, load_into, on_device,
                                       read_config, unfilled)
 from services.stagekit.stage import ClipInfo, StageError
@@ -267,7 +269,7 @@ class TCVCStage(NeuralStage):
             for _ in frames:  # the rest of the clip is read and dropped: the stream must end
                 pass
             return
-        if not opts.all_scenes and not is_monochrome(first):
+        if not opts.all_scenes and not clip_is_grey(info, first):
             yield from frames
             return
         reference = self._reference(first, opts, info)

@@ -99,7 +99,8 @@ def test_the_default_profile_starts_exactly_the_pipelines_services(compose):
     named = {by_model(stage["model"]).name for stage in mounted_pipeline(compose)}
     pulls = {f"weights-{s.model}" for s in pipeline_services()} & set(compose["services"])
     assert started == named | pulls | {ORCHESTRATOR.name}
-    assert named == {s.name for s in pipeline_services()} and len(named) == 7
+    # the seven models, and the classical service for the deinterlace task
+    assert named == {s.name for s in pipeline_services()} and len(named) == 8
     for service in deployed():
         if service.image_pipeline:
             assert compose["services"][service.name]["profiles"] == ["image"]

@@ -11,6 +11,7 @@ import pytest
 from services.classical.analog import AnalogStage
 from services.classical.colorize import ColorizeStage
 from services.classical.deblur import DeblurStage
+from services.classical.deinterlace import DeinterlaceStage
 from services.classical.denoise import DenoiseStage
 from services.classical.interpolate import InterpolateStage
 from services.classical.outpaint import OutpaintStage, detect_bands
@@ -72,7 +73,7 @@ def chunked(frames, sizes):
 
 
 TEMPORAL = [
-    (AnalogStage, {"field_order": "tff"}),
+    (DeinterlaceStage, {"field_order": "tff"}),
     (AnalogStage, {}),
     (OutpaintStage, {}),
     (DenoiseStage, {}),
@@ -180,13 +181,12 @@ def interlace(top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("order", ["tff", "bff"])
-def test_analog_separates_fields_at_their_true_positions(order):
+def test_deinterlace_separates_fields_at_their_true_positions(order):
     progressive = panned(8, dx=1.0, dy=0.0)
     first, second = (progressive[0::2], progressive[1::2])
     frames = [interlace(a, b) if order == "tff" else interlace(b, a)
               for a, b in zip(first, second)]
-    clip = info(field_order=order, clean="off", deflicker="off")
-    out_info, out = run(AnalogStage(), clip, frames)
+    out_info, out = run(DeinterlaceStage(), info(field_order=order), frames)
     assert len(out) == 8 and out_info.fps == 60 and out_info.frame_count is None
     for i, frame in enumerate(out):
         own = 0 if (i % 2 == 0) == (order == "tff") else 1
@@ -288,7 +288,9 @@ def test_float16_frames_come_back_as_float16():
 
 
 @pytest.mark.parametrize("stage_class,params,needle", [
-    (AnalogStage, {"field_order": "upper"}, "field_order"),
+    (DeinterlaceStage, {"field_order": "upper"}, "field_order"),
+    (DeinterlaceStage, {"size": "360"}, "size"),
+    (AnalogStage, {"field_order": "tff"}, "unknown"),   # deinterlacing is not its job
     (AnalogStage, {"size": "360"}, "size"),
     (AnalogStage, {"sharpen": "yes"}, "unknown"),
     (OutpaintStage, {"bands": "left=four"}, "bands"),
@@ -309,7 +311,8 @@ def test_invalid_params_are_stage_errors(stage_class, params, needle):
 def test_every_task_is_served_once():
     stages = create_stage()
     assert sorted(s.task for s in stages) == sorted(
-        ("analog", "outpaint", "colorize", "deblur", "denoise", "superres", "interpolate"))
+        ("deinterlace", "analog", "outpaint", "colorize", "deblur", "denoise", "superres",
+         "interpolate"))
     assert all(s.model == "classical" for s in stages)
     with pytest.raises(StageError):
         create_stage(device="cuda")
@@ -330,7 +333,7 @@ def test_served_stages_match_in_process_and_reject_bad_params():
         _, local = run(DenoiseStage(), info(), frames)
         assert all(np.array_equal(a, b) for a, b in zip(served, local))
         with pytest.raises(StageError, match="field_order"):
-            _, out = client.process(info(field_order="upper"), frames, task="analog")
+            _, out = client.process(info(field_order="upper"), frames, task="deinterlace")
             list(out)
         _, out = client.process(info(), frames, task="superres")
         assert len(list(out)) == 4     # still serving after the bad request

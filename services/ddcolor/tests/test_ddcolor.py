@@ -17,8 +17,9 @@ from services.ddcolor import MODEL, TASK
 from services.ddcolor.network import SpectralConv2d, SinePosition, build_ddcolor, check_size
 from services.ddcolor.parity import forward_trace, run_case, tiny_network
 from services.ddcolor.stage import (UNUSED_KEYS, DDColorStage, checkpoint_state, create_stage,
-                                    is_monochrome, load_ddcolor, network_from_state, read_arch)
+                                    load_ddcolor, network_from_state, read_arch)
 from services.stagekit import parity
+from services.stagekit.monochrome import is_monochrome
 from services.stagekit.parity import uint8_pm1
 from services.stagekit.stage import ClipInfo, StageError
 from services.stagekit.testing import clip_info, parity_dir, running_service
