@@ -123,7 +123,9 @@ def test_the_classical_colorizer_takes_grey_from_the_header():
     refs = [png(reference)]
     assert coloured(ColorizeStage(), header(frames, b"1", refs), frames)
     assert not coloured(ColorizeStage(), header(frames, None, refs), frames)  # tint fools the frames
-    assert not coloured(ColorizeStage(), header(grey(frames), b"0", refs), grey(frames))
+    assert not coloured(ColorizeStage(), header(frames, b"0", refs), frames)
+    # a grey stretch too short for a shot of its own: its frames, grey, are still coloured
+    assert coloured(ColorizeStage(), header(grey(frames), b"0", refs), grey(frames))
     forced = header(frames, b"0", refs).replace(params={"scenes": "all"})
     assert coloured(ColorizeStage(), forced, frames)
 

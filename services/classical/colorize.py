@@ -1,9 +1,10 @@
 """colorize/classical: colour the black-and-white frames of a clip, and only those.
 
-Which frames are black-and-white the orchestrator's analysis says for the whole clip (the
-clip header's ``grey``; a stage before may have tinted them a little, which must not
-change that); without it, a frame is black-and-white when its chroma is about zero
-everywhere (a little is allowed for compression). ``scenes=all`` colours every frame.
+A clip the orchestrator's analysis found to be a black-and-white scene (the clip header's
+``grey``) is coloured whole: a stage before may have tinted its frames a little, which
+must not change that. Otherwise a frame is black-and-white when its chroma is about zero
+everywhere (a little is allowed for compression): a grey stretch too short to be a shot
+of its own is still coloured. ``scenes=all`` colours every frame.
 Colour frames pass through untouched, bit for bit.
 
 References are the user's images (``reference`` = comma-separated paths), first, and
@@ -79,13 +80,13 @@ class ColorizeStage(ClassicalStage):
 
     def process(self, info: ClipInfo, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         paths = self.settings(info)
-        found = True if self.param_choice(info, "scenes", ("grey", "all")) == "all" \
-            else found_grey(info)
+        # a grey scene (or scenes=all): every frame; else each frame as it looks
+        whole = self.param_choice(info, "scenes", ("grey", "all")) == "all" or found_grey(info)
         colourist = None
         grey_count = total = 0
         for frame in frames:
             total += 1
-            if not (is_monochrome(frame) if found is None else found):
+            if not (whole or is_monochrome(frame)):
                 if colourist is not None:
                     colourist.forget()
                 yield frame
