@@ -57,7 +57,9 @@ def test_tape_is_given_frames_from_the_whole_input(tmp_path, monkeypatch):
     tape = make_demo_tape(tmp_path / "tape.mp4", seconds=1.0)
     source = media.probe(tape)
     from orchestrator.pipeline import registry
-    monkeypatch.setattr(registry, "create_local", lambda task, model, device="auto": Refusing())
+    classical = registry.create_local     # deinterlace goes first; TAPE has no weights here
+    monkeypatch.setattr(registry, "create_local", lambda task, model, device="auto": Refusing()
+                        if model == "tape" else classical(task, model, device))
     plan = make_plan(source, pipeline.build(stages="analog", models=["analog=tape"]), native="full")
     job = Job(plan, media.OutputSpec(tmp_path / "out.mkv", "ffv1"), show_progress=False)
     step = next(s for s in job.steps if s.name.startswith("analog"))
@@ -69,6 +71,9 @@ def test_tape_is_given_frames_from_the_whole_input(tmp_path, monkeypatch):
     images = [cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
               for data in sent.pop()]
     assert len(images) == min(TAPE_CANDIDATES, source.frame_count)
+    from services.stagekit import codec
+    for info in recording.headers:          # a TAPE service takes the header as it is
+        codec.header_info(codec.header_message(info, "analog", "tape").header)
     assert all(image.shape[1::-1] == plan.working_size for image in images)
     frames = list(media.decode(source))
     ends = [cv2.cvtColor(cv2.resize(f[::2] if source.interlaced else f, plan.working_size,

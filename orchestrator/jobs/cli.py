@@ -82,7 +82,8 @@ def _follow(jobs, job_id: str, quiet: bool, stream, bar):
                 last, unreachable_since = status, None
                 if bar is not None:
                     bar.show(status.frames_done, status.frames_total or None, status_details(status),
-                             state_name(status))
+                             state_name(status),
+                             eta=status.eta_seconds if status.eta_seconds >= 0 else None)
                 elif not quiet and time.monotonic() - shown >= interval:
                     shown = time.monotonic()
                     stream.write(status_line(status, time.monotonic() - started) + "\n")

@@ -107,6 +107,8 @@ class Overlays:
                    "frames": [max(o.first, start) - start, min(o.last, stop - 1) - start],
                    "fps": self.fps} for o in present]
         ok, png = cv2.imencode(".png", self.mask_at(size, present))
+        if not ok:
+            raise RuntimeError("the overlay mask could not be encoded as PNG")
         return {"overlays": json.dumps(listed).encode(), "overlay_mask": png.tobytes()}
 
 

@@ -4,6 +4,8 @@ the burned-in overlays (date stamps) with the frames they are in.
 The job, `inspect` and `preview` all use it, so what they report is what the job does."""
 from __future__ import annotations
 
+from services.stagekit.codec import MAX_REFERENCES
+
 from .. import media
 from ..media.overlays import OverlayFinder, detect_size
 from ..media.references import GreyScene, Scan, read_references, scan
@@ -75,7 +77,9 @@ def colour_source(scene: GreyScene, colorize: StageSpec | None) -> str:
     return f"colour from {colorize.model} (no colour frame in the tape to take colour from)"
 
 
-TAPE_CANDIDATES = 16      # frames of the whole input TAPE scores beside each clip's own
+# Frames of the whole input TAPE scores beside each clip's own: as many as a clip header
+# may carry (a service refuses more).
+TAPE_CANDIDATES = MAX_REFERENCES
 
 
 def runs_tape(plan: Plan) -> bool:
@@ -86,19 +90,19 @@ def input_candidates(plan: Plan, count: int = TAPE_CANDIDATES) -> tuple[bytes, .
     """``count`` frames spread evenly over the whole input, at the working size (one field
     of an interlaced source, so no combing reads as damage), as JPEG: the clip header's
     references for TAPE, which scores them with each clip's own frames and takes its
-    references from the whole video, as the authors' script does."""
+    references from the whole video, as the authors' script does. Read by seeking, not by
+    decoding the input again."""
     import cv2
     import numpy as np
     src = plan.source
     total = max(1, src.frame_count or 1)
-    picks = set(np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist())
+    picks = sorted(set(np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist()))
     found = []
-    for index, frame in enumerate(media.decode(src)):
-        if index in picks:
-            field = frame[::2] if src.interlaced else frame
-            image = cv2.resize(field, plan.working_size, interpolation=cv2.INTER_AREA)
-            found.append(cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                                      [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes())
-        if index >= max(picks):
-            break
+    for index, frame in sorted(media.frames_at(src, picks).items()):
+        field = frame[::2] if src.interlaced else frame
+        image = cv2.resize(field, plan.working_size, interpolation=cv2.INTER_AREA)
+        ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                                [cv2.IMWRITE_JPEG_QUALITY, 95])
+        if ok:
+            found.append(jpeg.tobytes())
     return tuple(found)

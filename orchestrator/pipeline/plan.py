@@ -5,7 +5,6 @@ memory (memory.py)."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from dataclasses import dataclass
 from fractions import Fraction
 

@@ -22,6 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from services.stagekit.overlays import OVERLAY_CHOICES
+
 from .. import media
 from ..errors import MediaError, UserError
 from ..pipeline import registry
@@ -330,8 +332,8 @@ def _overlay_params(body: dict, tasks: list[str]) -> dict:
     """The page's choice for burned-in overlays (date stamps): removed by the outpaint
     stage (the default) or kept, as outpaint.overlays."""
     choice = body.get("overlays", "remove")
-    if choice not in ("remove", "keep"):
-        raise HttpError(400, "overlays: 'remove' or 'keep'")
+    if choice not in OVERLAY_CHOICES:
+        raise HttpError(400, f"overlays: one of {', '.join(OVERLAY_CHOICES)}")
     return {"outpaint": {"overlays": choice}} if "outpaint" in tasks else {}
 
 

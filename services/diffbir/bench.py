@@ -65,7 +65,8 @@ def stage2_seconds(device: str = "cpu", half: bool = False, size: int = 512,
     networks, the release's sampling (prompt encoding included, as for a clip's first
     frame), after a one-step warm-up."""
     torch.manual_seed(0)
-    stage2 = Stage2(on_device_all(build_stage2(), torch.device(device), half),
+    stage2 = Stage2(on_device_all(build_stage2(), torch.device(device),
+                                  torch.float16 if half else torch.float32),
                     autocast=(lambda: torch.autocast("cuda", torch.float16)) if half else nullcontext)
     cond = torch.rand(1, 3, size, size, device=device)
     with torch_threads(threads), torch.inference_mode():

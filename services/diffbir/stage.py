@@ -14,7 +14,8 @@ What the authors do (v2.1, the default, and v1; see ``pipeline.py``), kept exact
   weights, or with ``stage=1``, the stage-1 output stands in for the sample: the authors'
   ``Pipeline.run`` then gives exactly that, as the colour fix of x against x is x;
 - antialiased bicubic back to the output size; uint8 by x * 255 clamped and truncated;
-- on CUDA, fp16 autocast around the networks (their ``--precision fp16`` default).
+- on CUDA their ``--precision fp16`` default is ours only when asked (``half`` or
+  ``--precision fp16``): fp32 otherwise, as nothing has measured its error on real weights.
 
 What we add: frames are independent, so a clip streams through in batches of ``batch``
 frames and nothing else is held; ``rgbf16`` frames are upscaled by the same bicubic in
@@ -183,7 +184,7 @@ class DiffBIRStage(NeuralStage):
         ``version``, or None for stage 1 alone; with them stage 2 is the default."""
         super().__init__(network, device, half=half, identity=identity)
         self.stage2 = None if stage2 is None else Stage2(
-            on_device_all(stage2, self.device, self.half and self.device.type == "cuda"),
+            on_device_all(stage2, self.device, self.dtype),
             version, self.autocast)
         settings = settings or Settings()
         stage = settings.stage or (2 if self.stage2 else 1)
@@ -340,7 +341,7 @@ def create_stage(weights: Path | str | None = None, device: str = "auto",
                  arch: Path | str | dict | None = None, half: bool | None = None,
                  settings: Settings | None = None) -> DiffBIRStage:
     """The stage with the authors' checkpoint loaded strictly. ``device`` 'auto' lets
-    $RESTORATION_DEVICE choose, else CUDA when present; fp16 autocast on CUDA by default."""
+    $RESTORATION_DEVICE choose, else CUDA when present; half precision only when asked."""
     network, path = load_network(weights, arch)
     chosen = pick_device(device)
     settings = settings or Settings(batch=default_batch(chosen))
@@ -351,12 +352,12 @@ def create_stage(weights: Path | str | None = None, device: str = "auto",
                         settings=settings, stage2=nets, version=version)
 
 
-def on_device_all(nets, device: torch.device, half: bool = False):
-    """Each stage-2 network in eval mode on ``device``; ``half``: the UNet and ControlNet
-    weights in float16 (the authors' ``cast_dtype``; their GroupNorms still compute in
-    float32), the VAE and text encoder kept in float32 under autocast, as they run it."""
+def on_device_all(nets, device: torch.device, dtype: torch.dtype = torch.float32):
+    """Each stage-2 network in eval mode on ``device``; with a half ``dtype`` on CUDA the UNet
+    and ControlNet weights in it (the authors' ``cast_dtype``; their GroupNorms still compute
+    in float32), the VAE and text encoder kept in float32 under autocast, as they run it."""
     placed = type(nets)(*(None if n is None else n.eval().to(device) for n in nets))
-    if half:
-        placed.unet.half()
-        placed.controlnet.half()
+    if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        placed.unet.to(dtype)
+        placed.controlnet.to(dtype)
     return placed

@@ -336,7 +336,7 @@ def verify_checkpoint(name: str, path: Path, arch: Path | str | dict | None = No
 def create_stage(weights: Path | str | None = None, device: str = "auto",
                  arch: Path | str | dict | None = None, half: bool | None = None) -> MatStage:
     """The stage with the converted checkpoint loaded strictly. ``device`` 'auto' lets
-    $RESTORATION_DEVICE choose, else CUDA when present; float16 autocast on CUDA by default."""
+    $RESTORATION_DEVICE choose, else CUDA when present; half precision only when asked."""
     network, path = load_network(weights, arch)
     chosen = pick_device(device)
     return MatStage(network, chosen, half=half, identity=sha256_file(path), recorded=recorded_draws())

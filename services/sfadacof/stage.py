@@ -160,7 +160,7 @@ def create_stage(weights: Path | str | None = None, device: str = "auto",
                  arch: Path | str | dict | None = None, half: bool | None = None,
                  precision: str | None = None) -> SfAdaCoFStage:
     """The stage with the authors' checkpoint loaded strictly. ``device`` 'auto' lets
-    $RESTORATION_DEVICE choose, else CUDA when present; half precision on CUDA by default."""
+    $RESTORATION_DEVICE choose, else CUDA when present; half precision only when asked."""
     network, path = load_network(weights, arch)
     chosen = pick_device(device)
     return SfAdaCoFStage(network, chosen, half=half, identity=sha256_file(path),

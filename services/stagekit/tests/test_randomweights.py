@@ -49,7 +49,10 @@ def test_install_records_verified_files_that_the_service_loads(tmp_path):
     assert [p.name for p in installed] == [e.name for e in store.manifest("rvrt")]
     assert store.weights_present("rvrt", tmp_path)
     stage = create_stage(weights=tmp_path / "rvrt", device="cpu")
-    assert stage is not None
+    written = torch.load(installed[0], map_location="cpu", weights_only=True)["params"]
+    loaded = stage.network.state_dict()
+    key = next(k for k in written if k.endswith(".weight"))
+    assert torch.equal(loaded[key], written[key])     # the service runs the installed values
 
 
 def test_values_are_the_networks_initialisation_not_unit_gaussians():
