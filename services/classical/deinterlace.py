@@ -74,6 +74,11 @@ class DeinterlaceStage(ClassicalStage):
                  else "progressive input", "x".join(map(str, settings.size))
                  if settings.size else "unchanged")
         images = worked(frames)
+        if settings.interlaced and settings.size and settings.size[0] < info.width:
+            # Deinterlacing works on columns: narrowing first (area, as the resample
+            # after it does) leaves it the same work on fewer of them.
+            narrow = (settings.size[0], info.height)
+            images = mapped(lambda image: resample(image, narrow), images)
         if settings.interlaced:
             images = deinterlace(images, top_first=settings.field_order == "tff")
         if settings.size and settings.size != (info.width, info.height):
