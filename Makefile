@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all clean bench-models bench-quality bench-pipeline bench-order bench-checkpoints bench-sizes images browser
+.PHONY: setup demo test test-all clean bench-models bench-quality bench-pipeline bench-order bench-checkpoints bench-sizes bench-encoder images browser
 
 setup: $(VENV)/.installed
 
@@ -52,6 +52,9 @@ bench-checkpoints: setup
 
 bench-sizes: setup
 	$(PY) -m bench.sizes
+
+bench-encoder: setup
+	$(PY) -m bench.encoder
 
 images: setup
 	$(PY) -m deploy.images
