@@ -76,7 +76,8 @@ class DeinterlaceStage(ClassicalStage):
         images = worked(frames)
         if settings.interlaced and settings.size and settings.size[0] < info.width:
             # Deinterlacing works on columns: narrowing first (area, as the resample
-            # after it does) leaves it the same work on fewer of them.
+            # after it does) leaves it the same work on fewer of them. On tape_sim.mp4
+            # (720 to 360 wide) half the stage's CPU, the same PSNR to the clean truth.
             narrow = (settings.size[0], info.height)
             images = mapped(lambda image: resample(image, narrow), images)
         if settings.interlaced:
