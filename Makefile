@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all clean bench-models bench-quality bench-pipeline bench-order bench-checkpoints bench-sizes bench-neural images browser
+.PHONY: setup demo test test-all clean bench-models bench-quality bench-pipeline bench-order bench-checkpoints bench-sizes bench-neural bench-encoder images browser
 
 setup: $(VENV)/.installed
 
@@ -56,6 +56,9 @@ bench-sizes: setup
 # BENCH_ARGS="--device cuda" on a GPU; "--models tape,rvrt --frames 2" to limit it
 bench-neural: setup
 	$(PY) -m bench.neural $(BENCH_ARGS)
+
+bench-encoder: setup
+	$(PY) -m bench.encoder
 
 images: setup
 	$(PY) -m deploy.images

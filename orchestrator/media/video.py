@@ -215,8 +215,11 @@ def _upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(rgb, k=(rotation // 90) % 4))
 
 
+# x264's 'faster' rather than its default 'medium': on a restored tape it gives, at the
+# same CRF, 0.3 dB more PSNR and as much VMAF in a 4 % larger file, at three quarters of the
+# CPU time (`make bench-encoder`); at equal size, +0.16 dB PSNR and -0.17 VMAF.
 CODECS = {  # --codec name: (encoder, pixel format, options)
-    "h264": ("libx264", "yuv420p", {"preset": "medium"}),
+    "h264": ("libx264", "yuv420p", {"preset": "faster"}),
     "h265": ("libx265", "yuv420p", {"preset": "medium", "x265-params": "log-level=error"}),
     "ffv1": ("ffv1", "yuv444p", {"level": "3", "slices": "4"}),
 }
@@ -270,7 +273,7 @@ class OutputSpec:
 
 
 AUDIO_LEAD = 0.5  # seconds of audio muxed ahead of the video written so far
-LOOKAHEAD = 40            # x264's frames of look-ahead (preset medium) up to full HD ...
+LOOKAHEAD = 20            # x264's frames of look-ahead (preset faster) up to full HD ...
 LOOKAHEAD_PIXELS = 1920 * 1080   # ... and fewer above, so the encoder holds a fixed area
 
 

@@ -74,6 +74,12 @@ class DeinterlaceStage(ClassicalStage):
                  else "progressive input", "x".join(map(str, settings.size))
                  if settings.size else "unchanged")
         images = worked(frames)
+        if settings.interlaced and settings.size and settings.size[0] < info.width:
+            # Deinterlacing works on columns: narrowing first (area, as the resample
+            # after it does) leaves it the same work on fewer of them. On tape_sim.mp4
+            # (720 to 360 wide) half the stage's CPU, the same PSNR to the clean truth.
+            narrow = (settings.size[0], info.height)
+            images = mapped(lambda image: resample(image, narrow), images)
         if settings.interlaced:
             images = deinterlace(images, top_first=settings.field_order == "tff")
         if settings.size and settings.size != (info.width, info.height):
