@@ -93,3 +93,23 @@ def test_workers_cpu_is_charged_to_the_calling_thread():
     watcher.join()
     assert thread_cpu() - before >= 0.35
     assert other[0] < 0.1
+
+
+def test_a_new_thread_starts_with_nothing_charged():
+    """A thread's account ends with it: a later thread given the same ident (as the
+    system reuses them) does not inherit what the pool did for the first."""
+    def burn(_):
+        end = time.thread_time() + 0.05
+        while time.thread_time() < end:
+            pass
+
+    worker = threading.Thread(target=lambda: list(ordered_map(burn, range(4), workers=2)))
+    worker.start()
+    worker.join()
+    seen = []
+    for _ in range(20):
+        later = threading.Thread(target=lambda: seen.append((threading.get_ident(), thread_cpu())))
+        later.start()
+        later.join()
+    assert worker.ident in {ident for ident, _ in seen}      # an ident was given again
+    assert max(cpu for _, cpu in seen) < 0.1

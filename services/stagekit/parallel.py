@@ -40,7 +40,7 @@ def ordered_map(function: Callable[[T], R], items: Iterable[T], workers: int,
     ahead = workers if ahead is None else ahead
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="frames")
     pending: deque = deque()
-    charge = functools.partial(_charged, function, threading.get_ident())
+    charge = functools.partial(_charged, function, _account())
     try:
         for item in items:
             pending.append(pool.submit(charge, item))
@@ -52,25 +52,35 @@ def ordered_map(function: Callable[[T], R], items: Iterable[T], workers: int,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-_CHARGED: dict[int, float] = {}   # CPU seconds pool threads spent for each calling thread
 _CHARGE_LOCK = threading.Lock()
+_ACCOUNTS = threading.local()
 
 
-def _charged(function: Callable[[T], R], owner: int, item: T) -> R:
+def _account() -> list[float]:
+    """The calling thread's account of CPU seconds pool threads spent for it. Kept in the
+    thread's own storage, so it goes with the thread: a later thread that is given the
+    same ident starts from nothing."""
+    account = getattr(_ACCOUNTS, "seconds", None)
+    if account is None:
+        account = _ACCOUNTS.seconds = [0.0]
+    return account
+
+
+def _charged(function: Callable[[T], R], owner: list[float], item: T) -> R:
     start = time.thread_time()
     try:
         return function(item)
     finally:
         spent = time.thread_time() - start
         with _CHARGE_LOCK:
-            _CHARGED[owner] = _CHARGED.get(owner, 0.0) + spent
+            owner[0] += spent
 
 
 def thread_cpu() -> float:
     """CPU seconds of the calling thread, with what ``ordered_map``'s workers spent on
     its behalf: a stage's whole CPU cost when called on the stage's thread."""
     with _CHARGE_LOCK:
-        return time.thread_time() + _CHARGED.get(threading.get_ident(), 0.0)
+        return time.thread_time() + _account()[0]
 
 
 class PerThread(Generic[T]):
