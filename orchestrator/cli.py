@@ -360,14 +360,14 @@ COMMANDS = {"submit": cmd_submit, "inspect": cmd_inspect, "preview": cmd_preview
                for name in ("status", "watch", "list", "cancel", "fetch")}}
 
 
-def _cuda(device: str) -> bool:
-    if device not in ("auto", "") and not device.startswith("cuda"):
-        return False
+def _check_precision(args) -> str | None:
+    """The error, if any, of --precision on this job's device (stagekit's own rule)."""
+    from services.stagekit.device import pick_device, pick_precision
     try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
+        pick_precision(pick_device(getattr(args, "device", "auto")), args.precision)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def main(argv=None) -> int:
@@ -377,9 +377,9 @@ def main(argv=None) -> int:
         return simulate_main(argv[1:])
     args = build_parser().parse_args(argv)
     if getattr(args, "precision", None):
-        if args.precision == "fp16" and not _cuda(getattr(args, "device", "auto")):
-            print("error: --precision fp16 needs a CUDA device (use bf16 or fp32 on the CPU)",
-                  file=sys.stderr)
+        problem = _check_precision(args)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
             return 1
         # The in-process stages read it where they pick their dtype (services/stagekit/device.py).
         os.environ["RESTORATION_PRECISION"] = args.precision

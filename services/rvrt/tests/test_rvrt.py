@@ -10,7 +10,7 @@ import torch
 from services.stagekit import StageError
 from services.stagekit.parity import load_arrays, load_config, rel_l2
 from services.stagekit.parity import run as run_parity
-from services.stagekit.testing import clip_info, parity_dir, running_service, shared_dir
+from services.stagekit.testing import clip_info, damaged, parity_dir, running_service, shared_dir
 from services.stagekit.weights import WeightsError
 
 from services.rvrt import MODEL
@@ -247,13 +247,7 @@ def test_official_checkpoint_loads_strictly(tmp_path, wrapped):
     ("misshaped", "backbone.forward_1.main.1.weight"),
 ])
 def test_bad_checkpoint_names_the_key(tmp_path, change, key):
-    state = official_state()
-    if change == "missing":
-        del state[key]
-    elif change == "extra":
-        state[key] = torch.zeros(3)
-    else:
-        state[key] = state[key][:, :-1]
+    state = damaged(official_state(), change, key)
     path = tmp_path / "bad.pth"
     torch.save({"params": state}, path)
     with pytest.raises(WeightsError, match=key.replace(".", r"\.")):

@@ -17,7 +17,7 @@ from services.stagekit.parity import uint8_pm1
 from services.sfadacof.stage import SfAdaCoFStage, create_stage, to_frames
 from services.stagekit import parity
 from services.stagekit.stage import ClipInfo, StageError
-from services.stagekit.testing import parity_dir, running_service
+from services.stagekit.testing import damaged, parity_dir, running_service
 from services.stagekit.weights import WeightsError, load_checkpoint, sha256_file
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -178,13 +178,7 @@ def test_official_layout_loads_strictly_as_the_authors_ship_it(tmp_path):
     ("misshaped", "get_kernel.moduleAlpha2.4.weight"),
 ])
 def test_a_bad_key_fails_naming_it(tmp_path, damage, named):
-    state = dict(load_checkpoint(TINY_STATE))
-    if damage == "missing":
-        del state[named]
-    elif damage == "extra":
-        state[named] = torch.zeros(1)
-    else:
-        state[named] = state[named][:, :-1]
+    state = damaged(dict(load_checkpoint(TINY_STATE)), damage, named)
     save_authors_file(state, tmp_path / "model60.pth")
     with pytest.raises(WeightsError, match=named.replace(".", r"\.")):
         create_stage(tmp_path / "model60.pth", "cpu", CONFIG)
