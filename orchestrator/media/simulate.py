@@ -13,6 +13,7 @@ head-switching band, upscaled to a 720x480 interlaced capture with SAR 8:9, and 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import zlib
@@ -97,10 +98,14 @@ def interlace(fields: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
 
 
 def write_tape(path: Path, frames: Iterator[np.ndarray], seconds: float) -> None:
-    """An interlaced H.264 capture (tff, SAR 8:9, 29.97 fps) with a tone as audio."""
+    """An interlaced H.264 capture (tff, SAR 8:9, 29.97 fps) with a tone as audio, at the
+    frames' own size (720x480 for a whole NTSC picture)."""
+    frames = iter(frames)
+    first = next(frames)
     with av.open(str(path), "w") as out:
         video = out.add_stream("libx264", rate=FIELD_RATE / 2)
-        video.width, video.height, video.pix_fmt = 720, 480, "yuv420p"
+        video.height, video.width = first.shape[:2]
+        video.pix_fmt = "yuv420p"
         ctx = video.codec_context
         ctx.sample_aspect_ratio = Fraction(8, 9)
         ctx.field_order = 2  # top field first
@@ -108,7 +113,7 @@ def write_tape(path: Path, frames: Iterator[np.ndarray], seconds: float) -> None
                        "x264-params": "tff=1"}
         audio = out.add_stream("aac", rate=48000)
         audio.layout = "mono"
-        for i, rgb in enumerate(frames):
+        for i, rgb in enumerate(itertools.chain([first], frames)):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
             frame.pts = i
             out.mux(video.encode(frame))
@@ -540,7 +545,7 @@ def write_clip(path: Path, frames, rate: Fraction) -> None:
         video.height, video.width = frames[0].shape[:2]
         video.pix_fmt = "yuv444p"
         video.codec_context.options = {"crf": "4", "preset": "fast"}
-        for i, rgb in enumerate(frames):
+        for i, rgb in enumerate(itertools.chain([first], frames)):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts = i
             out.mux(video.encode(frame))
