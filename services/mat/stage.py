@@ -343,6 +343,6 @@ def create_stage(weights: Path | str | None = None, device: str = "auto",
     (``half``, or ``precision`` as stagekit.device rules)."""
     network, path = load_network(weights, arch)
     chosen = pick_device(device)
-    return MatStage(network, chosen, half=half, identity=sha256_file(path), recorded=recorded_draws(),
-                    precision=precision)
+    return MatStage(network, chosen, half=half, identity=sha256_file(path),
+                    recorded=recorded_draws(), precision=precision)
 

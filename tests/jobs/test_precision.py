@@ -47,9 +47,9 @@ def test_a_jobs_precision_reaches_its_stages_and_fp16_is_refused_on_a_cpu_server
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert reason in caught.value.details()
 
-    submit = subprocess.Popen([sys.executable, "-m", "orchestrator", "submit", str(tape), *job_flags,
-                               "--precision", "bf16"], cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    submit = subprocess.Popen([sys.executable, "-m", "orchestrator", "submit", str(tape),
+                               *job_flags, "--precision", "bf16"], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         with JobClient(server.address) as client:
             [job] = wait_for(lambda: client.list(), timeout=60)   # the refused left none
