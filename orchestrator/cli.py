@@ -120,11 +120,12 @@ def add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
     add_precision_flag(parser)
 
 
-def add_precision_flag(parser: argparse.ArgumentParser) -> None:
+def add_precision_flag(parser: argparse.ArgumentParser, whose: str = "with --server: the "
+                       "job service's") -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
-                        help="precision of the in-process neural models (default auto: fp32, "
-                             "or half precision on CUDA for a model whose error was measured "
-                             "acceptable; stage services take their own --precision)")
+                        help=f"precision of the in-process neural models ({whose}; default "
+                             "auto: fp32, or half precision on CUDA for a model whose error was "
+                             "measured acceptable; stage services take their own --precision)")
 
 
 def add_outage_flag(parser: argparse.ArgumentParser) -> None:
@@ -182,7 +183,7 @@ def add_service_parsers(sub) -> None:
                        help="a host name the web page answers to (IP addresses and localhost "
                             "always)")
     serve.add_argument("--device", default="auto", help="auto, cpu or cuda for in-process models")
-    add_precision_flag(serve)
+    add_precision_flag(serve, "of a job that names none")
     serve.add_argument("--keep-outputs", type=float, default=7.0, metavar="DAYS",
                        help="days an ended job's output (and its files) stay in the store "
                             "(default %(default)g)")
@@ -232,7 +233,8 @@ def cmd_submit(args) -> int:
         raise UserError("--resume and --restart exclude each other")
     checkpoints = embedded_checkpoints(plan, spec, args.resume, args.restart)
     run = ResumableRun(plan, spec, checkpoints, args.device, show_progress=not args.quiet,
-                       keep_going=args.keep_going, outage=args.stage_outage)
+                       keep_going=args.keep_going, outage=args.stage_outage,
+                       precision=args.precision)
     try:
         path = run.run()
     except KeyboardInterrupt:
@@ -310,7 +312,8 @@ def cmd_serve(args) -> int:
     config = Config(store=args.store, pipeline_file=args.pipeline, max_running=args.max_running,
                     limits=limits_from(args), input_roots=args.input_root, device=args.device,
                     max_attempts=args.max_attempts, allowed_endpoints=args.allow_endpoint,
-                    stage_outage=args.stage_outage, keep_outputs_days=args.keep_outputs)
+                    stage_outage=args.stage_outage, keep_outputs_days=args.keep_outputs,
+                    precision=args.precision)
     if config.max_running < 1:
         raise UserError("--max-running must be at least 1")
     if bool(args.tls_cert) != bool(args.tls_key):
@@ -376,7 +379,8 @@ def main(argv=None) -> int:
         from .media.simulate import main as simulate_main
         return simulate_main(argv[1:])
     args = build_parser().parse_args(argv)
-    if getattr(args, "precision", None):
+    if getattr(args, "precision", None) and not getattr(args, "server", None):
+        # (a job service judges a job's precision on its own device)
         problem = _check_precision(args)
         if problem:
             print(f"error: {problem}", file=sys.stderr)

@@ -52,7 +52,7 @@ def weights(model: str) -> tuple[str, str]:
     return str(folder / "tiny_state.safetensors"), str(folder / "config.json")
 
 
-def tiny_stage(task: str, model: str, device: str = "cpu"):
+def tiny_stage(task: str, model: str, device: str = "cpu", precision: str | None = None):
     """The in-process stage as the orchestrator builds it, with the tiny weights."""
     tiny, config = weights(model)
     made = importlib.import_module(f"services.{model}.stage").create_stage(

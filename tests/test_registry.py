@@ -43,3 +43,18 @@ def test_stages_lists_every_task_and_model(tmp_path):
         assert f"{task:<12} classical" in result.stdout
     for _, model in NEURAL:
         assert f" {model} " in result.stdout
+
+
+def test_an_in_process_stage_takes_the_precision_it_is_given(tmp_path, monkeypatch):
+    """Given, not read from the environment: two jobs of one service may ask differently;
+    a classical stage runs whatever a job asks of the neural ones."""
+    import torch
+    from services.stagekit import randomweights
+    randomweights.install("mmprnn", tmp_path)
+    monkeypatch.setenv("RESTORATION_WEIGHTS", str(tmp_path))
+    monkeypatch.setenv("RESTORATION_PRECISION", "fp32")
+    assert registry.create_local("deblur", "mmprnn", "cpu", "bf16").dtype == torch.bfloat16
+    assert registry.create_local("deblur", "mmprnn", "cpu").dtype == torch.float32
+    monkeypatch.setenv("RESTORATION_PRECISION", "bf16")
+    assert registry.create_local("deblur", "mmprnn", "cpu", "fp32").dtype == torch.float32
+    assert registry.create_local("deblur", "classical", "cpu", "bf16").task == "deblur"

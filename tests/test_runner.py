@@ -58,8 +58,8 @@ def test_tape_is_given_frames_from_the_whole_input(tmp_path, monkeypatch):
     source = media.probe(tape)
     from orchestrator.pipeline import registry
     classical = registry.create_local     # deinterlace goes first; TAPE has no weights here
-    monkeypatch.setattr(registry, "create_local", lambda task, model, device="auto": Refusing()
-                        if model == "tape" else classical(task, model, device))
+    monkeypatch.setattr(registry, "create_local", lambda task, model, device="auto", precision=None:
+                        Refusing() if model == "tape" else classical(task, model, device))
     plan = make_plan(source, pipeline.build(stages="analog", models=["analog=tape"]), native="full")
     job = Job(plan, media.OutputSpec(tmp_path / "out.mkv", "ffv1"), show_progress=False)
     step = next(s for s in job.steps if s.name.startswith("analog"))

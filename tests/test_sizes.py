@@ -187,7 +187,8 @@ class FixedFour(Stage):
 
 def test_a_fixed_4x_model_is_resized_down_to_the_chosen_factor(small_clip, tmp_path,
                                                                 monkeypatch):
-    monkeypatch.setattr(registry, "create_local", lambda task, model, device="auto": FixedFour())
+    monkeypatch.setattr(registry, "create_local",
+                        lambda task, model, device="auto", precision=None: FixedFour())
     source = media.probe(small_clip)
     plan = make_plan(source, pipeline.build(stages="superres", models=["superres=psrt"]),
                      native="full", scale="2")

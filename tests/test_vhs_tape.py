@@ -50,7 +50,8 @@ def damaged_tape(tmp_path_factory):
 def test_with_tape_selected_the_vhs_damage_reaches_tape_unrepaired(damaged_tape, tmp_path,
                                                                    monkeypatch):
     stand_in = TapeStandIn()
-    monkeypatch.setattr(registry, "create_local", lambda task, model, device="auto": stand_in)
+    monkeypatch.setattr(registry, "create_local",
+                        lambda task, model, device="auto", precision=None: stand_in)
     source = media.probe(damaged_tape)
     plan = make_plan(source, pipeline.build(stages="analog", models=["analog=tape"]),
                      native="full", refuse=False)

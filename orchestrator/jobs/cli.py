@@ -38,7 +38,8 @@ def submit_remote(args) -> int:
         raise UserError(f"{output}: already exists (use -y to replace it)")
     options = jobs_pb2.JobOptions(codec=args.codec, crf=crf, native=args.native,
                                   scale=args.scale, max_height=args.max_height,
-                                  output_name=output.name, keep_going=args.keep_going)
+                                  output_name=output.name, keep_going=args.keep_going,
+                                  precision=args.precision or "")
     for spec in stages:
         options.stages.add(task=spec.task, model=spec.model, params=spec.params,
                            endpoint=spec.endpoint)

@@ -28,6 +28,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.stagekit.auth import TokenCheck, read_token
+from services.stagekit.device import pick_device, pick_precision
 from services.stagekit.server import FILE_PARAMS, SERVER_OPTIONS, server_credentials
 from services.stagekit.weights import sha256_file
 
@@ -64,6 +65,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     input_roots: list[Path] = field(default_factory=list)
     device: str = "auto"
+    precision: str | None = None         # in-process stages' unless a job asks its own
     max_attempts: int = 3
     allowed_endpoints: list[str] = field(default_factory=list)  # endpoints a job may name
     stage_outage: float = STAGE_OUTAGE   # seconds a stage no replica answers is waited for
@@ -231,7 +233,8 @@ class Scheduler:
                             show_progress=False, max_attempts=self.config.max_attempts,
                             keep_going=bool(options.get("keep_going")),
                             attempts=store.attempts(job_id), on_clip=clip_done,
-                            on_failure=clip_failed, outage=self.config.stage_outage)
+                            on_failure=clip_failed, outage=self.config.stage_outage,
+                            precision=options.get("precision") or self.config.precision)
 
 
 class Sweeper:
@@ -348,6 +351,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             self._check_endpoint(stage["endpoint"])
             self._check_files(stage)
         scale, max_height = opts.scale or "auto", opts.max_height or MAX_HEIGHT
+        self._check_precision(opts.precision)
         try:
             check_flags(scale, max_height)
             pipeline_specs.check_runnable(job_specs(self.config, {"stages": stages}))
@@ -356,7 +360,17 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         return {"stages": stages, "codec": codec, "crf": opts.crf or 18,
                 "native": opts.native or "auto", "scale": scale, "max_height": max_height,
                 "output_name": output,
-                "keep_going": opts.keep_going}
+                "keep_going": opts.keep_going, "precision": opts.precision}
+
+    def _check_precision(self, precision: str) -> None:
+        """A precision the server's device cannot run is refused now, not when the job
+        starts (stagekit's rule, as a service's own --precision is checked)."""
+        if not precision:
+            return
+        try:
+            pick_precision(pick_device(self.config.device), precision)
+        except ValueError as exc:
+            raise Rejected(grpc.StatusCode.INVALID_ARGUMENT, f"this job service: {exc}") from None
 
     def _check_endpoint(self, endpoint: str) -> None:
         """A job may send frames only where the operator allows: the endpoints of the

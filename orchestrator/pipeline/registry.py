@@ -112,11 +112,14 @@ def _served_task(task: str, model: str) -> str:
     return CLASSICAL_STANDS_IN.get(task, task) if model == CLASSICAL else task
 
 
-def create_local(task: str, model: str, device: str = "auto"):
-    """Build the in-process Stage of ``model`` for ``task`` (in the precision the
-    orchestrator's --precision put in $RESTORATION_PRECISION, 'auto' by default)."""
+def create_local(task: str, model: str, device: str = "auto", precision: str | None = None):
+    """Build the in-process Stage of ``model`` for ``task``, a neural one in ``precision``
+    (None: $RESTORATION_PRECISION, else 'auto'); a classical model runs in float32 whatever
+    a job asks. Passed, not put in the environment: two jobs of one service may differ."""
+    from services.stagekit.device import takes_precision
     module = importlib.import_module(f"services.{model}.stage")
-    made = module.create_stage(weights=None, device=device, arch=None)
+    wanted = {"precision": precision} if precision and takes_precision(module.create_stage) else {}
+    made = module.create_stage(weights=None, device=device, arch=None, **wanted)
     stages = made if isinstance(made, list) else [made]
     wanted = _served_task(task, model)
     for stage in stages:

@@ -117,13 +117,14 @@ class Job:
     in ``skip`` are left out of this run's work; the output is then not written.
     ``attempts`` counts earlier failures per clip, which moves a retried clip to the next
     replica of a remote stage; ``outage`` is how long a stage no replica serves is waited
-    for."""
+    for. ``precision`` is the in-process neural stages' (None: $RESTORATION_PRECISION,
+    else auto)."""
 
     def __init__(self, plan: Plan, output: media.OutputSpec, device: str = "auto",
                  show_progress: bool = True, checkpoints=None,
                  attempts: dict[str, int] | None = None, skip: set[str] | None = None,
                  on_clip=None, outage: float = STAGE_OUTAGE, scenes: Scan | None = None,
-                 time_offset: float = 0.0):
+                 time_offset: float = 0.0, precision: str | None = None):
         self.plan = plan
         self.output = output
         self.cancel = threading.Event()
@@ -131,7 +132,7 @@ class Job:
         self.checkpoints = checkpoints
         self.skip = skip or set()
         self.on_clip = on_clip or (lambda clip_id, frames: None)
-        self.steps = build_steps(plan, device, attempts, outage, self.cancel)
+        self.steps = build_steps(plan, device, attempts, outage, self.cancel, precision)
         self.progress = Progress([s.name for s in self.steps], plan.source.frame_count,
                                  frames_out(self.steps, plan) if plan.source.frame_count else {})
         self.show_progress = show_progress
@@ -389,8 +390,10 @@ class ResumableRun:
     def __init__(self, plan: Plan, output: media.OutputSpec, checkpoints, device: str = "auto",
                  show_progress: bool = True, max_attempts: int = MAX_ATTEMPTS,
                  keep_going: bool = False, attempts: dict[str, int] | None = None,
-                 on_clip=None, on_failure=None, outage: float = STAGE_OUTAGE):
+                 on_clip=None, on_failure=None, outage: float = STAGE_OUTAGE,
+                 precision: str | None = None):
         self.plan, self.output, self.checkpoints = plan, output, checkpoints
+        self.precision = precision   # of the in-process neural stages (None: the default)
         self.outage = outage
         self.device, self.show_progress = device, show_progress
         self.max_attempts, self.keep_going = max_attempts, keep_going
@@ -410,7 +413,8 @@ class ResumableRun:
                      for c in {*self.attempts, *self.outages}}   # each retry: the next replica
             self.job = Job(self.plan, self.output, self.device, self.show_progress,
                            self.checkpoints, tries, self.failed, self.on_clip, self.outage,
-                           self.job.scenes if self.job is not None else None)  # one pass per run
+                           self.job.scenes if self.job is not None else None,  # one pass per run
+                           precision=self.precision)
             if self.stopped.is_set():
                 raise Cancelled
             try:

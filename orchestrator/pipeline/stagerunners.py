@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from services.stagekit import ClipInfo, Stage
+from services.stagekit.device import precision_name
 
 from ..errors import UserError
 from . import registry
@@ -190,8 +191,19 @@ def frames_out(steps: list[Step], plan: Plan) -> dict[str, int]:
     return out
 
 
+def local_runner(spec: StageSpec, device: str, precision: str | None) -> LocalRunner:
+    """The in-process stage of ``spec``; a neural one says where and in which precision it
+    runs (what a job asked, or what `auto` chose)."""
+    stage = registry.create_local(spec.task, spec.model, device, precision)
+    if getattr(stage, "dtype", None) is not None:
+        log.info("%s/%s: in-process on %s in %s", spec.task, spec.model, stage.device,
+                 precision_name(stage.dtype))
+    return LocalRunner(stage)
+
+
 def build_steps(plan: Plan, device: str = "auto", attempts: dict[str, int] | None = None,
-                outage: float = STAGE_OUTAGE, stop: threading.Event | None = None) -> list[Step]:
+                outage: float = STAGE_OUTAGE, stop: threading.Event | None = None,
+                precision: str | None = None) -> list[Step]:
     steps: list[Step] = []
     resampled = plan.working_size == (plan.source.width, plan.source.height)
     if not plan.source.interlaced and not resampled:
@@ -206,8 +218,8 @@ def build_steps(plan: Plan, device: str = "auto", attempts: dict[str, int] | Non
                 params.setdefault("size", "%dx%d" % plan.working_size)
         if spec.task == "superres" and spec.model in NATIVE_FACTORS:
             params["scale"] = str(plan.sizing.model_factor)
-        runner = (LocalRunner(registry.create_local(spec.task, spec.model, device))
-                  if spec.endpoint == "local" else RemoteRunner(spec, attempts, outage=outage, stop=stop))
+        runner = (local_runner(spec, device, precision) if spec.endpoint == "local"
+                  else RemoteRunner(spec, attempts, outage=outage, stop=stop))
         steps.append(Step(f"{spec.task}/{spec.model}", runner, params, spec))
         if spec.task == DEINTERLACE and not resampled:
             steps.append(Step("resample", LocalRunner(Resample(*plan.working_size)), {}))

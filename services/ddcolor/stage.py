@@ -265,8 +265,9 @@ def verify_checkpoint(name: str, path: Path, arch: Path | None = None) -> None:
 
 
 def create_stage(weights: Path | None = None, device: str = "auto",
-                 arch: Path | None = None) -> DDColorStage:
+                 arch: Path | None = None, precision: str | None = None) -> DDColorStage:
     path = checkpoint_file(MODEL, weights)
     network = load_ddcolor(path, **read_arch(arch))
     chosen = pick_device(device)
-    return DDColorStage(network, chosen, pick_dtype(chosen), file_identity(path))
+    return DDColorStage(network, chosen, pick_dtype(chosen, model=MODEL, precision=precision),
+                        file_identity(path))

@@ -179,10 +179,10 @@ class DiffBIRStage(NeuralStage):
 
     def __init__(self, network: SwinIR, device="cpu", half: bool | None = None,
                  identity: str = "", settings: Settings | None = None, stage2=None,
-                 version: str = "v2.1"):
+                 version: str = "v2.1", precision: str | None = None):
         """``stage2``: the stage-2 networks (``checkpoints.Stage2Networks``) of DiffBIR
         ``version``, or None for stage 1 alone; with them stage 2 is the default."""
-        super().__init__(network, device, half=half, identity=identity)
+        super().__init__(network, device, half=half, identity=identity, precision=precision)
         self.stage2 = None if stage2 is None else Stage2(
             on_device_all(stage2, self.device, self.dtype),
             version, self.autocast)
@@ -339,9 +339,10 @@ def verify_stage2_file(name: str, path: Path, config: dict | None) -> None:
 
 def create_stage(weights: Path | str | None = None, device: str = "auto",
                  arch: Path | str | dict | None = None, half: bool | None = None,
-                 settings: Settings | None = None) -> DiffBIRStage:
+                 settings: Settings | None = None, precision: str | None = None) -> DiffBIRStage:
     """The stage with the authors' checkpoint loaded strictly. ``device`` 'auto' lets
-    $RESTORATION_DEVICE choose, else CUDA when present; half precision only when asked."""
+    $RESTORATION_DEVICE choose, else CUDA when present; half precision only when asked
+    (``half``, or ``precision`` as stagekit.device rules)."""
     network, path = load_network(weights, arch)
     chosen = pick_device(device)
     settings = settings or Settings(batch=default_batch(chosen))
@@ -349,7 +350,7 @@ def create_stage(weights: Path | str | None = None, device: str = "auto",
     nets, version, paths = stage2 if stage2 else (None, "v2.1", ())
     return DiffBIRStage(network, chosen, half=half,
                         identity=lambda: file_identity(path, *paths),
-                        settings=settings, stage2=nets, version=version)
+                        settings=settings, stage2=nets, version=version, precision=precision)
 
 
 def on_device_all(nets, device: torch.device, dtype: torch.dtype = torch.float32):

@@ -38,7 +38,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from services.stagekit.device import pick_device
+from services.stagekit.device import pick_device, precision_name
 from services.stagekit.neural import NeuralStage, default_batch, load_into
 from services.stagekit.stage import ClipInfo, StageError
 from services.stagekit.weights import WeightsError, checkpoint_file, sha256_file
@@ -169,13 +169,15 @@ class MatStage(NeuralStage):
     params = ("band", "seed", "draws")
 
     def __init__(self, network: Generator, device: torch.device | str = "cpu",
-                 half: bool | None = None, identity: str = "", recorded: dict | None = None):
-        # Weights stay float32; on CUDA, float16 autocast runs the convolutions and matmuls.
-        super().__init__(network, device, half=half, identity=identity)
+                 half: bool | None = None, identity: str = "", recorded: dict | None = None,
+                 precision: str | None = None):
+        # Weights stay float32; in half precision, autocast runs the convolutions and matmuls.
+        super().__init__(network, device, half=half, identity=identity, precision=precision)
         self.recorded = recorded
         # A 512x512 forward holds ~1 GB of activations in float32; a GPU gains from more.
         self.max_batch = default_batch(self.device)
-        self.backend = self.torch_backend("float16 autocast" if self.half else "float32")
+        self.backend = self.torch_backend(f"{precision_name(self.dtype)} autocast" if self.half
+                                          else "float32")
 
     def validate(self, info: ClipInfo) -> None:
         super().validate(info)
@@ -334,10 +336,13 @@ def verify_checkpoint(name: str, path: Path, arch: Path | str | dict | None = No
 
 
 def create_stage(weights: Path | str | None = None, device: str = "auto",
-                 arch: Path | str | dict | None = None, half: bool | None = None) -> MatStage:
+                 arch: Path | str | dict | None = None, half: bool | None = None,
+                 precision: str | None = None) -> MatStage:
     """The stage with the converted checkpoint loaded strictly. ``device`` 'auto' lets
-    $RESTORATION_DEVICE choose, else CUDA when present; half precision only when asked."""
+    $RESTORATION_DEVICE choose, else CUDA when present; half precision only when asked
+    (``half``, or ``precision`` as stagekit.device rules)."""
     network, path = load_network(weights, arch)
     chosen = pick_device(device)
-    return MatStage(network, chosen, half=half, identity=sha256_file(path), recorded=recorded_draws())
+    return MatStage(network, chosen, half=half, identity=sha256_file(path),
+                    recorded=recorded_draws(), precision=precision)
 

@@ -55,6 +55,13 @@ def pick_dtype(device, half: bool | None = None, model: str = "", precision: str
     return torch.float16 if half and device.type == "cuda" else torch.float32
 
 
+def takes_precision(create_stage) -> bool:
+    """Whether a model's ``create_stage`` takes a ``precision`` (a neural model does; a
+    classical one runs in float32 only)."""
+    import inspect
+    return "precision" in inspect.signature(create_stage).parameters
+
+
 def precision_name(dtype) -> str:
     import torch
     return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")

@@ -16,7 +16,6 @@ errors, clips in flight).
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import signal
 import sys
@@ -32,7 +31,7 @@ from grpc_reflection.v1alpha import reflection
 
 from . import codec
 from .auth import TokenCheck, read_token
-from .device import PRECISIONS
+from .device import PRECISIONS, takes_precision
 from .protos import stage_pb2 as pb
 from .protos import stage_pb2_grpc as pb_grpc
 from .stage import Stage, StageError
@@ -275,7 +274,7 @@ def precision_kwargs(create_stage: Callable, precision: str | None) -> dict:
     one that has none (a classical model) is refused."""
     if precision is None:
         return {}
-    if "precision" in inspect.signature(create_stage).parameters:
+    if takes_precision(create_stage):
         return {"precision": precision}
     if precision in ("auto", "fp32"):
         return {}

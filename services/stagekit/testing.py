@@ -92,3 +92,30 @@ def damaged(state: dict, damage: str, key: str) -> dict:
     else:
         state[key] = state[key][:, :-1]
     return state
+
+
+def check_cpu_precisions(create_stage, run, mean_levels: float, **kwargs) -> float:
+    """A model's ``create_stage(**kwargs, precision=...)`` on the CPU as a service's
+    --precision and a job's precision reach it: fp32 and bf16 build the network in those
+    dtypes and give frames that differ (bf16 really ran) by less than ``mean_levels`` on
+    average; fp16 is refused in one sentence naming CUDA. ``run(stage)``: its uint8 frames.
+    Returns the mean difference, in levels."""
+    import numpy as np
+    import torch
+
+    from .server import precision_kwargs
+    assert precision_kwargs(create_stage, "bf16") == {"precision": "bf16"}
+    out = {}
+    for precision, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        stage = create_stage(**kwargs, precision=precision)
+        assert stage.dtype == dtype, (precision, stage.dtype)
+        out[precision] = np.asarray(run(stage)).astype(np.int16)
+    difference = np.abs(out["bf16"] - out["fp32"])
+    assert 0 < difference.mean() < mean_levels, difference.mean()
+    try:
+        create_stage(**kwargs, precision="fp16")
+    except ValueError as exc:
+        assert "fp16 needs a CUDA device" in str(exc), exc
+    else:
+        raise AssertionError("fp16 on the CPU was not refused")
+    return float(difference.mean())

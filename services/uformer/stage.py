@@ -155,8 +155,9 @@ class UformerStage(NeuralStage):
     cast = True
 
     def __init__(self, network: Uformer, device="cpu", half: bool | None = None,
-                 identity: str = "", settings: Settings | None = None):
-        super().__init__(network, device, half=half, identity=identity)
+                 identity: str = "", settings: Settings | None = None,
+                 precision: str | None = None):
+        super().__init__(network, device, half=half, identity=identity, precision=precision)
         self.factor = network.factor
         self.settings = (settings or Settings()).check(self.factor)
 
@@ -246,9 +247,10 @@ def verify_checkpoint(name: str, path: Path, arch: Path | None = None) -> None:
 
 
 def create_stage(weights: Path | None = None, device: str = "auto",
-                 arch: Path | None = None) -> UformerStage:
+                 arch: Path | None = None, precision: str | None = None) -> UformerStage:
     path = checkpoint_file(MODEL, weights)
     network = load_uformer(path, **read_arch(arch))
     chosen = pick_device(device)
     settings = Settings(batch=default_batch(chosen))
-    return UformerStage(network, chosen, identity=file_identity(path), settings=settings)
+    return UformerStage(network, chosen, identity=file_identity(path), settings=settings,
+                        precision=precision)

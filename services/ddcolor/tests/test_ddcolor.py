@@ -22,7 +22,7 @@ from services.stagekit import parity
 from services.stagekit.monochrome import is_monochrome
 from services.stagekit.parity import uint8_pm1
 from services.stagekit.stage import ClipInfo, StageError
-from services.stagekit.testing import clip_info, parity_dir, running_service
+from services.stagekit.testing import check_cpu_precisions, clip_info, parity_dir, running_service
 from services.stagekit.weights import WeightsError, sha256_file
 
 FIXTURES = parity_dir(MODEL)
@@ -322,6 +322,12 @@ def grey_clip(count: int, height: int = 40, width: int = 56, seed: int = 0,
     return np.stack([np.dstack([f, f, f]) for f in frames])
 
 
+def test_precision_is_taken_as_the_video_models_take_it():
+    frames = grey_clip(2, seed=13)
+    check_cpu_precisions(create_stage, lambda stage: colorize(stage, frames), mean_levels=1,
+                         weights=TINY_STATE, device="cpu", arch=CONFIG)
+
+
 def test_streaming_is_lazy_and_independent_of_the_callers_batches(tiny_stage):
     """Frames fed one at a time: each output comes out before the next input is read, and
     the result equals the clip handed over as one list."""
@@ -467,4 +473,4 @@ def test_half_precision_on_cuda_holds_quality(monkeypatch):
         # float16 autocast on the CPU gives a mean error of 0.03 levels (max 2) on this clip.
         error = np.abs(fp16.astype(np.int16) - cpu)
         assert error.mean() <= 0.5 and error.max() <= 6
-    assert create_stage(TINY_STATE, "cuda", CONFIG).dtype == torch.float16
+    assert create_stage(TINY_STATE, "cuda", CONFIG, precision="fp16").dtype == torch.float16

@@ -21,7 +21,7 @@ from services.diffbir.stage import DiffBIRStage, Settings, create_stage
 from services.stagekit import parity
 from services.stagekit.parity import rel_l2, uint8_pm1
 from services.stagekit.stage import ClipInfo, StageError
-from services.stagekit.testing import parity_dir, running_service
+from services.stagekit.testing import check_cpu_precisions, parity_dir, running_service
 from services.stagekit.weights import WeightsError, load_checkpoint, sha256_file
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -319,6 +319,13 @@ def test_streams_with_memory_bounded_by_the_batch():
     for n, _ in enumerate(tiny_stage().run(clip(frames, batch=2), source())[1]):
         assert pulled - n <= 2
     assert pulled == len(frames)
+
+
+@needs_fixtures
+def test_precision_is_taken_as_the_video_models_take_it():
+    frames = pipeline_arrays()["lq_uint8"][:1]
+    check_cpu_precisions(create_stage, lambda stage: upscale(stage, frames), mean_levels=1,
+                         weights=TINY_STATE, device="cpu", arch=CONFIG)
 
 
 @needs_fixtures

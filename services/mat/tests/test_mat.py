@@ -23,7 +23,7 @@ from services.mat.stage import Layout, MatStage, create_stage, parse_bands
 from services.stagekit import parity
 from services.stagekit.parity import uint8_pm1
 from services.stagekit.stage import ClipInfo, StageError
-from services.stagekit.testing import REPO, parity_dir, running_service
+from services.stagekit.testing import REPO, check_cpu_precisions, parity_dir, running_service
 from services.stagekit.weights import WeightsError, load_checkpoint, sha256_file
 
 FIXTURES = parity_dir(MODEL)
@@ -341,6 +341,12 @@ def test_streams_with_memory_bounded_by_the_batch():
     for n, _ in enumerate(stage.run(clip(frames), source())[1]):
         assert pulled - n <= stage.max_batch
     assert pulled == len(frames)
+
+
+def test_precision_is_taken_as_the_video_models_take_it():
+    frames = smooth_frames(2, 48, 64, seed=11)
+    check_cpu_precisions(create_stage, lambda stage: inpaint(stage, frames, band="left=9"),
+                         mean_levels=1, weights=TINY_STATE, device="cpu", arch=CONFIG)
 
 
 def test_float16_frames_in_float16_frames_out():

@@ -12,7 +12,7 @@ import torch
 from services.stagekit import parity
 from services.stagekit.parity import uint8_pm1
 from services.stagekit.stage import StageError
-from services.stagekit.testing import clip_info, parity_dir, running_service
+from services.stagekit.testing import check_cpu_precisions, clip_info, parity_dir, running_service
 from services.stagekit.weights import WeightsError, load_strict, sha256_file
 from services.uformer import MODEL, TASK
 from services.uformer.bench import psnr, tiling_psnr
@@ -257,6 +257,12 @@ def test_streaming_is_lazy_and_batch_size_does_not_matter(tiny_stage):
     np.testing.assert_array_equal(np.stack(streamed), deblur(tiny_stage, frames, batch=7))
 
 
+def test_precision_is_taken_as_the_video_models_take_it():
+    frames = scene(2, 30, 44, seed=12)
+    check_cpu_precisions(create_stage, lambda stage: deblur(stage, frames), mean_levels=1,
+                         weights=TINY_STATE, device="cpu", arch=CONFIG)
+
+
 @pytest.mark.parametrize("count,batch", [(1, 1), (1, 4), (3, 2), (5, 4)])
 def test_every_frame_comes_out_of_any_clip(tiny_stage, count, batch):
     frames = pipeline_arrays()["frames_in_u8"][[i % 2 for i in range(count)]]
@@ -355,7 +361,7 @@ def test_half_precision_on_cuda_holds_quality(monkeypatch):
     arrays = pipeline_arrays()
     frames = arrays["frames_in_u8"]
     fp32 = UformerStage(tiny_network(fixture_config()), "cuda", half=False)
-    fp16 = create_stage(TINY_STATE, "cuda", CONFIG)
+    fp16 = create_stage(TINY_STATE, "cuda", CONFIG, precision="fp16")
     assert fp16.dtype == torch.float16
     assert uint8_pm1(deblur(fp32, frames), arrays["frames_out_u8"]) <= 1e-3
     error = np.abs(deblur(fp16, frames).astype(np.int16) - arrays["frames_out_u8"])
