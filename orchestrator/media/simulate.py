@@ -545,7 +545,7 @@ def write_clip(path: Path, frames, rate: Fraction) -> None:
         video.height, video.width = frames[0].shape[:2]
         video.pix_fmt = "yuv444p"
         video.codec_context.options = {"crf": "4", "preset": "fast"}
-        for i, rgb in enumerate(itertools.chain([first], frames)):
+        for i, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts = i
             out.mux(video.encode(frame))
