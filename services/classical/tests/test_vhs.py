@@ -74,13 +74,13 @@ def test_chroma_delay_repair_cuts_the_chroma_error_by_a_fifth(cockatoo):
     assert ours < 0.8 * untouched, (untouched, ours)
 
 
-# A fifth on tape_sim (its colour has edges to lose); bench/quality.py's cockatoo and bikes
-# rows get 20 and 30 % in its own measure. Cockatoo's stretches here at 240x160 have soft
-# colour: the bleed is measured low there (1.9 to 2.2 px of 3.3) and repaired in part.
+# A fifth on tape_sim, whose colour has edges to lose (it gets 24 to 26 %); a tenth at
+# least on cockatoo's stretches, whose colour is soft (10 to 16 %). bench/quality.py's
+# rows (cockatoo's first frames, bikes.mp4) get 21 and 26 % in their own measure.
 @pytest.mark.parametrize("name,start,strength,cut", [("tape_sim.mp4", 40, 1.0, 0.8),
-                                                     ("tape_sim.mp4", 40, 1.2, 0.85),
-                                                     ("cockatoo_clean.mp4", 60, 1.0, 0.98),
-                                                     ("cockatoo_clean.mp4", 200, 1.0, 0.95)])
+                                                     ("tape_sim.mp4", 40, 1.2, 0.8),
+                                                     ("cockatoo_clean.mp4", 60, 1.0, 0.9),
+                                                     ("cockatoo_clean.mp4", 200, 1.0, 0.93)])
 def test_chroma_bleed_repair_cuts_the_chroma_error(name, start, strength, cut):
     clean = footage(name, start)
     damaged = simulate(clean, ["chroma_bleed"], seed=11,
@@ -90,15 +90,16 @@ def test_chroma_bleed_repair_cuts_the_chroma_error(name, start, strength, cut):
     assert ours < cut * untouched, (untouched, ours)
 
 
-# A bleed repaired as wider than it is makes the chroma worse than leaving it: the
-# measure may err low, never much high.
-@pytest.mark.parametrize("name,start", [("tape_sim.mp4", 40), ("cockatoo_clean.mp4", 200)])
+# A bleed repaired as wider than it is makes the chroma worse than leaving it (by 30 %
+# more, the repair wins nothing): the measure may err a little low, never much high.
+@pytest.mark.parametrize("name,start", [("tape_sim.mp4", 40), ("cockatoo_clean.mp4", 60),
+                                        ("cockatoo_clean.mp4", 200)])
 def test_chroma_bleed_is_not_overestimated(name, start):
     clean = footage(name, start)
     damaged = simulate(clean, ["chroma_bleed"], seed=11).frames
     true = drawn_chroma_bleed(kind_rng(11, "chroma_bleed"))
     measured = vhs.measure_chroma([f.astype(np.float32) for f in damaged[:1]]).bleed
-    assert 0.5 * true < measured < 1.1 * true, (true, measured)
+    assert 0.8 * true < measured < 1.1 * true, (true, measured)
 
 
 def test_a_black_and_white_picture_has_no_chroma_damage(either):
