@@ -393,10 +393,15 @@ def drawn_chroma_delay(rng: np.random.Generator, strength: float = 1.0) -> float
 def chroma_bleed(frames, rng, strength: float = 1.0) -> list[np.ndarray]:
     """The colour smeared sideways: chroma low-passed horizontally (a gaussian of sigma
     2.5 to 3.5 pixels, times the strength)."""
-    sigma = float(rng.uniform(2.5, 3.5)) * strength
+    sigma = drawn_chroma_bleed(rng, strength)
     size = 2 * int(np.ceil(3 * sigma)) + 1
     blur = lambda c: cv2.GaussianBlur(c, (size, 1), sigmaX=max(sigma, 1e-3))
     return [_chroma_mapped(frame, blur) for frame in frames]
+
+
+def drawn_chroma_bleed(rng: np.random.Generator, strength: float = 1.0) -> float:
+    """The blur ``chroma_bleed`` draws, for tests of its measure."""
+    return float(rng.uniform(2.5, 3.5)) * strength
 
 
 def tape_dropouts(frames, rng, strength: float = 1.0) -> list[np.ndarray]:

@@ -8,8 +8,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from orchestrator.media.simulate import (drawn_chroma_delay, kind_rng, read_clip,
-                                      simulate)
+from orchestrator.media.simulate import (drawn_chroma_bleed, drawn_chroma_delay, kind_rng,
+                                         read_clip, simulate)
 from services.classical import analog, vhs
 from services.classical.analog import AnalogStage
 from services.stagekit.stage import ClipInfo
@@ -74,12 +74,13 @@ def test_chroma_delay_repair_cuts_the_chroma_error_by_a_fifth(cockatoo):
     assert ours < 0.8 * untouched, (untouched, ours)
 
 
-# A tenth at least (the issue asks a fifth: bench/quality.py gets it on bikes.mp4, not on
-# cockatoo, whose true chroma is soft). Stretches with colour detail to lose: cockatoo's
-# middle (150) has so little that a bleed changes its chroma by under a level, and
-# rightly is not measured there.
-@pytest.mark.parametrize("name,start,strength,cut", [("tape_sim.mp4", 40, 1.2, 0.9),
-                                                     ("cockatoo_clean.mp4", 60, 1.0, 0.9)])
+# A fifth on tape_sim, whose colour has edges to lose (it gets 24 to 26 %); a tenth at
+# least on cockatoo's stretches, whose colour is soft (10 to 16 %). bench/quality.py's
+# rows (cockatoo's first frames, bikes.mp4) get 21 and 26 % in their own measure.
+@pytest.mark.parametrize("name,start,strength,cut", [("tape_sim.mp4", 40, 1.0, 0.8),
+                                                     ("tape_sim.mp4", 40, 1.2, 0.8),
+                                                     ("cockatoo_clean.mp4", 60, 1.0, 0.9),
+                                                     ("cockatoo_clean.mp4", 200, 1.0, 0.93)])
 def test_chroma_bleed_repair_cuts_the_chroma_error(name, start, strength, cut):
     clean = footage(name, start)
     damaged = simulate(clean, ["chroma_bleed"], seed=11,
@@ -87,6 +88,18 @@ def test_chroma_bleed_repair_cuts_the_chroma_error(name, start, strength, cut):
     untouched = chroma_error(damaged, clean)
     ours = chroma_error(repaired(damaged), clean)
     assert ours < cut * untouched, (untouched, ours)
+
+
+# A bleed repaired as wider than it is makes the chroma worse than leaving it (by 30 %
+# more, the repair wins nothing): the measure may err a little low, never much high.
+@pytest.mark.parametrize("name,start", [("tape_sim.mp4", 40), ("cockatoo_clean.mp4", 60),
+                                        ("cockatoo_clean.mp4", 200)])
+def test_chroma_bleed_is_not_overestimated(name, start):
+    clean = footage(name, start)
+    damaged = simulate(clean, ["chroma_bleed"], seed=11).frames
+    true = drawn_chroma_bleed(kind_rng(11, "chroma_bleed"))
+    measured = vhs.measure_chroma([f.astype(np.float32) for f in damaged[:1]]).bleed
+    assert 0.8 * true < measured < 1.1 * true, (true, measured)
 
 
 def test_a_black_and_white_picture_has_no_chroma_damage(either):
