@@ -108,7 +108,7 @@ def _merge(spans: list) -> list:
 def _bands(source: media.SourceInfo) -> dict:
     """Damaged borders and the head-switching band, in the source's pixels."""
     from services.classical.common import to_work
-    from services.classical.outpaint import detect_bands
+    from services.stagekit.bands import detect_bands
     frames = list(itertools.islice(media.decode(source), BAND_SAMPLE))
     bands = detect_bands([to_work(f) for f in frames])
     return {edge: getattr(bands, edge) for edge in ("left", "right", "top", "bottom")

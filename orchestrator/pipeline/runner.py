@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..media.references import Scan
 from ..media.shots import Shot
 from .analysis import (analyse, clip_analysis, colorizes, colour_source, input_candidates,
-                       runs_tape)
+                       outpaints, runs_tape, shot_bands)
 from .memory import QUEUE_BYTES, QUEUE_FRAMES
 from .plan import Plan
 from .progress import Display, Progress
@@ -75,6 +75,11 @@ class Channel:
         if self.cancel.is_set():
             raise Cancelled
         self.changed.wait(timeout=0.1)
+
+
+def clip_id(number: int) -> str:
+    """The id of the job's clip ``number`` (its shot's): the same every run."""
+    return f"clip{number:05d}"
 
 
 def _frame_bytes(item) -> int:
@@ -143,6 +148,7 @@ class Job:
         self.shots: list[Shot] = []
         self.references: dict[str, tuple[bytes, ...]] = {}
         self.input_candidates: tuple[bytes, ...] = ()     # TAPE's references from the whole input
+        self.bands: dict = {}     # each shot's damaged bands, by its first frame (outpaint's)
         self.time_offset = time_offset   # where the source starts in the user's video (s)
 
     def run(self):
@@ -216,10 +222,11 @@ class Job:
                 if index:
                     self._end_clip(out, kept)
                 shot = self.shots[starts[index]]
-                info = ClipInfo(clip_id=f"clip{starts[index]:05d}", width=src.width,
+                info = ClipInfo(clip_id=clip_id(starts[index]), width=src.width,
                                 height=src.height, fps=src.fps, sar=src.sar,
                                 start_time=index / float(src.fps),
-                                analysis=clip_analysis(self.scenes, shot, self.plan))
+                                analysis=clip_analysis(self.scenes, shot, self.plan,
+                                                       self.bands.get(shot.start)))
                 kept = self._kept(info.clip_id)
                 out.put((kept or "start", info))
             if not kept:
@@ -249,6 +256,9 @@ class Job:
         if runs_tape(self.plan):
             self.input_candidates = input_candidates(self.plan)
         self.shots = self.scenes.shot_list()
+        if outpaints(self.plan):   # for the clips this run does
+            self.bands = shot_bands(self.plan, [shot for number, shot in enumerate(self.shots)
+                                                if not self._kept(clip_id(number))])
         self.progress.clips_total = len(self.shots)
         fps = float(self.plan.source.fps)
         for number, shot in enumerate(self.shots):

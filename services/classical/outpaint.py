@@ -1,9 +1,9 @@
 """outpaint/classical: find damaged border bands and rebuild them.
 
-Detection looks at the first frames of the clip (a bounded look-ahead) for columns and
-rows at each edge that are black, or flat where the picture inside has texture, or pale
-(a head-switching band): the band is the run of such lines from the edge, plus one line
-for the soft transition a resampled band leaves.
+The bands are those the orchestrator's analysis found in the clip (its header's
+"bands"), or those the user gave (``bands=``); a clip sent with neither has them found
+here, from its first frames (a bounded look-ahead), by the one detector
+(services/stagekit/bands.py).
 
 Rebuilding is temporal first: the motion of the picture just inside each band, tracked
 from frame to frame with optical flow, is carried across the band and tells where a band
@@ -28,6 +28,7 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
+from services.stagekit.bands import EDGES, Bands, detect_bands, header_bands, without_bands
 from services.stagekit.overlays import removes_overlays, without_overlays
 from services.stagekit.stage import ClipInfo
 from services.stagekit.windowing import neighbourhoods
@@ -36,30 +37,12 @@ from .common import ClassicalStage, from_work, grey8, log, luma, noise_sigma, to
 from .overlays import RADIUS as OVERLAY_RADIUS
 from .overlays import OverlayRemover
 
-EDGES = ("left", "right", "top", "bottom")
 LOOKAHEAD = 16      # frames read before the first output, to find the bands
 RADIUS = 4          # neighbouring frames each way that may fill a band
-MAX_FRACTION = 8    # a band is at most 1/8 of the width or height
-TRANSITION = 2      # lines of band blurred into picture, at most
 MARGIN = 2          # lines inside a band's edge whose flow is not trusted either
 MATCH = 5           # a neighbour is judged over MATCH x MATCH pixels just inside the band
 FLOW_WIDTH = 60     # the flow is measured at about this width (see Motion)
 CONFIDENT = 1.2     # summed weight of matching neighbours that outweighs the spatial fill
-
-
-@dataclass(frozen=True)
-class Bands:
-    left: int = 0
-    right: int = 0
-    top: int = 0
-    bottom: int = 0
-
-    def any(self) -> bool:
-        return any((self.left, self.right, self.top, self.bottom))
-
-    def describe(self) -> str:
-        return ", ".join(f"{edge}={getattr(self, edge)}" for edge in EDGES
-                         if getattr(self, edge)) or "none"
 
 
 class OutpaintStage(ClassicalStage):
@@ -78,16 +61,17 @@ class OutpaintStage(ClassicalStage):
         return not self.removes_overlays(info)
 
     def output_info(self, info: ClipInfo) -> ClipInfo:
-        out = super().output_info(info)
+        out = without_bands(super().output_info(info))   # rebuilt here
         return without_overlays(out) if self.removes_overlays(info) else out
 
     def settings(self, info: ClipInfo) -> Bands | None:
-        """The bands the user gave, Bands() for none, None for automatic detection."""
+        """The bands the user gave, Bands() for none; by default (auto) those the
+        analysis found (the clip header's), None when it sent none: found here."""
         self.check_known(info)
         self.removes_overlays(info)
         value = info.params.get("bands", "").strip().lower()
         if value in ("", "auto"):
-            return None
+            return header_bands(info, self.name)
         if value == "none":
             return Bands()
         sizes = {}
@@ -114,105 +98,14 @@ class OutpaintStage(ClassicalStage):
             log.info("%s clip %s: detected damaged bands: %s", self.name, info.clip_id,
                      bands.describe())
         else:
-            log.info("%s clip %s: bands given: %s", self.name, info.clip_id, bands.describe())
+            given = "given" if info.params.get("bands", "").strip().lower() not in ("", "auto") \
+                else "from the analysis"
+            log.info("%s clip %s: bands %s: %s", self.name, info.clip_id, given, bands.describe())
         if bands.any():
             frames = Rebuilder(bands, info.pixel_format).run(frames)
         if self.removes_overlays(info):
             frames = OverlayRemover(info).run(frames)
         yield from frames
-
-
-# ---- detection ---------------------------------------------------------------------------
-
-def detect_bands(images: list[np.ndarray]) -> Bands:
-    """The damaged bands of RGB ``images``: uint8, or float32 on the working scale [0, 255]."""
-    if not images:
-        return Bands()
-    height, width = images[0].shape[:2]
-    # Only the lines a band could cover, and a few beyond, are read: the middle of the
-    # frame plays no part.
-    across = min(width, width // MAX_FRACTION + 8)
-    down = min(height, height // MAX_FRACTION + 8)
-    left = edge_lumas([f[:, :across] for f in images])
-    right = edge_lumas([f[:, width - across:] for f in images])
-    top = edge_lumas([f[:down] for f in images])
-    bottom = edge_lumas([f[height - down:] for f in images])
-    return Bands(
-        left=edge_band(left.transpose(2, 0, 1), width),
-        right=edge_band(right.transpose(2, 0, 1)[::-1], width),
-        top=edge_band(top.transpose(1, 0, 2), height),
-        bottom=edge_band(bottom.transpose(1, 0, 2)[::-1], height))
-
-
-def edge_lumas(strips: list[np.ndarray]) -> np.ndarray:
-    """(frames, rows, columns) float32 luma of same-sized RGB strips."""
-    stack = np.stack(strips).astype(np.float32)
-    count, rows, columns = stack.shape[:3]
-    return luma(stack.reshape(count * rows, columns, 3)).reshape(count, rows, columns)
-
-
-def edge_band(lumas: np.ndarray, extent: int) -> int:
-    """Damaged lines at an edge, counted from it, from (lines, frames, positions) luma
-    whose first line is the edge's.
-
-    A band ends at a step between two lines that runs the whole length of the edge in
-    every frame (a median along the edge of the step, so a picture's own edge, which
-    rarely lies along a whole line for a whole second, does not qualify), far above the
-    picture's line-to-line change; the lines before it must look unlike the picture
-    inside (another level or no texture). Resampling blurs a band's edge over a line or
-    two: the run of such steps belongs to the band. A black band needs no step."""
-    depth = extent // MAX_FRACTION
-    if depth < 2:
-        return 0
-    lines = np.ascontiguousarray(lumas[:depth + 8], np.float32)
-    flat = lines.reshape(len(lines), -1)
-    level = flat.mean(axis=1)
-    spread = flat.std(axis=1)
-    step = np.median(np.abs(np.diff(lines, axis=0)).mean(axis=1), axis=1)
-    ref_level = float(np.median(level[depth:]))
-    ref_spread = float(np.median(spread[depth:]))
-    strong = step > 3.0 * float(np.median(step[depth:])) + 4.0
-    black = leading(level < min(24.0, 0.4 * ref_level), depth)
-    if black:
-        first = black - 1
-        if not strong[first]:
-            return black + blended_line(lines, black)
-    elif strong[:depth].any():
-        first = int(np.argmax(strong[:depth]))
-        unlike = ((np.abs(level[:first + 1] - ref_level) > 12.0)
-                  | (spread[:first + 1] < 0.5 * ref_spread))
-        if not unlike.all():
-            return 0
-    else:
-        return 0
-    run = leading(strong[first:], depth - first)
-    if run > 1 + TRANSITION:
-        # A long run of steps is a gradient in the picture, not the edge of a band.
-        return black
-    return first + run
-
-
-def blended_line(lines: np.ndarray, black: int) -> int:
-    """1 when the line after a black band is a mix of the band and the picture (the band's
-    edge fell between two lines of the capture before it was resampled), else 0. On a
-    dark picture that half-dark line makes no strong step, yet filling from it would
-    carry the band's darkness inward: it is judged where the picture is lit, by how much
-    of the next line's level above the band it reaches."""
-    if black + 1 >= len(lines):
-        return 0
-    floor = float(lines[:black].mean())
-    edge, inside = lines[black] - floor, lines[black + 1] - floor
-    lit = inside > 20.0
-    if lit.sum() < 0.05 * lit.size:
-        return 0
-    return int(np.median(edge[lit] / inside[lit]) < 0.85)
-
-
-def leading(flags: np.ndarray, limit: int) -> int:
-    count = 0
-    while count < limit and flags[count]:
-        count += 1
-    return count
 
 
 # ---- where the bands lie -----------------------------------------------------------------

@@ -5,8 +5,10 @@ Parameters (clip header ``params``, all optional):
 * ``mode``: ``band`` (default) completes the damaged band in place, the frame keeps its
   size; ``outpaint`` crops the band and grows the picture back to ``width`` x ``height``
   (default: the input size), centred as the authors do.
-* ``band``: ``top,bottom,left,right`` in pixels; default ``auto``, found from the clip's
-  first frames (dead black edges, a torn head-switching band at the bottom).
+* ``band``: ``top,bottom,left,right`` in pixels; default ``auto``: the bands the
+  orchestrator's analysis found (the clip header's "bands"), or, when a caller sends none,
+  found here from the clip's first frames (dead black edges, a torn head-switching band at
+  the bottom).
 * ``holes``: JSON list of extra hole boxes ``[x, y, w, h]`` (every frame) or
   ``[x, y, w, h, first, last]`` (frames first..last of the clip), e.g. a burned-in date.
 * ``overlays``: ``remove`` (default) takes the overlays the orchestrator's analysis found
@@ -25,6 +27,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from services.stagekit.bands import header_bands, without_bands
 from services.stagekit.device import pick_device, pick_dtype
 from services.stagekit.neural import NeuralStage, config_missing_ok, load_into, read_config
 from services.stagekit.overlays import overlay_mask, presence, removes_overlays, without_overlays
@@ -99,6 +102,17 @@ def _check_options(options: Options) -> None:
         raise ValueError("mask_dilation must not be negative")
 
 
+def given_band(info: ClipInfo, request: Request) -> Band | None:
+    """The band the user forced, else the one the orchestrator's analysis found (the clip
+    header's); None when there is neither: the stage finds it from the clip's frames."""
+    if request.band is not None:
+        return request.band
+    found = header_bands(info, f"{TASK}/{MODEL}")
+    if found is None:
+        return None
+    return Band(top=found.top, bottom=found.bottom, left=found.left, right=found.right)
+
+
 class ProPainterStage(NeuralStage):
     task = TASK
     model = MODEL
@@ -121,11 +135,13 @@ class ProPainterStage(NeuralStage):
         request = parse_request(info.params, self.options)
         if request.target is not None and min(request.target) <= 0:
             raise StageError(f"{TASK}/{MODEL}: target size must be positive")
-        if request.band is not None:
-            self._plan(info, request, request.band)
+        band = given_band(info, request)
+        if band is not None:
+            self._plan(info, request, band)
 
     def output_info(self, info: ClipInfo) -> ClipInfo:
         request = parse_request(info.params, self.options)
+        info = without_bands(info)   # rebuilt here
         if removes_overlays(info, f"{TASK}/{MODEL}"):
             info = without_overlays(info)
         if request.mode == "outpaint" and request.target is not None:
@@ -148,8 +164,9 @@ class ProPainterStage(NeuralStage):
     def process(self, info: ClipInfo, frames) -> Iterator[np.ndarray]:
         request = parse_request(info.params, self.options)
         frames = iter(frames)
-        head = list(islice(frames, DETECT_FRAMES))
-        band = request.band if request.band is not None else detect_band(head)
+        band = given_band(info, request)
+        head = list(islice(frames, DETECT_FRAMES)) if band is None else []
+        band = band if band is not None else detect_band(head)
         plan = self._plan(info, request, band)
         frames = chain(head, frames)
         del head

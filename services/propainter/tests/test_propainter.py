@@ -17,7 +17,9 @@ from services.propainter.parity import networks, run_case
 from services.stagekit.parity import uint8_pm1
 from services.propainter.pipeline import (ClipFrame, Completion, Options, raft_chunk_frames,
                                           reference_ids)
+from services.propainter import stage as propainter_stage
 from services.propainter.stage import CHECKPOINTS, ProPainterStage, load_official
+from services.stagekit.bands import Bands, bands_entry
 from services.stagekit.parity import load_arrays, load_config, run
 from services.stagekit.stage import ClipInfo, StageError
 from services.stagekit.testing import parity_dir, running_service
@@ -312,6 +314,24 @@ def test_outpainting_grows_the_cropped_picture_to_the_target_size(stage):
 def test_undamaged_clip_passes_through_untouched(stage):
     frames = smooth_clip(4, 64, 64, seed=4)
     _, out = stage.run(info_for(frames), iter(frames))
+    assert all(np.array_equal(a, b) for a, b in zip(out, frames))
+
+
+@needs_fixtures
+def test_the_analysis_band_in_the_header_is_completed_and_not_detected_again(stage, monkeypatch):
+    def detector_called(frames):
+        raise AssertionError("the stage looked for the band itself")
+    monkeypatch.setattr(propainter_stage, "detect_band", detector_called)
+    frames = smooth_clip(3, 64, 80, seed=6)              # no band to see
+    found = bands_entry(Bands(left=8))                   # what the analysis found
+    out_info, out = stage.run(info_for(frames, raft_iter=2).replace(analysis=found), iter(frames))
+    out = list(out)
+    assert "bands" not in out_info.analysis              # completed: no stage after sees it
+    for got, given in zip(out, frames):
+        assert np.array_equal(got[:, 12:], given[:, 12:])   # outside the band and its dilation
+    assert any(not np.array_equal(got[:, :8], given[:, :8]) for got, given in zip(out, frames))
+    # A band the user gives beats the header's.
+    _, out = stage.run(info_for(frames, band="0,0,0,0").replace(analysis=found), iter(frames))
     assert all(np.array_equal(a, b) for a, b in zip(out, frames))
 
 
