@@ -10,15 +10,17 @@ from pathlib import Path
 
 import cv2
 
+from services.stagekit.bands import EDGES
+
 from .. import media
 from ..media.references import Scan
 from ..pipeline import memory
 from ..pipeline.plan import make_plan
-from ..pipeline.analysis import analyse, colour_source
+from ..pipeline.analysis import analyse, colour_source, shot_bands
 from ..pipeline.sizing import MAX_HEIGHT
 from ..pipeline.specs import StageSpec
 
-BAND_SAMPLE = 16  # frames the border detector looks at, as the outpaint stage does
+VHS_SAMPLE = 16  # frames the VHS measures look at
 
 
 def inspect(path: Path, specs: list[StageSpec], native: str = "auto", scale: str = "auto",
@@ -44,7 +46,7 @@ def inspect(path: Path, specs: list[StageSpec], native: str = "auto", scale: str
         "shots": {"count": len(shots), "starts_s": [round(s, 3) for s, _ in shots]},
         "black_and_white": [{"from_s": round(a, 3), "to_s": round(b, 3)} for a, b in grey],
         "grey_scenes": _grey_scenes(found, plan),
-        "damaged_bands": _bands(source),
+        "damaged_bands": _bands(found, plan),
         "overlays": _overlays(found, source, crops),
         "vhs": _vhs(source),
         "audio": _audio(path),
@@ -105,14 +107,15 @@ def _merge(spans: list) -> list:
     return merged
 
 
-def _bands(source: media.SourceInfo) -> dict:
-    """Damaged borders and the head-switching band, in the source's pixels."""
-    from services.classical.common import to_work
-    from services.stagekit.bands import detect_bands
-    frames = list(itertools.islice(media.decode(source), BAND_SAMPLE))
-    bands = detect_bands([to_work(f) for f in frames])
-    return {edge: getattr(bands, edge) for edge in ("left", "right", "top", "bottom")
-            if getattr(bands, edge)}
+def _bands(found: Scan, plan) -> dict:
+    """Damaged borders and the head-switching band as the job's analysis finds them (what
+    the outpaint stage will rebuild), the widest of any shot, in the source's pixels."""
+    per_shot = shot_bands(plan, found.shot_list()).values()
+    across = plan.source.width / plan.working_size[0]
+    down = plan.source.height / plan.working_size[1]
+    widest = {edge: max((getattr(b, edge) for b in per_shot), default=0) for edge in EDGES}
+    return {edge: round(lines * (across if edge in ("left", "right") else down))
+            for edge, lines in widest.items() if lines}
 
 
 def _vhs(source: media.SourceInfo) -> dict:
@@ -122,7 +125,7 @@ def _vhs(source: media.SourceInfo) -> dict:
     from services.classical import vhs
     from services.classical.common import to_work
     frames = [to_work(f[::2] if source.interlaced else f)
-              for f in itertools.islice(media.decode(source), BAND_SAMPLE)]
+              for f in itertools.islice(media.decode(source), VHS_SAMPLE)]
     if not frames:
         return {}
     chroma = vhs.measure_chroma(frames[:vhs.MEASURED_FRAMES])
