@@ -8,13 +8,17 @@ import threading
 import time
 
 from orchestrator import media
+from orchestrator.errors import UserError
 from orchestrator.media.simulate import make_demo_tape
 from orchestrator.pipeline import specs as pipeline
 from orchestrator.pipeline.plan import make_plan
 from orchestrator.pipeline.progress import Progress
 from orchestrator.pipeline.runner import Job
+from orchestrator.pipeline.segments import ClipSegments
 from orchestrator.pipeline.stagerunners import LocalRunner
 from services.classical.denoise import DenoiseStage
+
+from .helpers import textured, write_video
 
 SLOW = 0.25   # seconds the slow stage takes per frame
 
@@ -91,3 +95,40 @@ def test_a_slow_stage_shows_its_frames_and_the_job_is_not_done_before_it_is(tmp_
             left = (fields - int(match[1])) * SLOW
             assert 0.5 * left < eta < 4 * left + 1, (line, eta)
     assert job.progress.fraction() == 1.0 and job.progress.eta() == 0.0
+
+
+def test_clips_kept_from_an_earlier_run_come_off_the_work_left():
+    progress = Progress(["deinterlace", "slow"], total_frames=30,
+                        frames_out={"deinterlace": 60, "slow": 60})
+    progress.clips_total = 3
+    progress.clip_kept(20)                   # two thirds of the tape are done already
+    for _ in range(5):
+        progress.stage_frame("deinterlace", 0.01)
+        progress.stage_frame("slow", 2.0)
+    assert progress.to_make("slow") == 20    # 10 source frames, two fields each
+    assert progress.eta() == 15 * 2.0        # not (60 - 5) frames at 2 s
+    assert "slow 5/20 2.0 s/f" in progress.details()
+
+
+def test_a_resumed_job_counts_only_the_clips_it_makes(tmp_path):
+    """A job stopped after its first clip runs again: the kept clip is not counted as work
+    left, in the stages' frames or in the ETA, and the output is whole."""
+    red = [(f * [1.0, 0.45, 0.35]).astype("uint8") for f in textured(1, (64, 48), 10)]
+    grey = [f.mean(axis=2, keepdims=True).repeat(3, axis=2).astype("uint8")
+            for f in textured(2, (64, 48), 14)]
+    clip = write_video(tmp_path / "two_shots.mp4", red + grey)   # a cut between them
+    plan = make_plan(media.probe(clip), pipeline.build(stages="denoise"), native="full")
+    output = media.OutputSpec(tmp_path / "out.mkv", "ffv1")
+    kept = ClipSegments(tmp_path / "segments")
+    try:
+        Job(plan, output, show_progress=False, checkpoints=kept, skip={"clip00001"}).run()
+    except UserError:
+        pass                                 # the clip left out: no output yet
+    assert kept.done() == ["clip00000"]
+    job = Job(plan, output, show_progress=False, checkpoints=kept)
+    job.run()
+    [name] = [s.name for s in job.steps]
+    p = job.progress
+    assert p.frames_out[name] == 24 and p.to_make(name) == 14 == p.stages[name].frames
+    assert p.eta() == 0.0 and p.fraction() == 1.0
+    assert f"{name} 14/14" in " ".join(p.details())

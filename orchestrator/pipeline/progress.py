@@ -26,6 +26,7 @@ class StageCounter:
     frames: int = 0
     busy: float = 0.0          # seconds spent inside the stage
     cpu: float = 0.0           # CPU seconds of the stage's thread and its frame workers
+    kept: int = 0              # frames of clips this run does not make (kept or left out)
 
 
 @dataclass
@@ -96,6 +97,22 @@ class Progress:
         """The stage's CPU seconds so far (its thread's, with its frame workers')."""
         self.stages[name].cpu = cpu
 
+    def clip_kept(self, source_frames: int) -> None:
+        """A clip this run does not make (its segment kept from an earlier run, or left
+        out): its frames come off what each stage has still to make, so that a resumed
+        job's frame counts and ETA are of the work left."""
+        if not self.total_frames:
+            return
+        with self.lock:
+            for name, total in self.frames_out.items():
+                self.stages[name].kept += source_frames * total // self.total_frames
+
+    def to_make(self, name: str) -> int | None:
+        """The frames the stage makes in this run: all it hands on over the job, less
+        those of the clips kept; None where not known."""
+        total = self.frames_out.get(name)
+        return None if total is None else max(0, total - self.stages[name].kept)
+
     def stage_frame(self, name: str, busy: float) -> None:
         with self.lock:
             counter = self.stages[name]
@@ -127,7 +144,7 @@ class Progress:
             counters = [(name, c.frames, c.busy) for name, c in self.stages.items()]
         left = []
         for name, frames, busy in counters:
-            total = self.frames_out.get(name)
+            total = self.to_make(name)
             if total is None or frames == 0:
                 if total == 0:
                     continue
@@ -148,7 +165,7 @@ class Progress:
                   for name, frames, busy in counters)]
 
     def _of(self, name: str) -> str:
-        total = self.frames_out.get(name)
+        total = self.to_make(name)
         return f"/{total}" if total is not None else ""
 
     def line(self) -> str:

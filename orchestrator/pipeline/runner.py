@@ -256,9 +256,14 @@ class Job:
         if runs_tape(self.plan):
             self.input_candidates = input_candidates(self.plan)
         self.shots = self.scenes.shot_list()
-        if outpaints(self.plan):   # for the clips this run does
-            self.bands = shot_bands(self.plan, [shot for number, shot in enumerate(self.shots)
-                                                if not self._kept(clip_id(number))])
+        todo = []
+        for number, shot in enumerate(self.shots):
+            if self._kept(clip_id(number)):
+                self.progress.clip_kept(shot.stop - shot.start)
+            else:
+                todo.append(shot)
+        if outpaints(self.plan):
+            self.bands = shot_bands(self.plan, todo)
         self.progress.clips_total = len(self.shots)
         fps = float(self.plan.source.fps)
         for number, shot in enumerate(self.shots):
