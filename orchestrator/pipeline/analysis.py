@@ -112,7 +112,8 @@ def input_candidates(plan: Plan, count: int = TAPE_CANDIDATES) -> tuple[bytes, .
 
 
 def outpaints(plan: Plan) -> bool:
-    return any(s.task == "outpaint" for s in plan.stages)
+    """Whether a stage rebuilds the damaged bands (outpaint, or inpaint with MAT)."""
+    return any(s.task in ("outpaint", "inpaint") for s in plan.stages)
 
 
 # Frames of each shot the band detector reads (as many as the classical stage's look-ahead

@@ -11,8 +11,9 @@ What ``generate_image.py`` does, kept:
 - output * 127.5 + 127.5, rounded, clamped, uint8.
 
 What the restoration pipeline adds:
-- the hole is the damaged border band of each frame (``band``: all four sides, default 20
-  px as the seed masked, or e.g. ``left=7,bottom=5``); the frame is centred in its padding,
+- the hole is the damaged border band of each frame (``band``: by default the bands the
+  orchestrator's analysis found, the clip header's "bands", else all four sides 20 px as
+  the seed masked; or e.g. ``left=7,bottom=5``); the frame is centred in its padding,
   so each side's band meets the same amount of hole;
 - known pixels are copied from the input, bit for bit (uint8 or float16 frames);
 - the network's random numbers are seeded (``seed``, default 240). Dropout runs even in
@@ -38,6 +39,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from services.stagekit.bands import Bands, header_bands, without_bands
 from services.stagekit.device import pick_device, precision_name
 from services.stagekit.neural import NeuralStage, default_batch, load_into
 from services.stagekit.stage import ClipInfo, StageError
@@ -51,23 +53,6 @@ DEFAULT_BAND = 20
 DEFAULT_SEED = 240          # generate_image.py's seed
 CONVERTED = ".safetensors"
 DRAWS_ENV = "RESTORATION_MAT_DRAWS"
-EDGES = ("left", "right", "top", "bottom")
-
-
-@dataclass(frozen=True)
-class Bands:
-    """Widths of the damaged border bands, in pixels."""
-    left: int = 0
-    right: int = 0
-    top: int = 0
-    bottom: int = 0
-
-    def any(self) -> bool:
-        return any((self.left, self.right, self.top, self.bottom))
-
-    def known(self, height: int, width: int) -> tuple[slice, slice]:
-        """The rows and columns of the undamaged inside."""
-        return slice(self.top, height - self.bottom), slice(self.left, width - self.right)
 
 
 @dataclass(frozen=True)
@@ -183,12 +168,16 @@ class MatStage(NeuralStage):
         super().validate(info)
         self.settings(info)
 
+    def output_info(self, info: ClipInfo) -> ClipInfo:
+        return without_bands(super().output_info(info))   # inpainted here
+
     def settings(self, info: ClipInfo) -> Settings:
         unknown = sorted(set(info.params) - set(self.params))
         if unknown:
             raise StageError(f"inpaint/mat: unknown parameter(s) {', '.join(unknown)} "
                              f"(known: {', '.join(self.params)})")
-        bands = parse_bands(info.params.get("band", ""), info.width, info.height)
+        bands = parse_bands(info.params.get("band", ""), info.width, info.height,
+                            header_bands(info, "inpaint/mat"))
         seed = parse_seed(info.params.get("seed", ""))
         draws = info.params.get("draws", "clip").strip().lower() or "clip"
         if draws not in ("clip", "frame"):
@@ -260,10 +249,12 @@ def to_frames(out: torch.Tensor, dtype) -> list[np.ndarray]:
     return list(out.cpu().numpy())
 
 
-def parse_bands(value: str, width: int, height: int) -> Bands:
+def parse_bands(value: str, width: int, height: int, found: Bands | None = None) -> Bands:
+    """The ``band`` parameter; auto (the default): ``found``, the bands the orchestrator's
+    analysis found, or DEFAULT_BAND on every side when it sent none."""
     text = value.strip().lower()
     if text in ("", "auto"):
-        bands = Bands(DEFAULT_BAND, DEFAULT_BAND, DEFAULT_BAND, DEFAULT_BAND)
+        bands = found if found is not None else Bands(*[DEFAULT_BAND] * 4)
     elif text == "none":
         bands = Bands()
     elif re.fullmatch(r"\d+", text):

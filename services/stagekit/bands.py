@@ -28,6 +28,8 @@ KEY = "bands"       # the clip header's analysis entry
 
 @dataclass(frozen=True)
 class Bands:
+    """Widths of the damaged border bands, in pixels."""
+
     left: int = 0
     right: int = 0
     top: int = 0
@@ -35,6 +37,10 @@ class Bands:
 
     def any(self) -> bool:
         return any((self.left, self.right, self.top, self.bottom))
+
+    def known(self, height: int, width: int) -> tuple[slice, slice]:
+        """The rows and columns of the undamaged inside."""
+        return slice(self.top, height - self.bottom), slice(self.left, width - self.right)
 
     def describe(self) -> str:
         return ", ".join(f"{edge}={getattr(self, edge)}" for edge in EDGES

@@ -21,6 +21,7 @@ from services.mat.network import (OFFICIAL, WIDTHS, Draws, StyleConv, build_netw
 from services.mat.parity import run_case
 from services.mat.stage import Layout, MatStage, create_stage, parse_bands
 from services.stagekit import parity
+from services.stagekit.bands import Bands, bands_entry
 from services.stagekit.parity import uint8_pm1
 from services.stagekit.stage import ClipInfo, StageError
 from services.stagekit.testing import REPO, check_cpu_precisions, parity_dir, running_service
@@ -316,6 +317,18 @@ def test_every_frame_comes_out_with_its_known_pixels_untouched():
     assert np.array_equal(out[:, :59, 7:], frames[:, :59, 7:])
     assert not np.array_equal(out[:, :, :7], frames[:, :, :7])
     assert np.array_equal(inpaint(tiny_stage(), frames, band="none"), frames)
+
+
+def test_the_analysis_bands_in_the_header_are_the_default_hole():
+    frames = smooth_frames(3, 64, 80, seed=7)
+    found = bands_entry(Bands(left=6))                   # what the orchestrator's analysis found
+    out_info, out = tiny_stage().run(clip(frames).replace(analysis=found), iter(frames))
+    out = np.stack(list(out))
+    assert np.array_equal(out[:, :, 6:], frames[:, :, 6:])   # not 20 px on every side
+    assert not np.array_equal(out[:, :, :6], frames[:, :, :6])
+    assert "bands" not in out_info.analysis              # inpainted: no stage after sees them
+    forced = clip(frames, band="none").replace(analysis=found)   # a parameter beats the header
+    assert np.array_equal(np.stack(list(tiny_stage().run(forced, iter(frames))[1])), frames)
 
 
 @pytest.mark.parametrize("count", [0, 1])
