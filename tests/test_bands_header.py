@@ -92,10 +92,9 @@ def test_outpaint_gets_the_analysis_bands_and_does_not_detect_again(shared, tmp_
     assert bands.left in (6, 7) and bands.bottom in (4, 5), bands
     assert bands.top == bands.right == 0
     # In the geometry of the frames the stage got (deinterlaced, working size): what the
-    # detector finds in them, to a line.
+    # detector finds in them (a line too few leaves a pale line in the picture).
     assert (header.width, header.height) == (160, 120)
-    own = detect_bands(stage.frames[:outpaint.LOOKAHEAD])
-    assert all(abs(getattr(bands, e) - getattr(own, e)) <= 1 for e in ("left", "right", "top", "bottom"))
+    assert bands == detect_bands(stage.frames[:outpaint.LOOKAHEAD])
     # ... and those bands were rebuilt: the black left edge is picture again.
     out = read_frames(tmp_path / "out.mkv")
     assert len(out) == len(stage.frames)
@@ -104,10 +103,11 @@ def test_outpaint_gets_the_analysis_bands_and_does_not_detect_again(shared, tmp_
 
 def test_shot_bands_of_the_shared_tape_at_its_working_size(shared):
     """tape_sim.mp4: a 7-column black band and a 5-row pale band at its real 360x240,
-    in a 720x480 interlaced capture."""
+    in a 720x480 interlaced capture; deinterlaced, the pale band's edge blends into a
+    sixth row, which must be rebuilt too."""
     source = media.probe(shared / "footage" / "tape_sim.mp4")
     plan = make_plan(source, pipeline.build(stages="outpaint"), native="360x240")
     found = shot_bands(plan, [Shot(0, 90, False), Shot(90, 181, True), Shot(181, 240, False)])
     for bands in found.values():
-        assert bands.left in (7, 8) and bands.bottom in (5, 6), found
+        assert bands.left in (7, 8) and bands.bottom == 6, found
         assert bands.top == bands.right == 0

@@ -5,18 +5,23 @@ of each shot read by seeking, its damaged border bands.
 The job, `inspect` and `preview` all use it, so what they report is what the job does."""
 from __future__ import annotations
 
+import logging
+import threading
+from contextlib import contextmanager
+
 import cv2
 import numpy as np
 
 from services.stagekit.bands import Bands, bands_entry, detect_bands
 from services.stagekit.codec import MAX_REFERENCES
+from services.stagekit.stage import ClipInfo
 
 from .. import media
 from ..media.overlays import OverlayFinder, detect_size
 from ..media.references import GreyScene, Scan, read_references, scan
 from ..media.shots import SCAN_SIZE, Shot
 from .plan import Plan
-from .specs import StageSpec
+from .specs import DEINTERLACE, StageSpec
 
 
 def colorizes(plan: Plan) -> bool:
@@ -101,9 +106,15 @@ def input_candidates(plan: Plan, count: int = TAPE_CANDIDATES) -> tuple[bytes, .
     references for TAPE, which scores them with each clip's own frames and takes its
     references from the whole video, as the authors' script does. Read by seeking, not by
     decoding the input again."""
-    total = max(1, plan.source.frame_count or 1)
+    import cv2
+    import numpy as np
+    src = plan.source
+    total = max(1, src.frame_count or 1)
+    picks = sorted(set(np.linspace(0, total - 1, min(count, total)).round().astype(int).tolist()))
     found = []
-    for _, image in sorted(working_frames(plan, _spread(0, total, count)).items()):
+    for index, frame in sorted(media.frames_at(src, picks).items()):
+        field = frame[::2] if src.interlaced else frame
+        image = cv2.resize(field, plan.working_size, interpolation=cv2.INTER_AREA)
         ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
                                 [cv2.IMWRITE_JPEG_QUALITY, 95])
         if ok:
@@ -116,39 +127,50 @@ def outpaints(plan: Plan) -> bool:
     return any(s.task in ("outpaint", "inpaint") for s in plan.stages)
 
 
-# Frames of each shot the band detector reads (as many as the classical stage's look-ahead
-# once read), spread over at most its first BAND_SPAN_S: long enough that the picture's
-# own edges move off a line, short enough that reaching them costs one seek.
+# Frames of each shot the band detector reads: as many as the outpaint stage would read
+# before its first output (classical LOOKAHEAD), the first of the shot.
 BAND_FRAMES = 16
-BAND_SPAN_S = 1.0
 
 
 def shot_bands(plan: Plan, shots: list[Shot]) -> dict[int, Bands]:
     """Each shot's damaged bands (by its first frame), found once for every outpaint
-    stage, in the pixels of the frames that stage gets (the working size, deinterlaced):
-    the clip header's "bands". Read by seeking, a shot at a time, not by decoding the
-    input again."""
-    span = max(1, round(float(plan.source.fps) * BAND_SPAN_S))
+    stage, in the frames that stage gets: the clip header's "bands". Its first frames are
+    read by seeking (not by decoding the input again) and made what the steps before
+    outpaint make of them (``outpaint_frames``)."""
+    deinterlace = next((s for s in plan.stages if s.task == DEINTERLACE), None)
+    count = BAND_FRAMES // 2 if deinterlace is not None else BAND_FRAMES   # 2 fields a frame
     found = {}
     for shot in shots:
-        picks = _spread(shot.start, min(shot.stop, shot.start + span), BAND_FRAMES)
-        frames = working_frames(plan, picks)
-        found[shot.start] = detect_bands([frames[i] for i in sorted(frames)])
+        read = media.frames_at(plan.source, range(shot.start, min(shot.stop, shot.start + count)))
+        frames = [read[i] for i in sorted(read)]
+        found[shot.start] = detect_bands(outpaint_frames(plan, deinterlace, frames) if frames else [])
     return found
 
 
-def working_frames(plan: Plan, indices) -> dict[int, np.ndarray]:
-    """The input's frames at ``indices`` as the stages after deinterlacing see them: one
-    field of an interlaced source (no combing to read as damage), area-resampled to the
-    working size, RGB24. Read by seeking."""
+def outpaint_frames(plan: Plan, deinterlace: StageSpec | None, frames: list[np.ndarray]):
+    """``frames`` of the input as the outpaint stage gets them: deinterlaced (the plan's
+    deinterlace stage, run here in process: a band's edge moves by a line between one
+    field and the deinterlaced frame) and area-resampled to the working size. The analog
+    stage between them restores the picture; it does not move it."""
+    if deinterlace is None:
+        return [cv2.resize(f, plan.working_size, interpolation=cv2.INTER_AREA) for f in frames]
+    from services.classical.deinterlace import DeinterlaceStage
     src = plan.source
-    return {index: cv2.resize(frame[::2] if src.interlaced else frame, plan.working_size,
-                              interpolation=cv2.INTER_AREA)
-            for index, frame in media.frames_at(src, indices).items()}
+    params = {**deinterlace.params, "size": "%dx%d" % plan.working_size}
+    info = ClipInfo("bands", src.width, src.height, src.fps, sar=src.sar, params=params)
+    with _quiet("restoration.classical"):   # not a clip of the job: no line per shot
+        return list(DeinterlaceStage().run(info, iter(frames))[1])
 
 
-def _spread(start: int, stop: int, count: int) -> list[int]:
-    """Up to ``count`` frame indices spread evenly over ``start`` to ``stop`` (exclusive)."""
-    last = max(start, stop - 1)
-    return sorted(set(np.linspace(start, last, min(count, last - start + 1))
-                      .round().astype(int).tolist()))
+@contextmanager
+def _quiet(logger: str):
+    """``logger``'s records from this thread are dropped (other threads' pass)."""
+    thread = threading.get_ident()
+
+    def other_threads(record) -> bool:
+        return record.thread != thread
+    logging.getLogger(logger).addFilter(other_threads)
+    try:
+        yield
+    finally:
+        logging.getLogger(logger).removeFilter(other_threads)
