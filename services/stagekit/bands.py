@@ -6,9 +6,10 @@ black, or flat where the picture inside has texture, or pale (a head-switching b
 band is the run of such lines from the edge, plus one line for the soft transition a
 resampled band leaves.
 
-The orchestrator's analysis runs it once per shot, on a few frames at the working size,
-and sends the result in the clip header (ClipInfo.analysis "bands"); the outpaint stages
-take it from there and detect for themselves only when a caller sends none. ``inspect``
+The orchestrator's analysis runs it once per shot, on the shot's first frames as the
+outpaint stage gets them (deinterlaced, at the working size), and sends the result in the
+clip header (ClipInfo.analysis "bands"); the outpaint stages (and inpaint with MAT) take
+it from there and detect for themselves only when a caller sends none. ``inspect``
 reports it too: what it shows is what the job does."""
 from __future__ import annotations
 
