@@ -37,6 +37,10 @@ SPATIAL = 1.0        # spatial h, per sigma of residual noise
 # weak and local; bench/quality.py scores 7 +0.1 dB above 11 at 1.6x the speed, and 5
 # within -0.02..+0.04 dB of 7 at half the spatial pass's time.
 SEARCH = 5
+# The colour's search 3x3: its residual noise is smoother still. bench/quality.py: +0.07 and
+# +0.03 dB over 5x5 (cockatoo, bikes), chroma error within 0.002, 2/3 of the spatial pass's
+# time; 1x1 (no search) loses 0.4 dB.
+CHROMA_SEARCH = 3
 
 
 @dataclass
@@ -147,5 +151,11 @@ def spatial(image: np.ndarray, residual: np.ndarray) -> np.ndarray:
     if level < 0.75:
         return image
     h = SPATIAL * level
+    # OpenCV's fastNlMeansDenoisingColored, step by step (bit for bit with equal searches):
+    # Lab, then lightness and colour apart, so that the colour gets its own, smaller search.
+    lab = cv2.cvtColor(to_eight(image), cv2.COLOR_LBGR2Lab)
+    lightness = cv2.fastNlMeansDenoising(np.ascontiguousarray(lab[..., 0]), None, h, 5, SEARCH)
+    colour = cv2.fastNlMeansDenoising(np.ascontiguousarray(lab[..., 1:]), None, h, 5,
+                                      CHROMA_SEARCH)
     # uint8 out, as it comes: converting it to float32 and back would change nothing.
-    return cv2.fastNlMeansDenoisingColored(to_eight(image), None, h, h, 5, SEARCH)
+    return cv2.cvtColor(np.dstack([lightness, colour]), cv2.COLOR_Lab2LBGR)
