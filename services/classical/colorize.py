@@ -36,7 +36,7 @@ from services.stagekit.monochrome import found_grey, is_monochrome
 from services.stagekit.stage import ClipInfo, StageError
 
 from .common import ClassicalStage, from_work, log, to_work
-from .flow import FlowEstimator, warp
+from .flow import FlowEstimator, positions
 
 LUMA_BINS = 64
 TEXTURE_BINS = 12
@@ -47,6 +47,7 @@ MUTED = 0.5          # share of the table's colour kept where no exemplar matche
 TABLE_TRUST = 0.08   # the table's weight against exemplars (match 0..1)
 MATCH_TOLERANCE = 6.0  # luma difference (8-bit) at which an exemplar's match is doubted
 SHARPNESS = 4.0      # matches are weighted by match**SHARPNESS: the best exemplar leads
+NEGLIGIBLE = 1e-6    # a match below this weighs nothing (1e-24 beside the table's 4e-5)
 CARRY = 0.9          # the previous frame's colour counts this much against a reference's
 FLOW_PRESET = "fast"   # DIS preset: as good as medium here, at half the time
 WORK_WIDTH = 480     # matching runs at most this wide; chroma has little detail
@@ -253,8 +254,8 @@ class Colourist:
         if self.previous is not None:
             exemplars.append(self.previous)
         for index, (ex_grey, ex_soft, ex_chroma) in enumerate(exemplars):
-            motion = self.flow(grey, ex_grey, y.shape)
-            error = np.abs(warp(ex_soft, motion) - soft)
+            where = positions(self.flow(grey, ex_grey, y.shape))
+            error = cv2.absdiff(_moved(ex_soft, where), soft)
             match = np.exp(-(cv2.blur(error, (5, 5)) / MATCH_TOLERANCE) ** 2)
             groups = [int(index >= self.users)]
             if index == len(self.exemplars):
@@ -262,8 +263,10 @@ class Colourist:
                 groups = [0, 1]
             else:
                 np.maximum(best[groups[0]], match, out=best[groups[0]])
-            weight = match ** SHARPNESS
-            coloured = weight[..., None] * warp(ex_chroma, motion)
+            # Matches too small to count are zeroed first: their powers are subnormal
+            # floats, on which the CPU's pow takes a slow path (a quarter of the stage's time).
+            weight = np.where(match > NEGLIGIBLE, match, 0.0) ** SHARPNESS
+            coloured = weight[..., None] * _moved(ex_chroma, where)
             for group in groups:
                 sums[group] += coloured
                 totals[group] += weight
@@ -283,6 +286,11 @@ class Colourist:
             chroma = guided_filter(y_full / 255.0, chroma, 2, GUIDE_EPS)
         coloured = rgb_of(y_full, chroma).astype(np.float32)
         return keep_overlays(image, coloured)
+
+
+def _moved(image: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """``warp`` by the positions the flow gives (computed once for the luma and chroma)."""
+    return cv2.remap(image, where, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def _eight(y: np.ndarray) -> np.ndarray:
@@ -318,8 +326,8 @@ def guided_filter(guide: np.ndarray, source: np.ndarray, radius: int, eps: float
 def keep_overlays(image: np.ndarray, coloured: np.ndarray) -> np.ndarray:
     """``coloured``, except where the grey frame already carries saturated colour (a
     burned-in date stamp) and a rim around it (its outline): there the frame as it was."""
-    magnitude = np.sqrt(np.sum(chroma_of(image) ** 2, axis=2))
-    overlay = (magnitude > OVERLAY_CHROMA).astype(np.uint8)
+    chroma = chroma_of(image)
+    overlay = (np.einsum("ijk,ijk->ij", chroma, chroma) > OVERLAY_CHROMA ** 2).astype(np.uint8)
     if not overlay.any():
         return coloured
     rim = cv2.dilate(overlay, np.ones((2 * OVERLAY_RIM + 1,) * 2, np.uint8))
