@@ -3,7 +3,6 @@ the outpaint stage gets (working size, deinterlaced), and reach it in the clip h
 ("bands"); the stage rebuilds those and does not look for bands again."""
 from __future__ import annotations
 
-import json
 from fractions import Fraction
 
 import cv2
@@ -19,7 +18,7 @@ from orchestrator.pipeline.plan import make_plan
 from orchestrator.pipeline.runner import Job
 from orchestrator.pipeline.stagerunners import LocalRunner
 from services.classical import outpaint
-from services.stagekit.bands import Bands, detect_bands
+from services.stagekit.bands import detect_bands, header_bands
 
 from .helpers import read_frames, write_video
 
@@ -88,7 +87,7 @@ def test_outpaint_gets_the_analysis_bands_and_does_not_detect_again(shared, tmp_
     job.run()
 
     [header] = stage.headers
-    bands = Bands(**json.loads(header.analysis["bands"]))
+    bands = header_bands(header, "test")
     assert bands.left in (6, 7) and bands.bottom in (4, 5), bands
     assert bands.top == bands.right == 0
     # In the geometry of the frames the stage got (deinterlaced, working size): what the

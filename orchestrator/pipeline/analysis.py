@@ -73,7 +73,7 @@ def clip_analysis(found: Scan, shot: Shot, plan: Plan,
     if found.overlays:
         entries.update(found.overlays.analysis(shot.start, shot.stop, plan.working_size))
     if bands is not None:
-        entries.update(bands_entry(bands))
+        entries.update(bands_entry(bands, plan.working_size))
     return entries
 
 
@@ -151,7 +151,8 @@ def outpaint_frames(plan: Plan, deinterlace: StageSpec | None, frames: list[np.n
     """``frames`` of the input as the outpaint stage gets them: deinterlaced (the plan's
     deinterlace stage, run here in process: a band's edge moves by a line between one
     field and the deinterlaced frame) and area-resampled to the working size. The analog
-    stage between them restores the picture; it does not move it."""
+    stage between them restores the picture in place (its line-jitter repair moves lines
+    by a pixel or so at most, within the band's one line of transition)."""
     if deinterlace is None:
         return [cv2.resize(f, plan.working_size, interpolation=cv2.INTER_AREA) for f in frames]
     from services.classical.deinterlace import DeinterlaceStage

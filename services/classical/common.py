@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from services.stagekit.noise import noise_sigma  # noqa: F401  (the classical models' estimator)
+from services.stagekit.parallel import opencv_threads
 from services.stagekit.stage import ClipInfo, Stage, StageError
 
 from . import MODEL
@@ -16,6 +17,7 @@ from . import MODEL
 log = logging.getLogger("restoration.classical")
 
 FORMATS = ("rgb24", "rgbf16")
+opencv_threads()   # the classical stages parallelise over frames themselves
 T = TypeVar("T")
 
 

@@ -28,7 +28,7 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
-from services.stagekit.bands import EDGES, Bands, detect_bands, header_bands, without_bands
+from services.stagekit.bands import EDGES, Bands, detect_bands, header_bands, bands_rebuilt
 from services.stagekit.overlays import removes_overlays, without_overlays
 from services.stagekit.stage import ClipInfo
 from services.stagekit.windowing import neighbourhoods
@@ -61,7 +61,7 @@ class OutpaintStage(ClassicalStage):
         return not self.removes_overlays(info)
 
     def output_info(self, info: ClipInfo) -> ClipInfo:
-        out = without_bands(super().output_info(info))   # rebuilt here
+        out = bands_rebuilt(super().output_info(info))   # rebuilt here
         return without_overlays(out) if self.removes_overlays(info) else out
 
     def settings(self, info: ClipInfo) -> Bands | None:

@@ -34,7 +34,7 @@ from services.stagekit.parallel import frame_workers, ordered_map
 from services.stagekit.stage import ClipInfo
 from services.stagekit.tiling import tiled
 
-from .common import ClassicalStage, from_work, log, to_eight, to_work
+from .common import ClassicalStage, from_work, log, to_work
 
 SCALE = 4
 SCALES = ("4", "2")
@@ -101,7 +101,7 @@ def upscale_eight(frame: np.ndarray, factor: int = SCALE) -> np.ndarray:
     size = (width * factor, height * factor)
     scratch = _scratch((size[1], size[0]) + frame.shape[2:])
     upscaled = back_projected(frame.astype(np.float32), factor, out=scratch.upscaled)
-    estimate = cv2.convertScaleAbs(cv2.max(upscaled, 0.0, dst=upscaled))   # to_eight
+    estimate = cv2.convertScaleAbs(cv2.max(upscaled, 0.0, dst=upscaled))   # common.to_eight, in place
     kernel = np.ones((3, 3), np.uint8)
     low = cv2.resize(cv2.subtract(cv2.erode(frame, kernel), (OVERSHOOT,) * 4), size,
                      dst=scratch.low, interpolation=cv2.INTER_NEAREST)
@@ -121,11 +121,14 @@ _SCRATCH = threading.local()
 
 
 def _scratch(shape: tuple[int, ...]) -> _Scratch:
-    """The calling thread's output-size temporaries for frames of ``shape``."""
-    held = getattr(_SCRATCH, "held", None)
-    if held is None or held.upscaled.shape != shape:
-        held = _SCRATCH.held = _Scratch(shape)
-    return held
+    """The calling thread's output-size temporaries for frames (or tiles) of ``shape``: a
+    tiled frame has a few tile shapes, each kept; a new clip's sizes replace the old."""
+    held = _SCRATCH.__dict__.setdefault("by_shape", {})
+    if shape not in held:
+        if len(held) >= 9:      # a 3x3 grid's tile shapes at most
+            held.clear()
+        held[shape] = _Scratch(shape)
+    return held[shape]
 
 
 def back_projected(image: np.ndarray, factor: int, out: np.ndarray | None = None) -> np.ndarray:

@@ -39,7 +39,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from services.stagekit.bands import Bands, header_bands, without_bands
+from services.stagekit.bands import Bands, header_bands, bands_rebuilt
 from services.stagekit.device import pick_device, precision_name
 from services.stagekit.neural import NeuralStage, default_batch, load_into
 from services.stagekit.stage import ClipInfo, StageError
@@ -169,15 +169,16 @@ class MatStage(NeuralStage):
         self.settings(info)
 
     def output_info(self, info: ClipInfo) -> ClipInfo:
-        return without_bands(super().output_info(info))   # inpainted here
+        return bands_rebuilt(super().output_info(info))   # inpainted here
 
     def settings(self, info: ClipInfo) -> Settings:
         unknown = sorted(set(info.params) - set(self.params))
         if unknown:
             raise StageError(f"inpaint/mat: unknown parameter(s) {', '.join(unknown)} "
                              f"(known: {', '.join(self.params)})")
-        bands = parse_bands(info.params.get("band", ""), info.width, info.height,
-                            header_bands(info, "inpaint/mat"))
+        given = info.params.get("band", "")
+        found = header_bands(info, "inpaint/mat") if given.strip().lower() in ("", "auto") else None
+        bands = parse_bands(given, info.width, info.height, found)
         seed = parse_seed(info.params.get("seed", ""))
         draws = info.params.get("draws", "clip").strip().lower() or "clip"
         if draws not in ("clip", "frame"):

@@ -27,7 +27,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from services.stagekit.bands import header_bands, without_bands
+from services.stagekit.bands import header_bands, bands_rebuilt
 from services.stagekit.device import pick_device, pick_dtype
 from services.stagekit.neural import NeuralStage, config_missing_ok, load_into, read_config
 from services.stagekit.overlays import overlay_mask, presence, removes_overlays, without_overlays
@@ -141,7 +141,7 @@ class ProPainterStage(NeuralStage):
 
     def output_info(self, info: ClipInfo) -> ClipInfo:
         request = parse_request(info.params, self.options)
-        info = without_bands(info)   # rebuilt here
+        info = bands_rebuilt(info)   # rebuilt here
         if removes_overlays(info, f"{TASK}/{MODEL}"):
             info = without_overlays(info)
         if request.mode == "outpaint" and request.target is not None:

@@ -14,6 +14,7 @@ reports it too: what it shows is what the job does."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 
 import cv2
@@ -147,14 +148,19 @@ def luma(image: np.ndarray) -> np.ndarray:
 
 # ---- the clip header's entry -------------------------------------------------------------
 
-def bands_entry(bands: Bands) -> dict[str, bytes]:
-    """The analysis entry that carries ``bands`` (in the pixels of the frames the outpaint
-    stage gets) to the stages."""
-    return {KEY: json.dumps(asdict(bands)).encode()}
+def bands_entry(bands: Bands, size: tuple[int, int] | None = None) -> dict[str, bytes]:
+    """The analysis entry that carries ``bands`` to the stages, measured in frames of
+    ``size`` (width, height): a stage that gets larger frames (a superres before it) scales
+    them to its own. Without ``size``, in the pixels of the frames the stage gets."""
+    entry: dict = asdict(bands)
+    if size is not None:
+        entry["width"], entry["height"] = size
+    return {KEY: json.dumps(entry).encode()}
 
 
 def header_bands(info, stage: str) -> Bands | None:
-    """The bands the orchestrator's analysis found in the clip, in its frames' pixels;
+    """The bands the orchestrator's analysis found in the clip, in its frames' pixels
+    (scaled up, whole pixels covering the band, when they were measured on smaller frames);
     None when the header carries none (a caller of the service alone): the stage then
     detects them itself."""
     data = info.analysis.get(KEY)
@@ -163,16 +169,25 @@ def header_bands(info, stage: str) -> Bands | None:
     try:
         found = json.loads(data)
         bands = Bands(**{edge: int(found.get(edge, 0)) for edge in EDGES})
+        width, height = int(found.get("width", info.width)), int(found.get("height", info.height))
     except (ValueError, TypeError, AttributeError):
         raise StageError(f"{stage}: the clip header's analysis bands={data!r} is not "
                          'JSON like {"left": 4, "bottom": 3}') from None
-    if min(asdict(bands).values()) < 0 or bands.left + bands.right >= info.width \
-            or bands.top + bands.bottom >= info.height:
+    if width <= 0 or height <= 0 or min(asdict(bands).values()) < 0:
+        raise StageError(f"{stage}: the clip header's analysis bands={data!r} has a negative "
+                         "band or an empty frame size")
+    if (width, height) != (info.width, info.height):
+        sx, sy = info.width / width, info.height / height
+        bands = Bands(left=math.ceil(bands.left * sx), right=math.ceil(bands.right * sx),
+                      top=math.ceil(bands.top * sy), bottom=math.ceil(bands.bottom * sy))
+    if bands.left + bands.right >= info.width or bands.top + bands.bottom >= info.height:
         raise StageError(f"{stage}: the clip header's bands ({bands.describe()}) do not fit "
                          f"a {info.width}x{info.height} frame")
     return bands
 
 
-def without_bands(info):
-    """``info`` without the bands entry: what a stage that rebuilt them hands on."""
-    return info.replace(analysis={k: v for k, v in info.analysis.items() if k != KEY})
+def bands_rebuilt(info):
+    """``info`` with its bands entry saying none: what a stage that rebuilt them hands on,
+    so that a stage after it (an inpainter) neither rebuilds them again nor falls back to
+    guessing bands of its own."""
+    return info.replace(analysis={**info.analysis, **bands_entry(Bands())})

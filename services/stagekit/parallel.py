@@ -31,6 +31,20 @@ def frame_workers(pixels: int = 0) -> int:
     return max(1, min(4, os.cpu_count() or 1, by_memory))
 
 
+FEW_CORES = 4   # up to this many, OpenCV's own thread pool is off (see opencv_threads)
+
+
+def opencv_threads() -> None:
+    """Turn OpenCV's own thread pool off on a machine of few cores. There the stages, each on
+    its thread, and their frame workers already keep every core busy; a call from one of them
+    finds the pool taken or only hands work between threads (tape_sim on 2 cores: the same
+    output, bit for bit, for about 2 % less CPU). A larger machine keeps the pool for the
+    cores the stages leave idle."""
+    import cv2
+    if (os.cpu_count() or 1) <= FEW_CORES:
+        cv2.setNumThreads(1)
+
+
 def ordered_map(function: Callable[[T], R], items: Iterable[T], workers: int,
                 ahead: int | None = None) -> Iterator[R]:
     """``function(item)`` for every item, in the items' order, computed on ``workers``

@@ -37,7 +37,16 @@ def test_the_header_bands_are_rebuilt_on_a_clip_that_shows_none(no_detection):
     frames = panned(8, width=W, height=H)
     out_info, out = run(OutpaintStage(), header(bands_entry(outpaint.Bands(left=10))), frames)
     assert changed_columns(out, frames) == set(range(10))
-    assert "bands" not in out_info.analysis          # rebuilt: no stage after sees them
+    # Rebuilt: a stage after it (an inpainter) is told there are none left.
+    assert json.loads(out_info.analysis["bands"]) == {e: 0 for e in ("left", "right", "top", "bottom")}
+
+
+def test_bands_measured_on_smaller_frames_are_scaled_to_the_clip(no_detection):
+    """A superres before outpaint: the analysis measured 5 columns at half the size."""
+    frames = panned(8, width=W, height=H)
+    found = bands_entry(outpaint.Bands(left=5), size=(W // 2, H // 2))
+    _, out = run(OutpaintStage(), header(found), frames)
+    assert changed_columns(out, frames) == set(range(10))
 
 
 def test_header_saying_none_leaves_the_clip_alone(no_detection):
