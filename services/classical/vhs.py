@@ -296,7 +296,8 @@ def horizontal_blur(planes: list[tuple[np.ndarray, ...]]) -> float:
     nothing, for 30 % less still most of what the true width wins."""
     if fitted_blur(planes, line_spectra) < BLEED_FLOOR:
         return 0.0
-    return fitted_blur(planes, axis_spectra)
+    width = fitted_blur(planes, axis_spectra)
+    return width if width >= BLEED_FLOOR else 0.0
 
 
 def fitted_blur(planes: list[tuple[np.ndarray, ...]], spectra_of) -> float:
