@@ -56,7 +56,7 @@ def tiny_stage(task: str, model: str, device: str = "cpu", precision: str | None
     """The in-process stage as the orchestrator builds it, with the tiny weights."""
     tiny, config = weights(model)
     made = importlib.import_module(f"services.{model}.stage").create_stage(
-        weights=tiny, arch=config, device=device)
+        weights=tiny, arch=config, device=device, precision=precision)
     return next(s for s in (made if isinstance(made, list) else [made]) if s.task == task)
 
 

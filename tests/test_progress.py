@@ -110,6 +110,13 @@ def test_clips_kept_from_an_earlier_run_come_off_the_work_left():
     assert "slow 5/20 2.0 s/f" in progress.details()
 
 
+def test_many_small_kept_clips_do_not_round_the_work_left_away():
+    progress = Progress(["slow"], total_frames=10, frames_out={"slow": 15})
+    for _ in range(3):
+        progress.clip_kept(1)                # 1.5 output frames each
+    assert progress.to_make("slow") == 11    # 15 - 4.5 kept, not 15 - 3 x 1
+
+
 def test_a_resumed_job_counts_only_the_clips_it_makes(tmp_path):
     """A job stopped after its first clip runs again: the kept clip is not counted as work
     left, in the stages' frames or in the ETA, and the output is whole."""

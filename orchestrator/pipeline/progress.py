@@ -26,7 +26,6 @@ class StageCounter:
     frames: int = 0
     busy: float = 0.0          # seconds spent inside the stage
     cpu: float = 0.0           # CPU seconds of the stage's thread and its frame workers
-    kept: int = 0              # frames of clips this run does not make (kept or left out)
 
 
 @dataclass
@@ -51,6 +50,7 @@ class Progress:
     # are in what the streaming span's total leaves over).
     phase_cpu: dict[str, float] = field(default_factory=dict)
     thread_cpu: dict[str, float] = field(default_factory=dict)
+    kept: int = 0     # source frames of the clips this run does not make (kept or left out)
 
     def __post_init__(self):
         self.lock = threading.Lock()
@@ -101,17 +101,18 @@ class Progress:
         """A clip this run does not make (its segment kept from an earlier run, or left
         out): its frames come off what each stage has still to make, so that a resumed
         job's frame counts and ETA are of the work left."""
-        if not self.total_frames:
-            return
         with self.lock:
-            for name, total in self.frames_out.items():
-                self.stages[name].kept += source_frames * total // self.total_frames
+            self.kept += source_frames
 
     def to_make(self, name: str) -> int | None:
         """The frames the stage makes in this run: all it hands on over the job, less
-        those of the clips kept; None where not known."""
+        those of the clips kept (scaled once, so that per-clip rounding does not add up);
+        None where not known."""
         total = self.frames_out.get(name)
-        return None if total is None else max(0, total - self.stages[name].kept)
+        if total is None:
+            return None
+        kept = total * self.kept // self.total_frames if self.total_frames else 0
+        return max(0, total - kept)
 
     def stage_frame(self, name: str, busy: float) -> None:
         with self.lock:
